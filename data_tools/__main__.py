@@ -1,0 +1,5 @@
+"""`python -m rerankforge.data_tools check FILE...`."""
+
+from rerankforge.data_tools.cli import run
+
+run()

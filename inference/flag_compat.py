@@ -1,0 +1,98 @@
+"""FlagEmbedding's class names and call signatures, so its users migrate by changing one import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from rerankforge.inference.reranker import Pair, Reranker, flag_reranker_lengths, is_single_pair
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device_and_dtype(
+    devices: str | Sequence[str] | None, use_fp16: bool, use_bf16: bool
+) -> tuple[torch.device, torch.dtype]:
+    """FlagEmbedding's rules: half precision only on a GPU (fp16/bf16 fall back to fp32 on CPU)."""
+    if isinstance(devices, str):
+        devices = [devices]
+    if devices:
+        if len(devices) > 1:
+            logger.warning("several devices given (%s): this reranker runs on the first, %s", devices, devices[0])
+        device = torch.device(devices[0])
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if use_bf16 else torch.float16 if use_fp16 else torch.float32
+    elif use_fp16 or use_bf16:
+        logger.info("half precision asked for on %s: running in float32", device)
+    return device, dtype
+
+
+class FlagReranker(Reranker):
+    """``FlagEmbedding.FlagReranker`` with the same arguments and ``compute_score`` behaviour."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        use_fp16: bool = False,
+        use_bf16: bool = False,
+        query_instruction_for_rerank: str | None = None,
+        query_instruction_format: str = "{}{}",
+        passage_instruction_for_rerank: str | None = None,
+        passage_instruction_format: str = "{}{}",
+        trust_remote_code: bool = False,
+        devices: str | Sequence[str] | None = None,
+        batch_size: int = 128,
+        query_max_length: int | None = None,
+        max_length: int = 512,
+        normalize: bool = False,
+        **unused: object,
+    ):
+        if unused:
+            logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
+        device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        loaded = Reranker.from_pretrained(
+            model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        super().__init__(loaded.model, loaded.tokenizer, loaded.lengths, device=device, batch_size=batch_size)
+        self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
+        self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
+        self.query_max_length = query_max_length
+        self.max_length = max_length
+        self.normalize = normalize
+
+    @staticmethod
+    def _with_instruction(text: str, instruction: tuple[str | None, str]) -> str:
+        prefix, template = instruction
+        return template.format(prefix, text) if prefix is not None else text
+
+    def compute_score(
+        self,
+        sentence_pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        query_max_length: int | None = None,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        **unused: object,
+    ) -> float | list[float]:
+        """As FlagEmbedding: a float when there is exactly one score, else a list in input order."""
+        pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
+        pairs = [
+            (self._with_instruction(q, self.query_instruction), self._with_instruction(p, self.passage_instruction))
+            for q, p in pairs
+        ]
+        lengths = flag_reranker_lengths(
+            max_length or self.max_length,
+            query_max_length if query_max_length is not None else self.query_max_length,
+            self.model,
+            self.tokenizer,
+        )
+        features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
+        scores = self.score_encoded(features, batch_size or self.batch_size)
+        if self.normalize if normalize is None else normalize:
+            scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
+        return scores[0] if len(scores) == 1 else scores

@@ -1,0 +1,139 @@
+"""`Reranker`: score (query, passage) pairs with a cross-encoder, reusing the trainer's definitions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths, model_position_limit
+from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
+
+logger = logging.getLogger(__name__)
+
+Pair = Sequence[str]
+DEFAULT_MAX_LENGTH = 512  # FlagReranker's default for folders that rerankforge did not write
+
+
+def is_single_pair(pairs: Pair | Sequence[Pair]) -> bool:
+    return len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Reranker:
+    """A cross-encoder reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        lengths: PairLengths,
+        device: str | torch.device | None = None,
+        batch_size: int = 128,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self._encoders: dict[PairLengths, PairEncoder] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 128,
+    ) -> Reranker:
+        """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder."""
+        path = resolve_model_path(name_or_path)
+        spec = RerankerSpec.load(path) if Path(path).is_dir() else None
+        if spec is not None and spec.family != "cross_encoder":
+            raise ValueError(f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class")
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = load_cross_encoder(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if spec is not None:
+            lengths = PairLengths(spec.query_max_len, spec.passage_max_len, spec.max_length)
+        else:
+            lengths = flag_reranker_lengths(DEFAULT_MAX_LENGTH, None, model, tokenizer)
+        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size)
+
+    def _encoder(self, lengths: PairLengths) -> PairEncoder:
+        if lengths not in self._encoders:
+            self._encoders[lengths] = PairEncoder(self.tokenizer, lengths)
+        return self._encoders[lengths]
+
+    def lengths_for(self, max_length: int | None) -> PairLengths:
+        """The trained budgets, with the whole pair capped at ``max_length`` (and the model's positions)."""
+        if max_length is None:
+            return self.lengths
+        limit = model_position_limit(self.model.config, self.tokenizer) or max_length
+        return replace(self.lengths, max_length=min(max_length, limit))
+
+    @torch.inference_mode()
+    def score_encoded(
+        self, features: list[dict[str, list[int]]], batch_size: int, show_progress: bool = False
+    ) -> list[float]:
+        """Scores for already-encoded pairs, in their order; batches are formed longest first."""
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        scores = [0.0] * len(features)
+        pad_multiple = 8 if self.device.type == "cuda" else None
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="scoring", disable=not show_progress, unit="batch"):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenizer.pad(
+                [features[i] for i in chunk], pad_to_multiple_of=pad_multiple, return_tensors="pt"
+            )
+            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
+            for index, score in zip(chunk, score_pairs(self.model, batch).tolist(), strict=True):
+                scores[index] = score
+        return scores
+
+    def compute_score(
+        self,
+        pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool = False,
+        show_progress: bool = False,
+    ) -> float | list[float]:
+        """One pair gives a float, a list of pairs a list in input order; ``normalize`` applies a sigmoid."""
+        single = is_single_pair(pairs)
+        pair_list = [pairs] if single else list(pairs)
+        if not pair_list:
+            return []
+        features = self._encoder(self.lengths_for(max_length)).encode(
+            [q for q, _ in pair_list], [p for _, p in pair_list]
+        )
+        scores = self.score_encoded(features, batch_size or self.batch_size, show_progress)
+        if normalize:
+            scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
+        return scores[0] if single else scores
+
+    def rank(
+        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
+    ) -> list[dict[str, object]]:
+        """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
+        scores = self.compute_score([[query, p] for p in passages], batch_size=batch_size)
+        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
+        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
+
+
+def flag_reranker_lengths(
+    max_length: int, query_max_length: int | None, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> PairLengths:
+    """FlagReranker's budgets: query 3/4 of max_length, passage max_length, pair max_length."""
+    query_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+    return PairLengths.for_model(query_max, max_length, model.config, tokenizer, max_length=max_length)

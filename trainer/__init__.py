@@ -1,0 +1,1 @@
+"""Fine-tuning rerankers with the Hugging Face Trainer."""

@@ -1,0 +1,5 @@
+"""`python -m rerankforge.trainer RECIPE.yaml [--key value ...]` (also under `accelerate launch -m`)."""
+
+from rerankforge.trainer.cli import run
+
+run()

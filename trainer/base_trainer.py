@@ -1,0 +1,54 @@
+"""The thin base every family's Trainer shares: grouped loss, optional distillation, spec saving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer
+
+from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.losses import RankingObjective
+from rerankforge.trainer.spec import RerankerSpec
+
+
+class RerankerTrainer(Trainer):
+    """A `transformers.Trainer` whose loss works on ``[groups, group_size]`` scores.
+
+    Subclasses only say how a batch becomes one score per pair (`score`); the group shape comes from the
+    batch the collator built, so a short last batch trains like any other.
+    """
+
+    args: RerankerConfig
+
+    def __init__(self, *args: Any, spec: RerankerSpec, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.spec = spec
+        self.objective = RankingObjective(
+            distillation=self.args.knowledge_distillation,
+            distill_weight=self.args.distill_weight,
+            temperature=self.args.distill_temperature,
+        )
+
+    def score(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One float32 score per pair, in batch order."""
+        raise NotImplementedError
+
+    def compute_loss(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        group_size = int(inputs.pop("group_size"))
+        teacher_scores = inputs.pop("teacher_scores", None)
+        scores = self.score(model, inputs).view(-1, group_size)
+        loss = self.objective(scores, teacher_scores)
+        return (loss, {"scores": scores}) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.spec.save(output_dir or self.args.output_dir)

@@ -1,0 +1,87 @@
+"""`rerankforge-train RECIPE.yaml [--key value ...]`: YAML sets defaults, the command line overrides them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from rerankforge.data_tools.schema import DataValidationError
+from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.families import get_family
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used as written: its message names the file and the key."""
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(recipe).__name__}")
+    return recipe
+
+
+def make_parser(config_class: type[RerankerConfig]) -> HfArgumentParser:
+    return HfArgumentParser(config_class, description=__doc__)
+
+
+def _family_from_argv(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--family" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--family="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_config(argv: Sequence[str]) -> RerankerConfig:
+    """Build the family's config from an optional recipe path followed by ``--key value`` overrides."""
+    argv = list(argv)
+    recipe: dict[str, Any] = {}
+    recipe_path = None
+    if argv and not argv[0].startswith("-"):
+        recipe_path = argv.pop(0)
+        recipe = load_recipe(recipe_path)
+    family_name = _family_from_argv(argv) or recipe.get("family", "cross_encoder")
+    config_class = get_family(family_name).config_class
+    known = {f.name for f in dataclasses.fields(config_class) if f.init}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise RecipeError(f"{recipe_path}: unknown key(s) {', '.join(unknown)} for family {family_name!r}")
+    parser = make_parser(config_class)
+    parser.set_defaults(**recipe)
+    for action in parser._actions:  # a value the recipe gives satisfies a required option
+        if action.dest in recipe:
+            action.required = False
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, train, save; returns the process exit code (2 for bad recipes or bad data)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else argv)
+    except ValueError as error:  # RecipeError and the config's own checks
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from rerankforge.trainer.train import train
+
+    try:
+        train(config)
+    except (DataValidationError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Cross-encoder training: the shared grouped loss on one logit per (query, passage) pair."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from transformers import AutoTokenizer, PreTrainedModel
+
+from rerankforge.data_tools.collators import CrossEncoderCollator
+from rerankforge.data_tools.grouping import GroupedDataset
+from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.trainer.base_trainer import RerankerTrainer
+from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
+
+
+class CrossEncoderTrainer(RerankerTrainer):
+    """Scores each pair with the classifier's single logit."""
+
+    def score(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return score_pairs(model, batch)
+
+
+def build_cross_encoder_trainer(config: CrossEncoderConfig, records: datasets.Dataset) -> CrossEncoderTrainer:
+    """Model, tokenizer, groups, collator and spec for one run, wired into the Trainer."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(config.tokenizer_name or config.model_name_or_path),
+        trust_remote_code=config.trust_remote_code,
+    )
+    model = load_cross_encoder(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    lengths = PairLengths.for_model(config.query_max_len, config.passage_max_len, model.config, tokenizer)
+    spec = RerankerSpec(
+        family="cross_encoder",
+        query_max_len=lengths.query_max_len,
+        passage_max_len=lengths.passage_max_len,
+        max_length=lengths.max_length,
+        base_model=config.model_name_or_path,
+    )
+    return CrossEncoderTrainer(
+        model=model,
+        args=config,
+        train_dataset=GroupedDataset(records, config.train_group_size, seed=config.data_seed or config.seed),
+        data_collator=CrossEncoderCollator(tokenizer, lengths),
+        processing_class=tokenizer,
+        spec=spec,
+    )

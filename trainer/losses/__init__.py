@@ -1,0 +1,7 @@
+"""Scoring losses: each takes a [groups, group_size] score tensor and never holds the model."""
+
+from rerankforge.trainer.losses.grouped_cross_entropy import GroupedCrossEntropyLoss
+from rerankforge.trainer.losses.listwise_distillation import ListwiseDistillationLoss
+from rerankforge.trainer.losses.ranking_objective import RankingObjective
+
+__all__ = ["GroupedCrossEntropyLoss", "ListwiseDistillationLoss", "RankingObjective"]

@@ -1,0 +1,1 @@
+"""One scoring definition per family, imported by both training and inference."""

@@ -1,0 +1,60 @@
+"""`rerankforge.json`: the contract between training and inference.
+
+Training writes it next to every checkpoint; inference reads it to rebuild exactly the preprocessing and
+scoring that training used. A small versioned dataclass, never a free-form dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPEC_FILENAME = "rerankforge.json"
+SPEC_VERSION = 1
+
+
+@dataclass
+class RerankerSpec:
+    """What scoring needs besides the weights and the tokenizer."""
+
+    family: str
+    query_max_len: int
+    passage_max_len: int
+    max_length: int
+    base_model: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)  # family-specific settings (prompt, token ids, layers)
+    version: int = SPEC_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = SPEC_FILENAME) -> RerankerSpec:
+        data = json.loads(text)
+        version = data.get("version")
+        if not isinstance(version, int) or version > SPEC_VERSION:
+            raise ValueError(
+                f"{source}: version {version!r} is not one this rerankforge reads (up to {SPEC_VERSION}); upgrade it"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / SPEC_FILENAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RerankerSpec | None:
+        """The spec in ``folder``, or None for a folder that rerankforge did not write."""
+        path = Path(folder) / SPEC_FILENAME
+        if not path.is_file():
+            return None
+        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
