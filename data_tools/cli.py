@@ -17,11 +17,19 @@ def make_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate training JSONL and print statistics")
     check.add_argument("paths", nargs="+", help="JSONL files or folders of them")
     check.add_argument("--tokenizer", help="tokenizer (folder or name) for token-length percentiles")
-    check.add_argument("--max-length", type=int, help="the model's maximum pair length (default: from the model)")
+    check.add_argument(
+        "--max-length", type=int, help="the model's maximum pair length (default: from the model)"
+    )
     check.add_argument("--query-max-len", type=int, help="query budget to compare query lengths against")
-    check.add_argument("--passage-max-len", type=int, help="passage budget to compare passage lengths against")
-    check.add_argument("--train-group-size", type=int, help="also require enough negatives for this group size")
-    check.add_argument("--max-issues", type=int, default=50, help="problems shown before the rest are counted")
+    check.add_argument(
+        "--passage-max-len", type=int, help="passage budget to compare passage lengths against"
+    )
+    check.add_argument(
+        "--train-group-size", type=int, help="also require enough negatives for this group size"
+    )
+    check.add_argument(
+        "--max-issues", type=int, default=50, help="problems shown before the rest are counted"
+    )
     check.add_argument("--sample", type=int, default=20000, help="pairs tokenized for the length statistics")
     return parser
 

@@ -16,11 +16,20 @@ from tokenizers import Tokenizer as RustTokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 # Models whose position ids start after the padding index (positions 0..pad_token_id are never used).
-_PADDING_OFFSET_MODEL_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert"}
+_PADDING_OFFSET_MODEL_TYPES = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+    "ibert",
+}
 _UNSET_MODEL_MAX_LENGTH = 10**9
 
 
-def model_position_limit(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> int | None:
+def model_position_limit(
+    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> int | None:
     """The longest input the model can embed, or None when it has no learned position limit."""
     limits = []
     positions = getattr(config, "max_position_embeddings", None)

@@ -109,11 +109,11 @@ def check_record(
             elif not passage.strip():
                 problems.append((f"{name}[{i}]", "empty passage"))
 
-    if train_group_size is not None and train_group_size > 1 and isinstance(record.get("neg", []), list):
-        if not record.get("neg"):
-            problems.append(
-                ("neg", f"no negatives, but train_group_size={train_group_size} needs at least one per query")
-            )
+    negatives = record.get("neg", [])
+    if (train_group_size or 0) > 1 and isinstance(negatives, list) and not negatives:
+        problems.append(
+            ("neg", f"no negatives, but train_group_size={train_group_size} needs at least one per query")
+        )
 
     for score_name, passage_name in SCORE_FIELDS.items():
         if score_name not in record:
@@ -138,7 +138,9 @@ def check_record(
         problems.append((missing, f"missing while {present} is given: teacher scores need both"))
 
     if require_teacher_scores and "pos_scores" not in record:
-        problems.append(("pos_scores", "missing, but knowledge_distillation is on: every query needs teacher scores"))
+        problems.append(
+            ("pos_scores", "missing, but knowledge_distillation is on: every query needs teacher scores")
+        )
 
     prompt = record.get("prompt")
     if "prompt" in record and not (isinstance(prompt, str) and prompt.strip()):
@@ -174,7 +176,11 @@ def validate_files(
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as error:
-                report.add(Issue(str(path), number, "<line>", f"not valid JSON ({error.msg} at column {error.colno})"))
+                report.add(
+                    Issue(
+                        str(path), number, "<line>", f"not valid JSON ({error.msg} at column {error.colno})"
+                    )
+                )
                 continue
             problems = check_record(record, train_group_size, require_teacher_scores)
             for field_name, message in problems:

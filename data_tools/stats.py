@@ -66,12 +66,20 @@ def token_lengths(files: Sequence[Path], tokenizer, sample: int, seed: int = 0) 
         pairs = rng.sample(pairs, sample)
     query_ids = sorted({q for q, _ in pairs})
     query_len = dict(
-        zip(query_ids, map(len, tokenizer([queries[i] for i in query_ids], add_special_tokens=False)["input_ids"]))
+        zip(
+            query_ids,
+            map(len, tokenizer([queries[i] for i in query_ids], add_special_tokens=False)["input_ids"]),
+            strict=False,
+        )
     )
-    passage_len = [len(ids) for ids in tokenizer([p for _, p in pairs], add_special_tokens=False)["input_ids"]]
+    passage_len = [
+        len(ids) for ids in tokenizer([p for _, p in pairs], add_special_tokens=False)["input_ids"]
+    ]
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     return {
         "query": LengthStats("query", list(query_len.values())),
         "passage": LengthStats("passage", passage_len),
-        "pair": LengthStats("pair", [query_len[q] + n + specials for (q, _), n in zip(pairs, passage_len)]),
+        "pair": LengthStats(
+            "pair", [query_len[q] + n + specials for (q, _), n in zip(pairs, passage_len, strict=False)]
+        ),
     }

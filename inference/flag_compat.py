@@ -20,7 +20,9 @@ def pick_device_and_dtype(
         devices = [devices]
     if devices:
         if len(devices) > 1:
-            logger.warning("several devices given (%s): this reranker runs on the first, %s", devices, devices[0])
+            logger.warning(
+                "several devices given (%s): this reranker runs on the first, %s", devices, devices[0]
+            )
         device = torch.device(devices[0])
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -82,7 +84,10 @@ class FlagReranker(Reranker):
         """As FlagEmbedding: a float when there is exactly one score, else a list in input order."""
         pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
         pairs = [
-            (self._with_instruction(q, self.query_instruction), self._with_instruction(p, self.passage_instruction))
+            (
+                self._with_instruction(q, self.query_instruction),
+                self._with_instruction(p, self.passage_instruction),
+            )
             for q, p in pairs
         ]
         lengths = flag_reranker_lengths(

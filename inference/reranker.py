@@ -61,7 +61,9 @@ class Reranker:
         path = resolve_model_path(name_or_path)
         spec = RerankerSpec.load(path) if Path(path).is_dir() else None
         if spec is not None and spec.family != "cross_encoder":
-            raise ValueError(f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class")
+            raise ValueError(
+                f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class"
+            )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = load_cross_encoder(path, dtype=dtype, trust_remote_code=trust_remote_code)
         if spec is not None:

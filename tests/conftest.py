@@ -83,7 +83,10 @@ def tiny_xlmr_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
-    texts = [line for line in (FE_TOY / "old_examples_reranker" / "toy_finetune_data.jsonl").read_text().splitlines()]
+    texts = [
+        line
+        for line in (FE_TOY / "old_examples_reranker" / "toy_finetune_data.jsonl").read_text().splitlines()
+    ]
     tokenizer = train_roberta_style_tokenizer(texts)
     torch.manual_seed(0)
     config = XLMRobertaConfig(

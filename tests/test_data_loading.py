@@ -12,10 +12,21 @@ from rerankforge.data_tools.grouping import GroupedDataset
 
 
 def test_a_folder_of_several_jsonl_files_loads_every_record(tmp_path):
-    write_jsonl(tmp_path / "data" / "a.jsonl", [{"query": f"a{i}", "pos": ["p"], "neg": ["n"]} for i in range(3)])
+    write_jsonl(
+        tmp_path / "data" / "a.jsonl", [{"query": f"a{i}", "pos": ["p"], "neg": ["n"]} for i in range(3)]
+    )
     write_jsonl(
         tmp_path / "data" / "b.jsonl",
-        [{"query": "b0", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0], "neg_scores": [0.0], "prompt": "x?"}],
+        [
+            {
+                "query": "b0",
+                "pos": ["p"],
+                "neg": ["n"],
+                "pos_scores": [1.0],
+                "neg_scores": [0.0],
+                "prompt": "x?",
+            }
+        ],
     )
     (tmp_path / "data" / "notes.txt").write_text("not data")
     records = load_train_dataset(tmp_path / "data")
@@ -38,9 +49,19 @@ def test_the_fe_toy_file_without_final_newline_keeps_all_ten_queries():
 
 @pytest.fixture
 def records(tmp_path):
-    rows = [{"query": f"q{i}", "pos": [f"p{i}a", f"p{i}b"], "neg": [f"n{i}_{j}" for j in range(10)],
-             "pos_scores": [1.0, 2.0], "neg_scores": [float(-j) for j in range(10)]} for i in range(6)]
-    rows.append({"query": "few", "pos": ["pf"], "neg": ["nf0", "nf1"], "pos_scores": [5.0], "neg_scores": [1.0, 2.0]})
+    rows = [
+        {
+            "query": f"q{i}",
+            "pos": [f"p{i}a", f"p{i}b"],
+            "neg": [f"n{i}_{j}" for j in range(10)],
+            "pos_scores": [1.0, 2.0],
+            "neg_scores": [float(-j) for j in range(10)],
+        }
+        for i in range(6)
+    ]
+    rows.append(
+        {"query": "few", "pos": ["pf"], "neg": ["nf0", "nf1"], "pos_scores": [5.0], "neg_scores": [1.0, 2.0]}
+    )
     return load_train_dataset(write_jsonl(tmp_path / "t.jsonl", rows))
 
 
@@ -75,7 +96,9 @@ def test_too_few_negatives_uses_all_then_repeats_and_is_logged_once(records, cap
     with caplog.at_level(logging.WARNING):
         dataset = GroupedDataset(records, train_group_size=5, seed=1)
     warnings = [r.getMessage() for r in caplog.records if "drawn with replacement" in r.getMessage()]
-    assert warnings == ["1 of 7 queries have fewer than 4 negatives: their negatives are drawn with replacement"]
+    assert warnings == [
+        "1 of 7 queries have fewer than 4 negatives: their negatives are drawn with replacement"
+    ]
     assert dataset.queries_with_repeated_negatives == 1
     group = dataset[6]
     assert set(group.passages[1:]) == {"nf0", "nf1"} and len(group.passages) == 5

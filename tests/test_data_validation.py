@@ -22,9 +22,21 @@ BAD_LINES = [
     ('{"query": "q", "pos": "p", "neg": ["n"]}', "pos", "must be a list"),
     ('{"query": "q", "pos": ["p"], "neg": ["n", ""]}', "neg[1]", "empty passage"),
     ('{"query": "q", "pos": [null], "neg": ["n"]}', "pos[0]", "must be a string"),
-    ('{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0], "neg_scores": [1, 2]}', "neg_scores", "has 2"),
-    ('{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [NaN], "neg_scores": [1]}', "pos_scores[0]", "finite"),
-    ('{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1], "neg_scores": [Infinity]}', "neg_scores[0]", "finite"),
+    (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1.0], "neg_scores": [1, 2]}',
+        "neg_scores",
+        "has 2",
+    ),
+    (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [NaN], "neg_scores": [1]}',
+        "pos_scores[0]",
+        "finite",
+    ),
+    (
+        '{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1], "neg_scores": [Infinity]}',
+        "neg_scores[0]",
+        "finite",
+    ),
     ('{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1]}', "neg_scores", "missing"),
     ('{"query": "q", "pos": ["p"], "neg": ["n"], "passages": ["x"]}', "passages", "unknown key"),
     ('{"query": "q", "pos": ["p"], "neg": ["n"], "prompt": ""}', "prompt", "non-empty"),
@@ -57,8 +69,16 @@ def test_training_stops_on_bad_data_before_loading_any_model(tmp_path, capsys):
     path.write_text(f"{GOOD}\n" + '{"query": "q", "pos": ["p"]}\n', encoding="utf-8")
     # the model path does not exist: reaching the model would fail differently
     code = train_main(
-        ["--model_name_or_path", str(tmp_path / "no-model"), "--train_data", str(path),
-         "--train_group_size", "4", "--output_dir", str(tmp_path / "out")]
+        [
+            "--model_name_or_path",
+            str(tmp_path / "no-model"),
+            "--train_data",
+            str(path),
+            "--train_group_size",
+            "4",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -72,7 +92,9 @@ def test_distillation_requires_scores_on_every_line(tmp_path):
         '{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [1], "neg_scores": [0]}\n' + GOOD + "\n",
         encoding="utf-8",
     )
-    with pytest.raises(DataValidationError, match=r"train.jsonl:2: pos_scores: missing, but knowledge_distillation"):
+    with pytest.raises(
+        DataValidationError, match=r"train.jsonl:2: pos_scores: missing, but knowledge_distillation"
+    ):
         load_train_dataset(path, require_teacher_scores=True)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.losses import RankingObjective
 from rerankforge.trainer.spec import RerankerSpec
+
+TRAINING_ARGS_JSON = "training_args.json"
 
 
 class RerankerTrainer(Trainer):
@@ -48,7 +52,15 @@ class RerankerTrainer(Trainer):
         return (loss, {"scores": scores}) if return_outputs else loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them."""
+        """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them.
+
+        The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: a saved model
+        holds no pickle, so loading it never runs code.
+        """
         super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            self.spec.save(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        self.spec.save(folder)
+        (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
+        (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)

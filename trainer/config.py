@@ -14,11 +14,15 @@ from transformers import TrainingArguments
 class RerankerConfig(TrainingArguments):
     """Everything one training run needs: one flat dataclass, set by a YAML recipe and the command line."""
 
-    family: str = field(default="cross_encoder", metadata={"help": "Reranker family: the key in trainer.families."})
+    family: str = field(
+        default="cross_encoder", metadata={"help": "Reranker family: the key in trainer.families."}
+    )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Base model: a local folder, a packaged model or a Hub name."}
     )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the model's own."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer, when not the model's own."}
+    )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with the model. Off unless you trust its source."}
     )
@@ -29,12 +33,16 @@ class RerankerConfig(TrainingArguments):
     query_max_len: int = field(default=32, metadata={"help": "Tokens kept from each query."})
     passage_max_len: int = field(default=128, metadata={"help": "Tokens kept from each passage."})
     knowledge_distillation: bool = field(
-        default=False, metadata={"help": "Also learn the teacher's pos_scores/neg_scores (KL over the group)."}
+        default=False,
+        metadata={"help": "Also learn the teacher's pos_scores/neg_scores (KL over the group)."},
     )
-    distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature for distillation."})
+    distill_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature for distillation."}
+    )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: groups are not a `datasets` table the Trainer can prune."}
+        default=False,
+        metadata={"help": "Kept False: groups are not a `datasets` table the Trainer can prune."},
     )
 
     def __post_init__(self) -> None:

@@ -24,7 +24,8 @@ class RerankerSpec:
     passage_max_len: int
     max_length: int
     base_model: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)  # family-specific settings (prompt, token ids, layers)
+    # family-specific settings (prompt, token ids, layers)
+    extra: dict[str, object] = field(default_factory=dict)
     version: int = SPEC_VERSION
 
     def to_json(self) -> str:

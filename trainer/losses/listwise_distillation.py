@@ -20,10 +20,14 @@ class ListwiseDistillationLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
         if scores.shape != teacher_scores.shape:
-            raise ValueError(f"student {tuple(scores.shape)} and teacher {tuple(teacher_scores.shape)} differ")
+            raise ValueError(
+                f"student {tuple(scores.shape)} and teacher {tuple(teacher_scores.shape)} differ"
+            )
         student_log_probs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         teacher_log_probs = torch.log_softmax(teacher_scores.float() / self.temperature, dim=-1)
-        return nn.functional.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean")
+        return nn.functional.kl_div(
+            student_log_probs, teacher_log_probs, log_target=True, reduction="batchmean"
+        )
 
     def get_config_dict(self) -> dict[str, object]:
         return {"name": "listwise_distillation", "temperature": self.temperature}

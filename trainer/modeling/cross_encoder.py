@@ -22,7 +22,9 @@ def load_cross_encoder(
         use_safetensors=True,
     )
     if model.config.num_labels != 1:
-        raise ValueError(f"{name_or_path}: a cross-encoder needs one output logit, the model has {model.config.num_labels}")
+        raise ValueError(
+            f"{name_or_path}: a cross-encoder needs one output logit, the model has {model.config.num_labels}"
+        )
     return model
 
 

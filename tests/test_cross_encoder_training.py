@@ -1,0 +1,177 @@
+"""Cross-encoder training with the real `transformers.Trainer` on tiny random models."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from rerankforge.data_tools import load_train_dataset
+from rerankforge.inference import Reranker
+from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.trainer.cross_encoder_trainer import build_cross_encoder_trainer
+from rerankforge.trainer.modeling.cross_encoder import score_pairs
+
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "music",
+    "paper",
+    "garden",
+    "window",
+    "silver",
+    "orange",
+    "forest",
+    "bridge",
+]
+
+
+def toy_records(n_queries: int, n_negatives: int = 6, seed: int = 0) -> list[dict]:
+    """A task a 2-layer model can learn: the positive repeats the query's word, negatives do not."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n_queries):
+        word = WORDS[i % len(WORDS)]
+        others = [w for w in WORDS if w != word]
+        records.append(
+            {
+                "query": f"where is the {word}",
+                "pos": [f"the {word} is here, {word} indeed"],
+                "neg": [
+                    f"the {rng.choice(others)} is there, {rng.choice(others)} maybe"
+                    for _ in range(n_negatives)
+                ],
+            }
+        )
+    return records
+
+
+def make_config(tmp_path, model_dir, data, **overrides) -> CrossEncoderConfig:
+    settings = dict(
+        model_name_or_path=str(model_dir),
+        train_data=[str(data)],
+        output_dir=str(tmp_path / "out"),
+        train_group_size=4,
+        query_max_len=16,
+        passage_max_len=32,
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        seed=0,
+    )
+    settings.update(overrides)
+    return CrossEncoderConfig(**settings)
+
+
+def build(config):
+    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    return build_cross_encoder_trainer(config, records)
+
+
+def test_training_changes_parameters_and_lowers_the_loss_on_a_learnable_task(tmp_path, tiny_bert_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(24))
+    trainer = build(make_config(tmp_path, tiny_bert_dir, data, num_train_epochs=6, learning_rate=5e-3))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])]
+    assert "classifier.weight" in changed and any("encoder.layer.0" in name for name in changed)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 36
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert first > 1.2  # about ln(4) = 1.386 at the start
+    assert last < 0.5 * first
+
+
+def test_a_last_batch_smaller_than_the_others_trains(tmp_path, tiny_bert_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(5))
+    trainer = build(make_config(tmp_path, tiny_bert_dir, data, per_device_train_batch_size=2))
+    assert trainer.args.dataloader_drop_last is False
+    sizes = [batch["input_ids"].shape[0] for batch in trainer.get_train_dataloader()]
+    assert sizes == [8, 8, 4]  # 2, 2 and 1 groups of 4 pairs
+    result = trainer.train()
+    assert trainer.state.global_step == 3
+    assert torch.isfinite(torch.tensor(result.training_loss))
+
+
+def test_loss_reshapes_by_the_batch_it_receives(tmp_path, tiny_bert_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(3))
+    trainer = build(make_config(tmp_path, tiny_bert_dir, data))
+    groups = [trainer.train_dataset[i] for i in range(3)]
+    batch = trainer.data_collator(groups)
+    loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+    assert outputs["scores"].shape == (3, 4)
+    expected = torch.nn.functional.cross_entropy(outputs["scores"], torch.zeros(3, dtype=torch.long))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_distillation_trains_from_teacher_scores(tmp_path, tiny_bert_dir):
+    records = toy_records(8)
+    for record in records:
+        record["pos_scores"] = [3.0]
+        record["neg_scores"] = [float(-i) for i in range(len(record["neg"]))]
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    trainer = build(
+        make_config(tmp_path, tiny_bert_dir, data, knowledge_distillation=True, distill_weight=0.5)
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["teacher_scores"].shape == (2, 4)
+    loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+    scores, teacher = outputs["scores"], batch["teacher_scores"]
+    ce = torch.nn.functional.cross_entropy(scores, torch.zeros(2, dtype=torch.long))
+    kl = torch.nn.functional.kl_div(
+        scores.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean"
+    )
+    assert loss.item() == pytest.approx((ce + 0.5 * kl).item(), rel=1e-5)
+    trainer.train()
+
+
+def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
+    config = make_config(tmp_path, tiny_bert_dir, data, num_train_epochs=2)
+    trainer = build(config)
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file() and (out / "rerankforge.json").is_file()
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles: safetensors and JSON
+    assert (out / "training_args.json").is_file()
+
+    groups = [trainer.train_dataset[i] for i in range(4)]
+    pairs = [[g.query, p] for g in groups for p in g.passages]
+    batch = trainer.data_collator(groups)
+    trainer.model.eval()
+    with torch.no_grad():
+        trained = score_pairs(trainer.model, {k: v for k, v in batch.items() if torch.is_tensor(v)}).tolist()
+    reranker = Reranker.from_pretrained(str(out), device="cpu")
+    assert reranker.lengths == trainer.data_collator.lengths
+    assert reranker.compute_score(pairs, batch_size=5) == pytest.approx(trained, abs=1e-5)
+
+
+def test_xlmr_with_512_plus_512_is_clipped_to_its_positions_and_trains(tmp_path, tiny_xlmr_dir):
+    long_text = " ".join(["the women walk along a beach wearing flip flops"] * 80)
+    records = [{"query": long_text, "pos": [long_text], "neg": [long_text, "a short one"]} for _ in range(2)]
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    config = make_config(
+        tmp_path, tiny_xlmr_dir, data, query_max_len=512, passage_max_len=512, train_group_size=3
+    )
+    trainer = build(config)
+    assert trainer.data_collator.lengths.max_length == 512
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["input_ids"].shape[1] == 512
+    assert "token_type_ids" not in batch
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    scores = Reranker.from_pretrained(config.output_dir, device="cpu").compute_score(
+        [[long_text, long_text]] * 2
+    )
+    assert len(scores) == 2

@@ -1,0 +1,102 @@
+"""`Reranker` and `FlagReranker`: input order kept, single pairs give floats, FlagEmbedding's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.inference import FlagReranker, Reranker
+from rerankforge.trainer.spec import RerankerSpec
+
+QUERY = "what do women wear on the beach"
+PASSAGES = [
+    "flip flops",
+    "Some women with flip-flops on are walking along the beach, " * 6,
+    "a reform",
+    "The 4 women are sitting on the beach in the sun and they wear hats and sandals",
+    "sandals",
+]
+PAIRS = [[QUERY, p] for p in PASSAGES]
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_bert_dir):
+    return Reranker.from_pretrained(str(tiny_bert_dir), device="cpu")
+
+
+def test_folder_without_spec_uses_flag_reranker_defaults(reranker):
+    assert reranker.lengths == PairLengths(query_max_len=384, passage_max_len=512, max_length=512)
+
+
+def test_scores_come_back_in_input_order_whatever_the_lengths(reranker):
+    one_by_one = [reranker.compute_score(pair) for pair in PAIRS]
+    assert all(isinstance(s, float) for s in one_by_one)
+    batched = reranker.compute_score(PAIRS, batch_size=2)
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    assert reranker.compute_score(PAIRS[::-1], batch_size=3) == pytest.approx(one_by_one[::-1], abs=1e-5)
+    assert len(set(round(s, 6) for s in batched)) == len(PAIRS)  # distinct: a shuffle would be caught
+
+
+def test_single_pair_gives_a_float_and_a_list_gives_a_list(reranker):
+    assert isinstance(reranker.compute_score(("q", "p")), float)
+    assert isinstance(reranker.compute_score([["q", "p"]]), list)
+    assert reranker.compute_score([]) == []
+
+
+def test_normalize_applies_a_sigmoid(reranker):
+    raw = reranker.compute_score(PAIRS)
+    assert reranker.compute_score(PAIRS, normalize=True) == pytest.approx(
+        [1 / (1 + math.exp(-s)) for s in raw]
+    )
+
+
+def test_max_length_caps_the_pair(reranker):
+    long_pair = [QUERY, PASSAGES[1]]
+    assert reranker.compute_score(long_pair, max_length=8) != pytest.approx(reranker.compute_score(long_pair))
+    features = reranker._encoder(reranker.lengths_for(8)).encode([QUERY], [PASSAGES[1]])
+    assert len(features[0]["input_ids"]) == 8
+
+
+def test_rank_returns_best_first_with_top_k(reranker):
+    scores = reranker.compute_score(PAIRS)
+    ranked = reranker.rank(QUERY, PASSAGES, top_k=3)
+    assert [r["index"] for r in ranked] == sorted(range(5), key=lambda i: -scores[i])[:3]
+    assert ranked[0]["text"] == PASSAGES[ranked[0]["index"]]
+    assert ranked[0]["score"] == pytest.approx(max(scores))
+
+
+def test_flag_reranker_matches_flagembedding_behaviour(tiny_bert_dir, reranker):
+    flag = FlagReranker(str(tiny_bert_dir), use_fp16=True, devices=["cpu"])
+    assert flag.model.dtype == torch.float32  # fp16 falls back to fp32 on CPU
+    assert flag.compute_score(PAIRS) == pytest.approx(reranker.compute_score(PAIRS), abs=1e-5)
+    assert isinstance(flag.compute_score([PAIRS[0]]), float)  # FlagEmbedding returns a float for one score
+    assert flag.compute_score(PAIRS[0], normalize=True) == pytest.approx(
+        reranker.compute_score(PAIRS[0], normalize=True), abs=1e-6
+    )
+    instructed = FlagReranker(str(tiny_bert_dir), query_instruction_for_rerank="Q: ", devices="cpu")
+    assert instructed.compute_score(PAIRS[0]) == pytest.approx(
+        reranker.compute_score(["Q: " + QUERY, PASSAGES[0]])
+    )
+
+
+def test_a_folder_of_another_family_is_refused(tmp_path, tiny_bert_dir):
+    import shutil
+
+    folder = tmp_path / "llm"
+    shutil.copytree(tiny_bert_dir, folder)
+    RerankerSpec("llm", 32, 128, 160).save(folder)
+    with pytest.raises(ValueError, match="holds a 'llm' reranker"):
+        Reranker.from_pretrained(str(folder))
+
+
+def test_spec_round_trips_and_rejects_newer_versions(tmp_path):
+    spec = RerankerSpec("cross_encoder", 32, 224, 256, base_model="m", extra={"k": 1})
+    spec.save(tmp_path)
+    assert RerankerSpec.load(tmp_path) == spec
+    (tmp_path / "rerankforge.json").write_text('{"version": 99, "family": "x"}')
+    with pytest.raises(ValueError, match="version 99"):
+        RerankerSpec.load(tmp_path)
+    assert RerankerSpec.load(tmp_path / "missing") is None

@@ -1,0 +1,91 @@
+"""Recipes parse with the real parser; the tiny recipe runs end to end from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from rerankforge.inference import Reranker
+from rerankforge.trainer.cli import RecipeError, parse_config
+from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+TOY_RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "toy.yaml"
+
+
+def test_there_are_recipes_to_check():
+    assert TOY_RECIPE in RECIPES
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(REPO)) for r in RECIPES])
+def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch):
+    if "accelerate" in recipe.parts:  # accelerate's own configs are checked by accelerate, not by us
+        pytest.skip("accelerate config")
+    monkeypatch.chdir(REPO)
+    config = parse_config([str(recipe)])
+    assert config.model_name_or_path and config.train_data
+
+
+def test_command_line_overrides_the_recipe(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = parse_config([str(TOY_RECIPE), "--train_group_size", "4", "--learning_rate", "1e-4"])
+    assert isinstance(config, CrossEncoderConfig)
+    assert config.train_group_size == 4 and config.learning_rate == 1e-4
+    assert config.query_max_len == 32  # untouched recipe value
+
+
+def test_unknown_recipe_key_is_an_error_that_names_it(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: m\ntrain_data: d.jsonl\ntrain_grup_size: 4\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: unknown key\(s\) train_grup_size"):
+        parse_config([str(recipe)])
+
+
+def test_unknown_command_line_option_is_an_error_that_names_it(capsys):
+    from rerankforge.trainer.cli import main
+
+    assert main(["--model_name_or_path", "m", "--train_data", "d", "--train_grup_size", "4"]) == 2
+    assert "--train_grup_size" in capsys.readouterr().err
+
+
+def test_unknown_family_is_an_error():
+    with pytest.raises(ValueError, match="unknown family 'bi_encoder'"):
+        parse_config(["--family", "bi_encoder", "--model_name_or_path", "m", "--train_data", "d"])
+
+
+def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
+    out = tmp_path / "toy"
+    command = [
+        sys.executable,
+        "-m",
+        "rerankforge.trainer",
+        str(TOY_RECIPE),
+        "--output_dir",
+        str(out),
+        "--num_train_epochs",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = json.loads((out / "rerankforge.json").read_text())
+    assert (
+        spec["family"] == "cross_encoder" and spec["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    assert (spec["query_max_len"], spec["passage_max_len"], spec["max_length"]) == (32, 96, 128)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3  # 10 queries in batches of 4, 4, 2
+
+    reranker = Reranker.from_pretrained(str(out), device="cpu")
+    query = "Five women walk along a beach wearing flip-flops."
+    passages = ["Some women with flip-flops on, are walking along the beach", "There was a reform in 1996."]
+    ranked = reranker.rank(query, passages)
+    assert sorted(r["index"] for r in ranked) == [0, 1]
+    assert ranked[0]["score"] >= ranked[1]["score"]
