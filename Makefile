@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RECIPE ?= recipes/minilm/cross_encoder/toy.yaml
+RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
 .PHONY: install train test test-slow lint format clean
 

@@ -1,4 +1,5 @@
-"""`rerankforge-data`: commands on training data (`check` validates and summarises JSONL files)."""
+"""`rerankforge-data`: `check` validates and summarises training JSONL, `mine` writes it with BM25 hard
+negatives from a data set, `score` adds a teacher's scores for distillation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from rerankforge.data_tools.schema import validate_files
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.data_tools.stats import count_summary, token_lengths
+from rerankforge.data_tools.teacher_scoring import add_teacher_scores
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,84 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-issues", type=int, default=50, help="problems shown before the rest are counted"
     )
     check.add_argument("--sample", type=int, default=20000, help="pairs tokenized for the length statistics")
+
+    mine = commands.add_parser("mine", help="write training JSONL with BM25 hard negatives from a data set")
+    mine.add_argument("data", help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
+    mine.add_argument("output", help="training JSONL to write")
+    mine.add_argument("--split", default="train", help="BEIR qrels split; SQuAD: train, test or all")
+    mine.add_argument("--num-negatives", type=int, default=15)
+    mine.add_argument(
+        "--rank-range",
+        type=int,
+        nargs=2,
+        default=[10, 100],
+        metavar=("FIRST", "LAST"),
+        help="BM25 ranks negatives come from (1 = best; both included)",
+    )
+    mine.add_argument("--run", help="a TREC run file to take candidates from instead of BM25")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
+    mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
+
+    score = commands.add_parser("score", help="add pos_scores / neg_scores from a teacher reranker")
+    score.add_argument("input", help="training JSONL (file or folder)")
+    score.add_argument("output", help="training JSONL to write, with teacher scores")
+    score.add_argument("--teacher", required=True, help="any reranker rerankforge.inference loads")
+    score.add_argument("--batch-size", type=int, default=64)
+    score.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     return parser
+
+
+def mine(args: argparse.Namespace) -> int:
+    from rerankforge.data_tools.ir_data import load_ir_dataset, select_split
+    from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
+    from rerankforge.data_tools.retrieval import BM25Index, read_trec_run
+
+    dataset = select_split(
+        load_ir_dataset(args.data, args.split), args.split, args.eval_fraction, args.split_seed
+    )
+    judged = {q: dataset.queries[q] for q in dataset.judged_queries()}
+    if args.run:
+        run = read_trec_run(args.run, list(judged))
+    else:
+        run = BM25Index(dataset.corpus).search(judged, args.rank_range[1], show_progress=True)
+    records = mine_hard_negatives(dataset, run, args.num_negatives, tuple(args.rank_range), args.seed)
+    write_jsonl(records, args.output)
+    print(
+        f"{args.output}: {len(records)} queries from {dataset.name} ({len(dataset.queries) - len(records)} "
+        f"without a judged-relevant passage), negatives from ranks {args.rank_range[0]}-{args.rank_range[1]}"
+    )
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    import json
+
+    from rerankforge.data_tools.mining import write_jsonl
+    from rerankforge.data_tools.schema import DataValidationError
+    from rerankforge.data_tools.sources import load_train_dataset
+    from rerankforge.inference.auto import load_reranker
+
+    files = resolve_data_files(args.input)
+    try:
+        load_train_dataset(files)  # validate every line before the teacher is loaded
+    except DataValidationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    records = [
+        json.loads(line)
+        for path in files
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    teacher = load_reranker(args.teacher, device=args.device)
+
+    def score_pairs(pairs: list[list[str]]) -> list[float]:
+        return teacher.compute_score(pairs, batch_size=args.batch_size, show_progress=True)
+
+    write_jsonl(add_teacher_scores(records, score_pairs), args.output)
+    print(f"{args.output}: {len(records)} queries scored by {args.teacher}")
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -70,12 +149,10 @@ def check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        if args.command == "check":
-            return check(args)
-    except FileNotFoundError as error:
+        return {"check": check, "mine": mine, "score": score}[args.command](args)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 2
 
 
 def run() -> None:

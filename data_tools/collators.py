@@ -44,4 +44,6 @@ class CrossEncoderCollator:
         batch["group_size"] = group_size
         if all(g.teacher_scores is not None for g in groups):
             batch["teacher_scores"] = torch.tensor([g.teacher_scores for g in groups], dtype=torch.float32)
+        if groups[0].index is not None:
+            batch["pair_index"] = torch.tensor([g.index for g in groups], dtype=torch.long)
         return batch

@@ -18,12 +18,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainGroup:
-    """What a collator receives for one query: passages[0] is the positive."""
+    """What a collator receives for one query: passages[0] is the positive.
+
+    Evaluation sends groups of one passage with ``index`` set, so scores can be mapped back to their pair.
+    """
 
     query: str
     passages: list[str]
-    teacher_scores: list[float] | None
-    prompt: str | None
+    teacher_scores: list[float] | None = None
+    prompt: str | None = None
+    index: int | None = None
 
 
 class GroupedDataset(torch.utils.data.Dataset):

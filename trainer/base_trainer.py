@@ -51,6 +51,28 @@ class RerankerTrainer(Trainer):
         loss = self.objective(scores, teacher_scores)
         return (loss, {"scores": scores}) if return_outputs else loss
 
+    def prediction_step(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Eval batches of single pairs (from `EvalPairs`): return (no loss, scores, pair indices).
+
+        The Trainer gathers scores and indices across processes; `EvalPairs.compute_metrics` turns them into
+        ranking metrics and the listwise loss over each query's candidates.
+        """
+        if "pair_index" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        pair_index = inputs.pop("pair_index")
+        inputs.pop("group_size", None)
+        inputs.pop("teacher_scores", None)
+        with torch.no_grad():
+            scores = self.score(model, inputs)
+        return None, scores.detach(), pair_index
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them.
 

@@ -40,6 +40,35 @@ class RerankerConfig(TrainingArguments):
         default=1.0, metadata={"help": "Softmax temperature for distillation."}
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
+    ir_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "A SQuAD JSON file, BEIR folder or (online) BEIR Hub name: split it by article or query, mine "
+            "BM25 hard negatives from its training part (unless train_data is given) and evaluate on the rest."
+        },
+    )
+    ir_split: str = field(default="test", metadata={"help": "qrels split of a BEIR ir_data folder."})
+    eval_fraction: float = field(default=0.2, metadata={"help": "Share of articles (or queries) held out."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train / held-out split."})
+    mine_num_negatives: int = field(default=15, metadata={"help": "Hard negatives mined per query."})
+    mine_rank_range: list[int] = field(
+        default_factory=lambda: [10, 100],
+        metadata={"help": "BM25 ranks (first, last; 1 = best) that hard negatives come from.", "nargs": 2},
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "A BEIR folder or SQuAD file to evaluate on (instead of ir_data's part)."},
+    )
+    eval_split: str = field(
+        default="test", metadata={"help": "Split of eval_data (SQuAD: train, test or all)."}
+    )
+    eval_top_k: int = field(default=100, metadata={"help": "BM25 candidates reranked per evaluation query."})
+    eval_max_queries: int | None = field(
+        default=None, metadata={"help": "Evaluate on a seeded sample of this many queries (None: all)."}
+    )
+    evaluate_before_training: bool = field(
+        default=True, metadata={"help": "With an evaluation set: also measure BM25 and the untrained model."}
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: groups are not a `datasets` table the Trainer can prune."},
@@ -51,8 +80,12 @@ class RerankerConfig(TrainingArguments):
         super().__post_init__()
         if self.model_name_or_path is None:
             raise ValueError("model_name_or_path is required (in the recipe or as --model_name_or_path)")
-        if not self.train_data:
-            raise ValueError("train_data is required (in the recipe or as --train_data)")
+        if not self.train_data and not self.ir_data:
+            raise ValueError("train_data or ir_data is required (in the recipe or on the command line)")
+        if len(self.mine_rank_range) != 2 or not 1 <= self.mine_rank_range[0] <= self.mine_rank_range[1]:
+            raise ValueError(
+                f"mine_rank_range must be [first, last] with 1 <= first <= last, got {self.mine_rank_range}"
+            )
         if self.train_group_size < 1:
             raise ValueError(f"train_group_size must be >= 1, got {self.train_group_size}")
         if self.query_max_len < 1 or self.passage_max_len < 1:

@@ -11,6 +11,7 @@ from rerankforge.data_tools.grouping import GroupedDataset
 from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.trainer.base_trainer import RerankerTrainer
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
@@ -23,7 +24,9 @@ class CrossEncoderTrainer(RerankerTrainer):
         return score_pairs(model, batch)
 
 
-def build_cross_encoder_trainer(config: CrossEncoderConfig, records: datasets.Dataset) -> CrossEncoderTrainer:
+def build_cross_encoder_trainer(
+    config: CrossEncoderConfig, records: datasets.Dataset, eval_set: RerankEvalSet | None = None
+) -> CrossEncoderTrainer:
     """Model, tokenizer, groups, collator and spec for one run, wired into the Trainer."""
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path(config.tokenizer_name or config.model_name_or_path),
@@ -38,10 +41,13 @@ def build_cross_encoder_trainer(config: CrossEncoderConfig, records: datasets.Da
         max_length=lengths.max_length,
         base_model=config.model_name_or_path,
     )
+    eval_pairs = EvalPairs(eval_set) if eval_set is not None else None
     return CrossEncoderTrainer(
         model=model,
         args=config,
         train_dataset=GroupedDataset(records, config.train_group_size, seed=config.data_seed or config.seed),
+        eval_dataset=eval_pairs,
+        compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
         data_collator=CrossEncoderCollator(tokenizer, lengths),
         processing_class=tokenizer,
         spec=spec,

@@ -13,6 +13,7 @@ from rerankforge.trainer.base_trainer import RerankerTrainer
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.cross_encoder_trainer import CrossEncoderTrainer, build_cross_encoder_trainer
+from rerankforge.trainer.evaluation import RerankEvalSet
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Family:
     config_class: type[RerankerConfig]
     trainer_class: type[RerankerTrainer]
     collator_class: type
-    build_trainer: Callable[[RerankerConfig, datasets.Dataset], RerankerTrainer]
+    build_trainer: Callable[[RerankerConfig, datasets.Dataset, RerankEvalSet | None], RerankerTrainer]
     inference_class: type
 
 

@@ -1,18 +1,25 @@
-"""One training run, start to finish: validate data, build the family's trainer, train, save."""
+"""One training run, start to finish: data, evaluation before, training, evaluation after, save."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from rerankforge.data_tools.ir_data import load_ir_dataset, select_split, split_by_group
+from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
+from rerankforge.data_tools.retrieval import BM25Index
 from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import get_family
+from rerankforge.trainer.report import metric_table
 
 logger = logging.getLogger(__name__)
+MINED_TRAIN_FILE = Path("data") / "train.jsonl"
 
 
 def resolve_resume(config: RerankerConfig) -> str | None:
@@ -24,17 +31,68 @@ def resolve_resume(config: RerankerConfig) -> str | None:
     return get_last_checkpoint(config.output_dir)
 
 
+def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
+    """Mine training groups from ``ir_data`` when asked (setting ``train_data``); build the evaluation set."""
+    held_out = None
+    if config.ir_data:
+        dataset = load_ir_dataset(config.ir_data, config.ir_split)
+        train_part, held_out = split_by_group(dataset, config.eval_fraction, config.split_seed)
+        logger.info(
+            "%s: %d training queries (%d passages), %d held-out queries (%d passages)",
+            dataset.name, len(train_part.queries), len(train_part.corpus),
+            len(held_out.queries), len(held_out.corpus),
+        )  # fmt: skip
+        if not config.train_data:
+            path = Path(config.output_dir) / MINED_TRAIN_FILE
+            with config.main_process_first(desc="mining hard negatives"):
+                if config.process_index == 0 or not path.is_file():
+                    judged = {q: train_part.queries[q] for q in train_part.judged_queries()}
+                    run = BM25Index(train_part.corpus).search(judged, config.mine_rank_range[1])
+                    records = mine_hard_negatives(
+                        train_part, run, config.mine_num_negatives, tuple(config.mine_rank_range), config.seed
+                    )
+                    write_jsonl(records, path)
+            config.train_data = [str(path)]
+    if config.eval_data:
+        held_out = select_split(
+            load_ir_dataset(config.eval_data, config.eval_split),
+            config.eval_split,
+            config.eval_fraction,
+            config.split_seed,
+        )
+    if held_out is None:
+        return None
+    return RerankEvalSet.from_dataset(held_out, config.eval_top_k, config.eval_max_queries, config.split_seed)
+
+
 def train(config: RerankerConfig) -> Path:
     """Train and save the final model into ``config.output_dir``; returns that folder."""
     family = get_family(config.family)
+    eval_set = prepare_data(config)
     # data problems surface here, before any weights are read
     records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
     logger.info("loaded %d training queries from %s", len(records), ", ".join(config.train_data))
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
-    trainer = family.build_trainer(config, records)
+    trainer = family.build_trainer(config, records, eval_set)
+    rows: list[tuple[str, dict[str, float]]] = []
+    if eval_set is not None and config.evaluate_before_training:
+        rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
+        rows.append(("reranker before training", trainer.evaluate()))
     result = trainer.train(resume_from_checkpoint=resolve_resume(config))
     trainer.save_model(config.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
+    if eval_set is not None:
+        final = trainer.evaluate()
+        trainer.save_metrics("eval", final)
+        rows.append(("reranker after training", final))
+        if trainer.is_world_process_zero():
+            table = metric_table(rows, eval_set.top_k)
+            title = f"{eval_set.name}: {len(eval_set.queries)} queries, BM25 top {eval_set.top_k} reranked"
+            print(f"\n{title}\n\n{table}\n", flush=True)
+            (Path(config.output_dir) / "eval_table.md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
+            (Path(config.output_dir) / "eval_before_after.json").write_text(
+                json.dumps(dict(rows), indent=2), encoding="utf-8"
+            )
     trainer.save_state()
     return Path(config.output_dir)

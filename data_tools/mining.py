@@ -1,0 +1,71 @@
+"""Hard-negative mining: training JSONL from a retrieval run, negatives from a rank range, never a relevant one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rerankforge.data_tools.ir_data import IRDataset
+from rerankforge.data_tools.retrieval import Run, ranked
+
+logger = logging.getLogger(__name__)
+
+
+def mine_hard_negatives(
+    dataset: IRDataset,
+    run: Run,
+    num_negatives: int = 15,
+    rank_range: tuple[int, int] = (10, 100),
+    seed: int = 0,
+    show_progress: bool = True,
+) -> list[dict]:
+    """One record per judged query: its relevant passages as ``pos``, ``num_negatives`` sampled from ranks
+    ``rank_range`` (1 = best, both ends included) of ``run``, skipping every judged-relevant document and any
+    passage whose text equals a positive's."""
+    first, last = rank_range
+    if not 1 <= first <= last:
+        raise ValueError(f"rank_range must satisfy 1 <= start <= end, got {rank_range}")
+    records = []
+    short = 0
+    for query_id in tqdm(dataset.judged_queries(), desc="mining", disable=not show_progress, unit="query"):
+        relevant = dataset.relevant(query_id)
+        positives = [dataset.corpus[d] for d in sorted(relevant) if d in dataset.corpus]
+        if not positives:
+            continue
+        candidates = [
+            d
+            for d in ranked(run, query_id)[first - 1 : last]
+            if d not in relevant and dataset.corpus[d] not in positives
+        ]
+        rng = random.Random(f"{seed}:{query_id}")
+        chosen = rng.sample(candidates, min(num_negatives, len(candidates)))
+        short += len(chosen) < num_negatives
+        records.append(
+            {"query": dataset.queries[query_id], "pos": positives, "neg": [dataset.corpus[d] for d in chosen]}
+        )
+    if short:
+        logger.warning(
+            "%d of %d queries got fewer than %d negatives from ranks %d-%d",
+            short,
+            len(records),
+            num_negatives,
+            first,
+            last,
+        )
+    return records
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> Path:
+    """Write atomically: a crash leaves the previous file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,80 @@
+"""First-stage retrieval: BM25 through `bm25s`, and TREC run files in and out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import bm25s
+import Stemmer
+
+logger = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]  # query id -> {doc id: score}, the shape pytrec_eval reads
+
+
+class BM25Index:
+    """BM25 (Lucene variant, k1=1.5, b=0.75) over English-stemmed, stopword-filtered tokens."""
+
+    def __init__(self, corpus: dict[str, str], k1: float = 1.5, b: float = 0.75):
+        self.doc_ids = list(corpus)
+        self.stemmer = Stemmer.Stemmer("english")
+        tokens = bm25s.tokenize(
+            list(corpus.values()), stopwords="en", stemmer=self.stemmer, show_progress=False
+        )
+        self.retriever = bm25s.BM25(k1=k1, b=b)
+        self.retriever.index(tokens, show_progress=False)
+
+    def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
+        """The top ``k`` documents per query (fewer when the corpus is smaller), best first."""
+        k = min(k, len(self.doc_ids))
+        query_ids = list(queries)
+        tokens = bm25s.tokenize(
+            [queries[q] for q in query_ids], stopwords="en", stemmer=self.stemmer, show_progress=False
+        )
+        results, scores = self.retriever.retrieve(tokens, k=k, show_progress=show_progress)
+        run: Run = {}
+        for row, query_id in enumerate(query_ids):
+            run[query_id] = {
+                self.doc_ids[int(doc)]: float(score)
+                for doc, score in zip(results[row], scores[row], strict=True)
+            }
+        return run
+
+
+def ranked(run: Run, query_id: str) -> list[str]:
+    """A query's doc ids best first (ties broken by doc id, as trec_eval does)."""
+    docs = run.get(query_id, {})
+    return sorted(docs, key=lambda d: (-docs[d], d))
+
+
+def write_trec_run(run: Run, path: str | Path, tag: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for query_id in run:
+            for rank, doc_id in enumerate(ranked(run, query_id), start=1):
+                handle.write(f"{query_id} Q0 {doc_id} {rank} {run[query_id][doc_id]!r} {tag}\n")  # lossless
+    return path
+
+
+def read_trec_run(path: str | Path, query_ids: Sequence[str] | None = None) -> Run:
+    """A TREC run file (``qid Q0 docid rank score tag``); a malformed line is an error naming it."""
+    keep = set(query_ids) if query_ids is not None else None
+    run: Run = {}
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 6:
+                raise ValueError(
+                    f"{path}:{number}: expected 6 fields (qid Q0 docid rank score tag), got {len(fields)}"
+                )
+            if keep is None or fields[0] in keep:
+                try:
+                    run.setdefault(fields[0], {})[fields[2]] = float(fields[4])
+                except ValueError:
+                    raise ValueError(f"{path}:{number}: score: not a number ({fields[4]!r})") from None
+    return run

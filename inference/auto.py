@@ -1,0 +1,18 @@
+"""Load any reranker folder with the class of the family its `rerankforge.json` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
+
+
+def load_reranker(name_or_path: str, **kwargs: object):
+    """Our checkpoints of any family; folders without rerankforge.json load as cross-encoders."""
+    from rerankforge.trainer.families import get_family  # the one family mapping (imports the trainers)
+
+    path = resolve_model_path(name_or_path)
+    spec = RerankerSpec.load(path) if Path(path).is_dir() else None
+    family = spec.family if spec is not None else "cross_encoder"
+    return get_family(family).inference_class.from_pretrained(name_or_path, **kwargs)

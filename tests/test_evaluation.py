@@ -1,0 +1,150 @@
+"""Evaluation during training and `rerankforge-eval` report the same ranking metrics for the same model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA, write_jsonl
+from test_cross_encoder_training import build, make_config, toy_records
+
+from rerankforge.data_tools.ir_data import load_beir
+from rerankforge.data_tools.retrieval import read_trec_run
+from rerankforge.trainer.eval_cli import main as eval_main
+from rerankforge.trainer.evaluation import RerankEvalSet
+
+
+@pytest.fixture(scope="module")
+def beir_slice(tmp_path_factory):
+    """A small real BEIR folder: 12 judged CISI queries, their relevant documents and 80 others."""
+    cisi = load_beir(SHARED_DATA / "cisi", "test")
+    queries = cisi.judged_queries()[:12]
+    docs = sorted({d for q in queries for d in cisi.relevant(q)} | set(list(cisi.corpus)[:80]), key=int)
+    folder = tmp_path_factory.mktemp("cisi-slice")
+    raw = {
+        json.loads(line)["_id"]: line
+        for line in (SHARED_DATA / "cisi" / "corpus.jsonl").read_text().splitlines()
+    }
+    (folder / "corpus.jsonl").write_text("".join(raw[d] + "\n" for d in docs))
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": cisi.queries[q]}) + "\n" for q in queries)
+    )
+    (folder / "qrels").mkdir()
+    rows = [f"{q}\t{d}\t1\n" for q in queries for d in sorted(cisi.relevant(q), key=int)]
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(rows))
+    return folder
+
+
+def eval_config(tmp_path, tiny_bert_dir, beir_slice, **overrides):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(16))
+    settings = dict(
+        eval_data=str(beir_slice), eval_split="test", eval_top_k=20, per_device_eval_batch_size=16
+    )
+    settings.update(overrides)
+    return make_config(tmp_path, tiny_bert_dir, data, **settings)
+
+
+def build_with_eval(config):
+    from rerankforge.data_tools import load_train_dataset
+    from rerankforge.trainer.cross_encoder_trainer import build_cross_encoder_trainer
+    from rerankforge.trainer.train import prepare_data
+
+    eval_set = prepare_data(config)
+    records = load_train_dataset(config.train_data, config.train_group_size)
+    return build_cross_encoder_trainer(config, records, eval_set), eval_set
+
+
+def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_dir, beir_slice):
+    trainer, eval_set = build_with_eval(eval_config(tmp_path, tiny_bert_dir, beir_slice))
+    metrics = trainer.evaluate()
+    for key in ("eval_ndcg@10", "eval_mrr@10", "eval_recall@20", "eval_loss"):
+        assert key in metrics and 0 <= metrics[key] < 100
+    assert len(eval_set.pairs()) == 12 * 20
+    assert eval_set.first_stage_metrics()["recall@20"] == pytest.approx(metrics["eval_recall@20"])
+
+    # the same model through the inference path gives the same metrics
+    trainer.save_model(str(tmp_path / "saved"))
+    from rerankforge.inference import Reranker
+
+    pairs = eval_set.pairs()
+    scores = Reranker.from_pretrained(str(tmp_path / "saved"), device="cpu").compute_score(
+        eval_set.texts(pairs)
+    )
+    run = eval_set.run_from_scores(pairs, scores)
+    assert eval_set.metrics(run)["ndcg@10"] == pytest.approx(metrics["eval_ndcg@10"], abs=1e-6)
+    assert eval_set.listwise_loss(run) == pytest.approx(metrics["eval_loss"], abs=1e-5)
+
+
+def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir, beir_slice):
+    from transformers import EarlyStoppingCallback
+
+    config = eval_config(
+        tmp_path, tiny_bert_dir, beir_slice, num_train_epochs=3, eval_strategy="steps", eval_steps=2,
+        save_strategy="steps", save_steps=2, load_best_model_at_end=True, metric_for_best_model="ndcg@10",
+        greater_is_better=True, learning_rate=5e-3,
+    )  # fmt: skip
+    trainer, _ = build_with_eval(config)
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=1))
+    trainer.train()
+    evals = [entry for entry in trainer.state.log_history if "eval_ndcg@10" in entry]
+    assert len(evals) >= 2
+    assert trainer.state.best_metric == pytest.approx(max(e["eval_ndcg@10"] for e in evals))
+    assert trainer.state.best_model_checkpoint is not None
+
+
+def test_eval_listwise_loss_is_the_softmax_mass_on_relevant_candidates():
+    eval_set = RerankEvalSet(
+        {"q": "x"}, {"a": "a", "b": "b"}, {"q": {"a": 1.0, "b": 0.0}}, {"q": {"b": 1}}, 2
+    )
+    import math
+
+    expected = -math.log(math.exp(0.5) / (math.exp(0.5) + math.exp(2.0)))
+    assert eval_set.listwise_loss({"q": {"a": 2.0, "b": 0.5}}) == pytest.approx(expected)
+
+
+def test_eval_command_prints_the_table_and_writes_json_and_runs(tmp_path, tiny_bert_dir, beir_slice, capsys):
+    import evaluate
+
+    from rerankforge.data_tools.rerank_metric import MODULE_DIR
+
+    out = tmp_path / "eval"
+    code = eval_main(["--model", str(tiny_bert_dir), "--data", str(beir_slice), "--split", "test",
+                      "--top-k", "30", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| BM25 |" in printed and "| reranker |" in printed and "Recall@30" in printed
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["queries"] == 12 and result["pairs"] == 12 * 30
+    assert result["reranker_metrics"]["queries_per_second"] > 0
+    # the evaluate module on the written run gives the command's numbers
+    run = read_trec_run(out / "reranked.run")
+    flat = [(q, d, s) for q in run for d, s in run[q].items()]
+    qrels = load_beir(beir_slice, "test").qrels
+    module = evaluate.load(MODULE_DIR).compute(
+        predictions=[s for *_, s in flat], query_ids=[q for q, *_ in flat], doc_ids=[d for _, d, _ in flat],
+        qrels=qrels, k=30,
+    )  # fmt: skip
+    for key in ("ndcg@10", "mrr@10", "recall@30"):
+        assert module[key] == pytest.approx(result["reranker_metrics"][key], abs=1e-5)
+    assert read_trec_run(out / "first_stage.run").keys() == run.keys()
+
+
+def test_score_command_adds_the_teachers_scores(tmp_path, tiny_bert_dir):
+    from rerankforge.data_tools.cli import main as data_main
+    from rerankforge.inference import Reranker
+
+    source = write_jsonl(tmp_path / "in.jsonl", toy_records(3, n_negatives=2))
+    out = tmp_path / "scored.jsonl"
+    assert (
+        data_main(["score", str(source), str(out), "--teacher", str(tiny_bert_dir), "--device", "cpu"]) == 0
+    )
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    teacher = Reranker.from_pretrained(str(tiny_bert_dir), device="cpu")
+    for record in scored:
+        assert record["pos_scores"] == pytest.approx(
+            teacher.compute_score([[record["query"], p] for p in record["pos"]]), abs=1e-5
+        )
+        assert record["neg_scores"] == pytest.approx(
+            teacher.compute_score([[record["query"], n] for n in record["neg"]]), abs=1e-5
+        )
+    assert data_main(["check", str(out)]) == 0

@@ -1,0 +1,92 @@
+"""`rerankforge-eval --model PATH --data DATA --split test --top-k 100`: rerank BM25's top k and compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rerankforge.data_tools.ir_data import load_ir_dataset, select_split
+from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
+from rerankforge.trainer.evaluation import RerankEvalSet
+from rerankforge.trainer.report import metric_table
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerankforge-eval", description=__doc__)
+    parser.add_argument("--model", required=True, help="any checkpoint rerankforge.inference loads")
+    parser.add_argument("--data", required=True, help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
+    parser.add_argument(
+        "--split", default="test", help="BEIR qrels split; SQuAD: train, test (held out) or all"
+    )
+    parser.add_argument("--top-k", type=int, default=100, help="first-stage candidates reranked per query")
+    parser.add_argument("--run", help="a TREC run file to rerank instead of BM25's")
+    parser.add_argument("--max-queries", type=int, help="a seeded sample of this many judged queries")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
+    parser.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--output", help="folder for metrics.json and the run files (default: MODEL/eval/...)"
+    )
+    return parser
+
+
+def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
+    from rerankforge.inference.auto import load_reranker
+
+    dataset = select_split(
+        load_ir_dataset(args.data, args.split), args.split, args.eval_fraction, args.split_seed
+    )
+    first_stage = read_trec_run(args.run, list(dataset.queries)) if args.run else None
+    eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
+    reranker = load_reranker(args.model, device=args.device)
+    pairs = eval_set.pairs()
+    start = time.perf_counter()
+    scores = reranker.compute_score(eval_set.texts(pairs), batch_size=args.batch_size, show_progress=True)
+    seconds = time.perf_counter() - start
+    run = eval_set.run_from_scores(pairs, scores)
+    reranked = {**eval_set.metrics(run), "queries_per_second": len(eval_set.candidates) / seconds}
+    return {
+        "model": args.model,
+        "data": eval_set.name,
+        "split": args.split,
+        "queries": len(eval_set.candidates),
+        "top_k": args.top_k,
+        "pairs": len(pairs),
+        "first_stage": "run file " + args.run if args.run else "BM25",
+        "first_stage_metrics": eval_set.first_stage_metrics(),
+        "reranker_metrics": reranked,
+        "_runs": (eval_set.candidates, run),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        result = evaluate_model(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    first_run, reranked_run = result.pop("_runs")
+    name = Path(str(result["data"])).name.replace("/", "-")
+    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{name}-{args.split}"
+    output.mkdir(parents=True, exist_ok=True)
+    write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
+    write_trec_run(reranked_run, output / "reranked.run", "rerankforge")
+    (output / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    rows = [
+        (str(result["first_stage"]), result["first_stage_metrics"]),
+        ("reranker", result["reranker_metrics"]),
+    ]
+    print(f"\n{result['data']} ({args.split}): {result['queries']} queries, top {args.top_k} reranked\n")
+    print(metric_table(rows, args.top_k))
+    print(f"\nwritten: {output}/metrics.json, first_stage.run, reranked.run")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Reranking evaluation: score a first stage's top k for held-out queries and measure nDCG@10, MRR@10, Recall@k.
+
+One `RerankEvalSet` serves `trainer.evaluate()` during training and the `rerankforge-eval` command, so both
+report the same numbers for the same model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import EvalPrediction
+
+from rerankforge.data_tools.grouping import TrainGroup
+from rerankforge.data_tools.ir_data import IRDataset
+from rerankforge.data_tools.ir_metrics import ranking_metrics
+from rerankforge.data_tools.retrieval import BM25Index, Run, ranked
+
+
+@dataclass
+class RerankEvalSet:
+    """Held-out queries, their first-stage candidates (top k) and their judgments."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    candidates: Run
+    qrels: dict[str, dict[str, int]]
+    top_k: int
+    name: str = ""
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: IRDataset,
+        top_k: int = 100,
+        max_queries: int | None = None,
+        seed: int = 0,
+        run: Run | None = None,
+    ) -> RerankEvalSet:
+        """BM25 (or the given run) over the data set's corpus, for its judged queries (a seeded sample)."""
+        query_ids = dataset.judged_queries()
+        if max_queries is not None and len(query_ids) > max_queries:
+            query_ids = sorted(random.Random(seed).sample(query_ids, max_queries), key=query_ids.index)
+        queries = {q: dataset.queries[q] for q in query_ids}
+        if run is None:
+            run = BM25Index(dataset.corpus).search(queries, top_k)
+        candidates = {q: {d: run[q][d] for d in ranked(run, q)[:top_k]} for q in query_ids if q in run}
+        needed = {d for docs in candidates.values() for d in docs}
+        return cls(
+            queries=queries,
+            corpus={d: dataset.corpus[d] for d in needed},
+            candidates=candidates,
+            qrels={q: dataset.qrels[q] for q in query_ids},
+            top_k=top_k,
+            name=dataset.name,
+        )
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(query id, doc id) for every candidate, longest text first so eval batches pad little."""
+        pairs = [(q, d) for q in self.candidates for d in self.candidates[q]]
+        return sorted(pairs, key=lambda p: -(len(self.queries[p[0]]) + len(self.corpus[p[1]])))
+
+    def texts(self, pairs: list[tuple[str, str]]) -> list[list[str]]:
+        return [[self.queries[q], self.corpus[d]] for q, d in pairs]
+
+    def run_from_scores(self, pairs: list[tuple[str, str]], scores: list[float]) -> Run:
+        run: Run = {}
+        for (query_id, doc_id), score in zip(pairs, scores, strict=True):
+            run.setdefault(query_id, {})[doc_id] = float(score)
+        return run
+
+    def metrics(self, run: Run) -> dict[str, float]:
+        return ranking_metrics(self.qrels, run, recall_at=self.top_k)
+
+    def first_stage_metrics(self) -> dict[str, float]:
+        return self.metrics(self.candidates)
+
+    def listwise_loss(self, run: Run) -> float:
+        """Mean over queries with a relevant candidate of -log(softmax mass on the relevant candidates):
+        the training loss, over each query's whole candidate list."""
+        losses = []
+        for query_id, docs in run.items():
+            relevant = [d for d in docs if self.qrels.get(query_id, {}).get(d, 0) > 0]
+            if not relevant:
+                continue
+            scores = torch.tensor([docs[d] for d in docs], dtype=torch.float64)
+            positive = torch.tensor([docs[d] for d in relevant], dtype=torch.float64)
+            losses.append((torch.logsumexp(scores, 0) - torch.logsumexp(positive, 0)).item())
+        return sum(losses) / len(losses) if losses else math.nan
+
+
+class EvalPairs(torch.utils.data.Dataset):
+    """The eval set's candidate pairs as one-passage groups carrying their index."""
+
+    def __init__(self, eval_set: RerankEvalSet):
+        self.eval_set = eval_set
+        self.pairs = eval_set.pairs()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> TrainGroup:
+        query_id, doc_id = self.pairs[index]
+        return TrainGroup(self.eval_set.queries[query_id], [self.eval_set.corpus[doc_id]], index=index)
+
+    def compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        """For `Trainer(compute_metrics=...)`: predictions are scores, label_ids the pair indices."""
+        scores = [0.0] * len(self.pairs)
+        seen = [False] * len(self.pairs)
+        for index, score in zip(
+            prediction.label_ids.reshape(-1).tolist(),
+            prediction.predictions.reshape(-1).tolist(),
+            strict=True,
+        ):
+            scores[int(index)] = score
+            seen[int(index)] = True
+        if not all(seen):
+            raise RuntimeError(f"evaluation scored {sum(seen)} of {len(seen)} pairs")
+        run = self.eval_set.run_from_scores(self.pairs, scores)
+        return {**self.eval_set.metrics(run), "loss": self.eval_set.listwise_loss(run)}
