@@ -2,4 +2,5 @@
 
 from rerankforge.data_tools.cli import run
 
-run()
+if __name__ == "__main__":
+    run()

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rerankforge.data_tools.schema import validate_files
+from rerankforge.data_tools.schema import iter_lines, validate_files
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.data_tools.stats import count_summary, token_lengths
 from rerankforge.data_tools.teacher_scoring import add_teacher_scores
@@ -62,13 +62,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def mine(args: argparse.Namespace) -> int:
-    from rerankforge.data_tools.ir_data import load_ir_dataset, select_split
+    from rerankforge.data_tools.ir_data import load_ir_split
     from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
     from rerankforge.data_tools.retrieval import BM25Index, read_trec_run
 
-    dataset = select_split(
-        load_ir_dataset(args.data, args.split), args.split, args.eval_fraction, args.split_seed
-    )
+    dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     judged = {q: dataset.queries[q] for q in dataset.judged_queries()}
     if args.run:
         run = read_trec_run(args.run, list(judged))
@@ -97,12 +95,7 @@ def score(args: argparse.Namespace) -> int:
     except DataValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    records = [
-        json.loads(line)
-        for path in files
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
     teacher = load_reranker(args.teacher, device=args.device)
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:

@@ -38,8 +38,11 @@ class CrossEncoderCollator:
         queries = [g.query for g in groups for _ in g.passages]
         passages = [p for g in groups for p in g.passages]
         features = self.encoder.encode(queries, passages)
+        multiple = self.pad_to_multiple_of
+        if multiple and self.lengths.max_length % multiple:  # rounding up could pass the model's positions
+            multiple = None
         batch: dict[str, Any] = dict(
-            self.tokenizer.pad(features, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
+            self.tokenizer.pad(features, pad_to_multiple_of=multiple, return_tensors="pt")
         )
         batch["group_size"] = group_size
         if all(g.teacher_scores is not None for g in groups):

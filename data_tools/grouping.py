@@ -52,7 +52,7 @@ class GroupedDataset(torch.utils.data.Dataset):
             )
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer's dataloader at the start of each epoch."""
+        """Called at the start of each epoch (by the trainer's callback, and by accelerate's dataloader)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

@@ -94,13 +94,18 @@ def load_beir(folder: str | Path, split: str = "test") -> IRDataset:
 
 def load_squad(path: str | Path) -> IRDataset:
     """SQuAD v1.1 JSON: the paragraphs form the corpus, each question's paragraph is its relevant passage."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    return squad_from_articles(data, name=Path(path).stem)
+
+
+def squad_from_articles(data: list[dict], name: str) -> IRDataset:
+    """SQuAD's article / paragraph / question nesting as an IRDataset (doc id: ``article-paragraph``)."""
     corpus: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
     query_groups: dict[str, str] = {}
     doc_groups: dict[str, str] = {}
-    for article_index, article in enumerate(data["data"]):
+    for article_index, article in enumerate(data):
         title = article["title"]
         for paragraph_index, paragraph in enumerate(article["paragraphs"]):
             doc_id = f"{article_index}-{paragraph_index}"
@@ -110,7 +115,7 @@ def load_squad(path: str | Path) -> IRDataset:
                 queries[qa["id"]] = qa["question"].strip()
                 qrels[qa["id"]] = {doc_id: 1}
                 query_groups[qa["id"]] = title
-    return IRDataset(corpus, queries, qrels, query_groups, doc_groups, name=Path(path).stem)
+    return IRDataset(corpus, queries, qrels, query_groups, doc_groups, name=name)
 
 
 def load_hub_beir(name: str, split: str = "test") -> IRDataset:  # pragma: no cover - needs the Hub
@@ -133,13 +138,31 @@ def load_hub_beir(name: str, split: str = "test") -> IRDataset:  # pragma: no co
     )
 
 
+SQUAD_HUB_NAMES = ("squad", "rajpurkar/squad")
+
+
+def load_hub_squad(name: str = "rajpurkar/squad", split: str = "validation") -> IRDataset:  # pragma: no cover
+    """SQuAD v1.1 from the Hub, through `datasets`, in the same form as `load_squad`."""
+    import datasets
+
+    articles: dict[str, dict] = {}
+    for row in datasets.load_dataset(name, split=split):
+        article = articles.setdefault(row["title"], {"title": row["title"], "paragraphs": {}})
+        paragraph = article["paragraphs"].setdefault(row["context"], {"context": row["context"], "qas": []})
+        paragraph["qas"].append({"id": row["id"], "question": row["question"]})
+    data = [{"title": a["title"], "paragraphs": list(a["paragraphs"].values())} for a in articles.values()]
+    return squad_from_articles(data, name=f"{name}/{split}")
+
+
 def load_ir_dataset(name_or_path: str | Path, split: str = "test") -> IRDataset:
-    """A BEIR folder, a SQuAD JSON file, or (online) a BEIR data set name on the Hub."""
+    """A BEIR folder, a SQuAD JSON file, or (online) SQuAD or a BEIR data set by its Hub name."""
     path = Path(name_or_path)
     if path.is_dir():
         return load_beir(path, split)
     if path.is_file():
         return load_squad(path)
+    if str(name_or_path) in SQUAD_HUB_NAMES:
+        return load_hub_squad(str(name_or_path))
     if "/" in str(name_or_path) and not str(name_or_path).startswith((".", "/")):
         return load_hub_beir(str(name_or_path), split)
     raise FileNotFoundError(f"{name_or_path}: no such file or folder")
@@ -157,6 +180,13 @@ def split_by_group(dataset: IRDataset, eval_fraction: float, seed: int = 0) -> t
     return dataset.subset(train_ids, f"{dataset.name}/train"), dataset.subset(
         eval_ids, f"{dataset.name}/eval"
     )
+
+
+def load_ir_split(
+    name_or_path: str | Path, split: str = "test", eval_fraction: float = 0.2, seed: int = 0
+) -> IRDataset:
+    """One split of a data set: a BEIR qrels split, or for SQuAD ``train`` / ``test`` by article (or ``all``)."""
+    return select_split(load_ir_dataset(name_or_path, split), split, eval_fraction, seed)
 
 
 def select_split(dataset: IRDataset, split: str, eval_fraction: float = 0.2, seed: int = 0) -> IRDataset:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rerankforge.data_tools.files import atomic_writer
 from rerankforge.data_tools.ir_data import IRDataset
 from rerankforge.data_tools.retrieval import Run, ranked
 
@@ -31,6 +32,7 @@ def mine_hard_negatives(
         raise ValueError(f"rank_range must satisfy 1 <= start <= end, got {rank_range}")
     records = []
     short = 0
+    without_negatives = 0
     for query_id in tqdm(dataset.judged_queries(), desc="mining", disable=not show_progress, unit="query"):
         relevant = dataset.relevant(query_id)
         positives = [dataset.corpus[d] for d in sorted(relevant) if d in dataset.corpus]
@@ -43,6 +45,9 @@ def mine_hard_negatives(
         ]
         rng = random.Random(f"{seed}:{query_id}")
         chosen = rng.sample(candidates, min(num_negatives, len(candidates)))
+        if not chosen:  # a group needs negatives: such a query cannot train, so it is counted and left out
+            without_negatives += 1
+            continue
         short += len(chosen) < num_negatives
         records.append(
             {"query": dataset.queries[query_id], "pos": positives, "neg": [dataset.corpus[d] for d in chosen]}
@@ -56,16 +61,16 @@ def mine_hard_negatives(
             first,
             last,
         )
+    if without_negatives:
+        logger.warning(
+            "%d queries left out: no unjudged passage at ranks %d-%d", without_negatives, first, last
+        )
     return records
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> Path:
     """Write atomically: a crash leaves the previous file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_writer(path) as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    return Path(path)

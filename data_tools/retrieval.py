@@ -9,7 +9,10 @@ from pathlib import Path
 import bm25s
 import Stemmer
 
+from rerankforge.data_tools.files import atomic_writer
+
 logger = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 Run = dict[str, dict[str, float]]  # query id -> {doc id: score}, the shape pytrec_eval reads
 
@@ -44,19 +47,17 @@ class BM25Index:
 
 
 def ranked(run: Run, query_id: str) -> list[str]:
-    """A query's doc ids best first (ties broken by doc id, as trec_eval does)."""
+    """A query's doc ids best first; ties go to the larger doc id, as trec_eval orders them."""
     docs = run.get(query_id, {})
-    return sorted(docs, key=lambda d: (-docs[d], d))
+    return sorted(docs, key=lambda d: (docs[d], d), reverse=True)
 
 
 def write_trec_run(run: Run, path: str | Path, tag: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_writer(path) as handle:
         for query_id in run:
             for rank, doc_id in enumerate(ranked(run, query_id), start=1):
                 handle.write(f"{query_id} Q0 {doc_id} {rank} {run[query_id][doc_id]!r} {tag}\n")  # lossless
-    return path
+    return Path(path)
 
 
 def read_trec_run(path: str | Path, query_ids: Sequence[str] | None = None) -> Run:

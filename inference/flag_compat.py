@@ -7,7 +7,16 @@ from collections.abc import Sequence
 
 import torch
 
-from rerankforge.inference.reranker import Pair, Reranker, flag_reranker_lengths, is_single_pair
+from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.inference.reranker import (
+    DEFAULT_MAX_LENGTH,
+    Pair,
+    Reranker,
+    flag_reranker_lengths,
+    is_single_pair,
+)
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +59,7 @@ class FlagReranker(Reranker):
         devices: str | Sequence[str] | None = None,
         batch_size: int = 128,
         query_max_length: int | None = None,
-        max_length: int = 512,
+        max_length: int | None = None,
         normalize: bool = False,
         **unused: object,
     ):
@@ -63,9 +72,21 @@ class FlagReranker(Reranker):
         super().__init__(loaded.model, loaded.tokenizer, loaded.lengths, device=device, batch_size=batch_size)
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
+        self.has_spec = RerankerSpec.load(resolve_model_path(model_name_or_path)) is not None
         self.query_max_length = query_max_length
         self.max_length = max_length
         self.normalize = normalize
+
+    def flag_lengths(self, query_max_length: int | None, max_length: int | None) -> PairLengths:
+        """Our checkpoints keep their trained budgets unless lengths are given; other folders get
+        FlagReranker's (query 3/4 of max_length, passage and pair max_length, max_length 512)."""
+        query_max_length = query_max_length if query_max_length is not None else self.query_max_length
+        max_length = max_length if max_length is not None else self.max_length
+        if self.has_spec and query_max_length is None and max_length is None:
+            return self.lengths
+        return flag_reranker_lengths(
+            max_length or DEFAULT_MAX_LENGTH, query_max_length, self.model, self.tokenizer
+        )
 
     @staticmethod
     def _with_instruction(text: str, instruction: tuple[str | None, str]) -> str:
@@ -90,14 +111,6 @@ class FlagReranker(Reranker):
             )
             for q, p in pairs
         ]
-        lengths = flag_reranker_lengths(
-            max_length or self.max_length,
-            query_max_length if query_max_length is not None else self.query_max_length,
-            self.model,
-            self.tokenizer,
-        )
-        features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
-        scores = self.score_encoded(features, batch_size or self.batch_size)
-        if self.normalize if normalize is None else normalize:
-            scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
+        lengths = self.flag_lengths(query_max_length, max_length)
+        scores = self._score(pairs, lengths, batch_size, self.normalize if normalize is None else normalize)
         return scores[0] if len(scores) == 1 else scores

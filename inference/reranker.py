@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths, model_position_limit
+from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
@@ -81,8 +80,13 @@ class Reranker:
         """The trained budgets, with the whole pair capped at ``max_length`` (and the model's positions)."""
         if max_length is None:
             return self.lengths
-        limit = model_position_limit(self.model.config, self.tokenizer) or max_length
-        return replace(self.lengths, max_length=min(max_length, limit))
+        return PairLengths.for_model(
+            self.lengths.query_max_len,
+            self.lengths.passage_max_len,
+            self.model.config,
+            self.tokenizer,
+            max_length,
+        )
 
     @torch.inference_mode()
     def score_encoded(
@@ -114,21 +118,31 @@ class Reranker:
         """One pair gives a float, a list of pairs a list in input order; ``normalize`` applies a sigmoid."""
         single = is_single_pair(pairs)
         pair_list = [pairs] if single else list(pairs)
-        if not pair_list:
+        scores = self._score(pair_list, self.lengths_for(max_length), batch_size, normalize, show_progress)
+        return scores[0] if single else scores
+
+    def _score(
+        self,
+        pairs: Sequence[Pair],
+        lengths: PairLengths,
+        batch_size: int | None = None,
+        normalize: bool = False,
+        show_progress: bool = False,
+    ) -> list[float]:
+        """The one scoring path: encode with ``lengths``, score longest-first, return in input order."""
+        if not pairs:
             return []
-        features = self._encoder(self.lengths_for(max_length)).encode(
-            [q for q, _ in pair_list], [p for _, p in pair_list]
-        )
+        features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
         scores = self.score_encoded(features, batch_size or self.batch_size, show_progress)
         if normalize:
             scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
-        return scores[0] if single else scores
+        return scores
 
     def rank(
         self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
     ) -> list[dict[str, object]]:
         """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
-        scores = self.compute_score([[query, p] for p in passages], batch_size=batch_size)
+        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
         ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
         return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
 

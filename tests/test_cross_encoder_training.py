@@ -108,23 +108,29 @@ def test_loss_reshapes_by_the_batch_it_receives(tmp_path, tiny_bert_dir):
     trainer = build(make_config(tmp_path, tiny_bert_dir, data))
     groups = [trainer.train_dataset[i] for i in range(3)]
     batch = trainer.data_collator(groups)
+    trainer.model.eval()  # no dropout: each group scored alone must give the same numbers
     loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
     assert outputs["scores"].shape == (3, 4)
-    expected = torch.nn.functional.cross_entropy(outputs["scores"], torch.zeros(3, dtype=torch.long))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with torch.no_grad():  # row i of the grouped scores is group i, positive first
+        alone = [score_pairs(trainer.model, trainer.data_collator([g])).tolist() for g in groups]
+    # scores of the random tiny model differ by ~1e-5, so the tolerance must be far below that
+    assert outputs["scores"].flatten().tolist() == pytest.approx(sum(alone, []), abs=1e-7)
+    expected = torch.nn.functional.cross_entropy(torch.tensor(alone), torch.zeros(3, dtype=torch.long))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_distillation_trains_from_teacher_scores(tmp_path, tiny_bert_dir):
     records = toy_records(8)
-    for record in records:
-        record["pos_scores"] = [3.0]
-        record["neg_scores"] = [float(-i) for i in range(len(record["neg"]))]
+    for record in records:  # each teacher score is a function of its passage's text: alignment is checkable
+        record["pos_scores"] = [float(len(p)) for p in record["pos"]]
+        record["neg_scores"] = [float(len(n)) for n in record["neg"]]
     data = write_jsonl(tmp_path / "train.jsonl", records)
     trainer = build(
         make_config(tmp_path, tiny_bert_dir, data, knowledge_distillation=True, distill_weight=0.5)
     )
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-    assert batch["teacher_scores"].shape == (2, 4)
+    groups = [trainer.train_dataset[i] for i in range(2)]
+    batch = trainer.data_collator(groups)
+    assert batch["teacher_scores"].tolist() == [[float(len(p)) for p in g.passages] for g in groups]
     loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
     scores, teacher = outputs["scores"], batch["teacher_scores"]
     ce = torch.nn.functional.cross_entropy(scores, torch.zeros(2, dtype=torch.long))
@@ -155,6 +161,31 @@ def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_di
     reranker = Reranker.from_pretrained(str(out), device="cpu")
     assert reranker.lengths == trainer.data_collator.lengths
     assert reranker.compute_score(pairs, batch_size=5) == pytest.approx(trained, abs=1e-5)
+
+
+def test_group_size_one_is_refused_it_would_train_nothing(tmp_path, tiny_bert_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
+    with pytest.raises(ValueError, match="train_group_size must be >= 2"):
+        make_config(tmp_path, tiny_bert_dir, data, train_group_size=1)
+
+
+def test_each_epoch_draws_new_negatives_through_the_trainer(tmp_path, tiny_bert_dir, monkeypatch):
+    from rerankforge.data_tools.grouping import GroupedDataset
+
+    seen: list[tuple[int, tuple[str, ...]]] = []
+    original = GroupedDataset.__getitem__
+
+    def recording_getitem(self, index):
+        group = original(self, index)
+        seen.append((self.epoch, tuple(group.passages)))
+        return group
+
+    monkeypatch.setattr(GroupedDataset, "__getitem__", recording_getitem)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(4, n_negatives=12))
+    build(make_config(tmp_path, tiny_bert_dir, data, num_train_epochs=3, train_group_size=3)).train()
+    by_epoch = {e: sorted(p for ep, p in seen if ep == e) for e in (0, 1, 2)}
+    assert [len(by_epoch[e]) for e in (0, 1, 2)] == [4, 4, 4]  # set before each epoch's first fetch
+    assert by_epoch[0] != by_epoch[1] and by_epoch[1] != by_epoch[2]
 
 
 def test_xlmr_with_512_plus_512_is_clipped_to_its_positions_and_trains(tmp_path, tiny_xlmr_dir):

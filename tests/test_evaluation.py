@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import SHARED_DATA, write_jsonl
-from test_cross_encoder_training import build, make_config, toy_records
+from test_cross_encoder_training import make_config, toy_records
 
 from rerankforge.data_tools.ir_data import load_beir
 from rerankforge.data_tools.retrieval import read_trec_run
@@ -127,6 +127,17 @@ def test_eval_command_prints_the_table_and_writes_json_and_runs(tmp_path, tiny_b
     for key in ("ndcg@10", "mrr@10", "recall@30"):
         assert module[key] == pytest.approx(result["reranker_metrics"][key], abs=1e-5)
     assert read_trec_run(out / "first_stage.run").keys() == run.keys()
+
+
+def test_eval_command_default_folder_names_data_split_and_depth(tmp_path, tiny_bert_dir, beir_slice):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    assert (
+        eval_main(["--model", str(model), "--data", str(beir_slice), "--top-k", "5", "--device", "cpu"]) == 0
+    )
+    assert (model / "eval" / f"{beir_slice.name}-test-top5" / "metrics.json").is_file()
 
 
 def test_score_command_adds_the_teachers_scores(tmp_path, tiny_bert_dir):

@@ -82,6 +82,28 @@ def test_flag_reranker_matches_flagembedding_behaviour(tiny_bert_dir, reranker):
     )
 
 
+def test_flag_reranker_keeps_the_trained_budgets_of_our_checkpoints(tmp_path, tiny_bert_dir):
+    import shutil
+
+    folder = tmp_path / "ours"
+    shutil.copytree(tiny_bert_dir, folder)
+    RerankerSpec("cross_encoder", 8, 16, 27).save(folder)
+    flag = FlagReranker(str(folder), devices="cpu")
+    ours = Reranker.from_pretrained(str(folder), device="cpu")
+    assert flag.flag_lengths(None, None) == ours.lengths == PairLengths(8, 16, 27)
+    assert flag.compute_score(PAIRS) == pytest.approx(ours.compute_score(PAIRS), abs=1e-6)
+    assert flag.flag_lengths(None, 64) == PairLengths(48, 64, 64)  # explicit lengths: FlagEmbedding's rule
+
+
+def test_rank_with_one_passage_works_for_both_classes(tiny_bert_dir, reranker):
+    flag = FlagReranker(str(tiny_bert_dir), devices="cpu", normalize=True)
+    for model in (reranker, flag):
+        (only,) = model.rank(QUERY, [PASSAGES[0]])
+        assert only["index"] == 0 and only["score"] == pytest.approx(
+            reranker.compute_score(PAIRS[0]), abs=1e-6
+        )
+
+
 def test_a_folder_of_another_family_is_refused(tmp_path, tiny_bert_dir):
     import shutil
 

@@ -137,6 +137,17 @@ def test_evaluate_module_gives_the_same_numbers_offline():
     assert result == pytest.approx(ranking_metrics(qrels, run, recall_at=2))
 
 
+def test_ties_are_ordered_as_trec_eval_orders_them():
+    from rerankforge.data_tools.ir_metrics import cut_run
+
+    run = {"q": {"a": 1.0, "c": 1.0, "b": 1.0, "z": 0.5}}
+    assert ranked(run, "q") == ["c", "b", "a", "z"]  # equal scores: larger doc id first
+    # so MRR@10's cut and pytrec_eval's own ordering agree on which tied document comes first
+    qrels = {"q": {"a": 1}}
+    assert ranking_metrics(qrels, cut_run(run, 1))["mrr@10"] == 0.0
+    assert ranking_metrics(qrels, run)["mrr@10"] == pytest.approx(1 / 3)
+
+
 def test_trec_run_round_trips_and_bad_lines_are_named(tmp_path):
     run = {"q1": {"a": 2.5, "b": 1.0}, "q2": {"c": 0.25}}
     path = write_trec_run(run, tmp_path / "x.run", "test")

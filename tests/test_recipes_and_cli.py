@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 from rerankforge.inference import Reranker
@@ -28,7 +29,10 @@ def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch):
         pytest.skip("accelerate config")
     monkeypatch.chdir(REPO)
     config = parse_config([str(recipe)])
-    assert config.model_name_or_path and config.train_data
+    assert config.model_name_or_path and (config.train_data or config.ir_data)
+    for path in [*(config.train_data or []), config.ir_data, config.eval_data]:
+        if path is not None:
+            assert (REPO / path).exists(), f"{recipe.name} names {path}, which does not exist"
 
 
 def test_command_line_overrides_the_recipe(monkeypatch):
@@ -88,4 +92,12 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
     passages = ["Some women with flip-flops on, are walking along the beach", "There was a reform in 1996."]
     ranked = reranker.rank(query, passages)
     assert sorted(r["index"] for r in ranked) == [0, 1]
-    assert ranked[0]["score"] >= ranked[1]["score"]
+    # training moved the encoder away from the packaged MiniLM weights
+    from safetensors.torch import load_file
+
+    from rerankforge.trainer.modeling.sources import resolve_model_path
+
+    base = load_file(f"{resolve_model_path('sentence-transformers/all-MiniLM-L6-v2')}/model.safetensors")
+    trained = load_file(str(out / "model.safetensors"))
+    name = next(k for k in base if k.endswith("encoder.layer.5.output.dense.weight"))
+    assert not torch.equal(base[name], trained["bert." + name.removeprefix("bert.")])

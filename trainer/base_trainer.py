@@ -6,14 +6,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.losses import RankingObjective
 from rerankforge.trainer.spec import RerankerSpec
 
 TRAINING_ARGS_JSON = "training_args.json"
+
+
+class GroupEpochCallback(TrainerCallback):
+    """Tells the grouped dataset which epoch starts, so negatives are re-drawn each epoch.
+
+    accelerate forwards ``set_epoch`` to the dataset only when its sampler has none (not so under DDP),
+    so the trainer sets it here, before the epoch's dataloader is iterated. After a resume the epoch comes
+    from the restored state, so the resumed run draws the groups an uninterrupted run would.
+    """
+
+    def __init__(self, dataset: object):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int(state.epoch + 1e-6))
 
 
 class RerankerTrainer(Trainer):
@@ -28,6 +45,11 @@ class RerankerTrainer(Trainer):
     def __init__(self, *args: Any, spec: RerankerSpec, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.spec = spec
+        if self.args.dataloader_persistent_workers:
+            raise ValueError(
+                "dataloader_persistent_workers would keep each epoch's groups stale; leave it off"
+            )
+        self.add_callback(GroupEpochCallback(self.train_dataset))
         self.objective = RankingObjective(
             distillation=self.args.knowledge_distillation,
             distill_weight=self.args.distill_weight,
@@ -84,5 +106,5 @@ class RerankerTrainer(Trainer):
             return
         folder = Path(output_dir or self.args.output_dir)
         self.spec.save(folder)
-        (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
+        atomic_write_text(folder / TRAINING_ARGS_JSON, self.args.to_json_string())
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +68,11 @@ def parse_config(argv: Sequence[str]) -> RerankerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, train, save; returns the process exit code (2 for bad recipes or bad data)."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    main_process = os.environ.get("RANK", "0") == "0"  # other ranks log warnings only
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if main_process else logging.WARNING,
+    )
     try:
         config = parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # RecipeError and the config's own checks

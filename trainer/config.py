@@ -86,7 +86,9 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(
                 f"mine_rank_range must be [first, last] with 1 <= first <= last, got {self.mine_rank_range}"
             )
-        if self.train_group_size < 1:
-            raise ValueError(f"train_group_size must be >= 1, got {self.train_group_size}")
+        if self.train_group_size < 2:  # a softmax over one score is always 1: the loss would be 0
+            raise ValueError(
+                f"train_group_size must be >= 2 (1 positive + negatives), got {self.train_group_size}"
+            )
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")

@@ -45,7 +45,11 @@ def build_cross_encoder_trainer(
     return CrossEncoderTrainer(
         model=model,
         args=config,
-        train_dataset=GroupedDataset(records, config.train_group_size, seed=config.data_seed or config.seed),
+        train_dataset=GroupedDataset(
+            records,
+            config.train_group_size,
+            seed=config.data_seed if config.data_seed is not None else config.seed,
+        ),
         eval_dataset=eval_pairs,
         compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
         data_collator=CrossEncoderCollator(tokenizer, lengths),

@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rerankforge.data_tools.ir_data import load_ir_dataset, select_split
+from rerankforge.data_tools.files import atomic_write_text
+from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.report import metric_table
@@ -38,9 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
 def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
     from rerankforge.inference.auto import load_reranker
 
-    dataset = select_split(
-        load_ir_dataset(args.data, args.split), args.split, args.eval_fraction, args.split_seed
-    )
+    dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     first_stage = read_trec_run(args.run, list(dataset.queries)) if args.run else None
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
     reranker = load_reranker(args.model, device=args.device)
@@ -64,6 +63,12 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def default_output(args: argparse.Namespace) -> Path:
+    """MODEL/eval/<data set>-<split>-top<k>: one folder per evaluation, so none overwrites another."""
+    data_name = Path(str(args.data).rstrip("/")).name.removesuffix(".json").replace("/", "-")
+    return Path(args.model) / "eval" / f"{data_name}-{args.split}-top{args.top_k}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
@@ -72,12 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     first_run, reranked_run = result.pop("_runs")
-    name = Path(str(result["data"])).name.replace("/", "-")
-    output = Path(args.output) if args.output else Path(args.model) / "eval" / f"{name}-{args.split}"
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(args.output) if args.output else default_output(args)
     write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
     write_trec_run(reranked_run, output / "reranked.run", "rerankforge")
-    (output / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     rows = [
         (str(result["first_stage"]), result["first_stage_metrics"]),
         ("reranker", result["reranker_metrics"]),

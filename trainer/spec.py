@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rerankforge.data_tools.files import atomic_write_text
+
 SPEC_FILENAME = "rerankforge.json"
 SPEC_VERSION = 1
 
@@ -46,11 +48,7 @@ class RerankerSpec:
         return cls(**data)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / SPEC_FILENAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(Path(folder) / SPEC_FILENAME, self.to_json())
 
     @classmethod
     def load(cls, folder: str | Path) -> RerankerSpec | None:

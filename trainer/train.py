@@ -9,7 +9,8 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from rerankforge.data_tools.ir_data import load_ir_dataset, select_split, split_by_group
+from rerankforge.data_tools.files import atomic_write_text
+from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
 from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
 from rerankforge.data_tools.retrieval import BM25Index
 from rerankforge.data_tools.sources import load_train_dataset
@@ -44,7 +45,8 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
         )  # fmt: skip
         if not config.train_data:
             path = Path(config.output_dir) / MINED_TRAIN_FILE
-            with config.main_process_first(desc="mining hard negatives"):
+            # one process mines (even across nodes sharing a disk); the others read its file
+            with config.main_process_first(local=False, desc="mining hard negatives"):
                 if config.process_index == 0 or not path.is_file():
                     judged = {q: train_part.queries[q] for q in train_part.judged_queries()}
                     run = BM25Index(train_part.corpus).search(judged, config.mine_rank_range[1])
@@ -54,15 +56,22 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
                     write_jsonl(records, path)
             config.train_data = [str(path)]
     if config.eval_data:
-        held_out = select_split(
-            load_ir_dataset(config.eval_data, config.eval_split),
-            config.eval_split,
-            config.eval_fraction,
-            config.split_seed,
-        )
+        held_out = load_ir_split(config.eval_data, config.eval_split, config.eval_fraction, config.split_seed)
     if held_out is None:
         return None
     return RerankEvalSet.from_dataset(held_out, config.eval_top_k, config.eval_max_queries, config.split_seed)
+
+
+def final_evaluation(trainer) -> dict[str, float]:
+    """The trained model's metrics: reused when the Trainer just evaluated this very model, else measured."""
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_ndcg@10" in e), None)
+    if (
+        last is not None
+        and last.get("step") == trainer.state.global_step
+        and not trainer.args.load_best_model_at_end
+    ):
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def train(config: RerankerConfig) -> Path:
@@ -83,16 +92,16 @@ def train(config: RerankerConfig) -> Path:
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if eval_set is not None:
-        final = trainer.evaluate()
+        final = final_evaluation(trainer)
         trainer.save_metrics("eval", final)
         rows.append(("reranker after training", final))
         if trainer.is_world_process_zero():
             table = metric_table(rows, eval_set.top_k)
             title = f"{eval_set.name}: {len(eval_set.queries)} queries, BM25 top {eval_set.top_k} reranked"
             print(f"\n{title}\n\n{table}\n", flush=True)
-            (Path(config.output_dir) / "eval_table.md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
-            (Path(config.output_dir) / "eval_before_after.json").write_text(
-                json.dumps(dict(rows), indent=2), encoding="utf-8"
+            atomic_write_text(Path(config.output_dir) / "eval_table.md", f"{title}\n\n{table}\n")
+            atomic_write_text(
+                Path(config.output_dir) / "eval_before_after.json", json.dumps(dict(rows), indent=2)
             )
     trainer.save_state()
     return Path(config.output_dir)

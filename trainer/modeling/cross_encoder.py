@@ -14,18 +14,13 @@ def load_cross_encoder(
     name_or_path: str, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedModel:
     """Load (or start, for a bare encoder) a one-logit sequence classifier from safetensors only."""
-    model = AutoModelForSequenceClassification.from_pretrained(
+    return AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(name_or_path),
         num_labels=1,
         dtype=dtype if dtype is not None else torch.float32,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
-    if model.config.num_labels != 1:
-        raise ValueError(
-            f"{name_or_path}: a cross-encoder needs one output logit, the model has {model.config.num_labels}"
-        )
-    return model
 
 
 def score_pairs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
