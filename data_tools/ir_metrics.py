@@ -14,6 +14,26 @@ def cut_run(run: Run, depth: int) -> Run:
     return {q: {d: run[q][d] for d in ranked(run, q)[:depth]} for q in run}
 
 
+def per_query_ndcg10(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
+    """nDCG@10 of each judged query (0 for a judged query the run lacks)."""
+    judged = {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    values = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10"}).evaluate(
+        {q: run.get(q, {}) for q in judged}
+    )
+    return {q: values.get(q, {}).get("ndcg_cut_10", 0.0) for q in judged}
+
+
+def paired_comparison(qrels: dict[str, dict[str, int]], baseline: Run, system: Run) -> dict[str, int]:
+    """On how many judged queries ``system`` ranks better, worse or the same as ``baseline`` (nDCG@10)."""
+    before, after = per_query_ndcg10(qrels, baseline), per_query_ndcg10(qrels, system)
+    deltas = [after[q] - before[q] for q in before]
+    return {
+        "better": sum(d > 1e-9 for d in deltas),
+        "worse": sum(d < -1e-9 for d in deltas),
+        "same": sum(abs(d) <= 1e-9 for d in deltas),
+    }
+
+
 def ranking_metrics(qrels: dict[str, dict[str, int]], run: Run, recall_at: int = 100) -> dict[str, float]:
     """Means over the judged queries; a judged query missing from the run counts as 0 (as trec_eval -c)."""
     judged = {q: docs for q, docs in qrels.items() if any(r > 0 for r in docs.values())}

@@ -116,6 +116,7 @@ def test_eval_command_prints_the_table_and_writes_json_and_runs(tmp_path, tiny_b
     result = json.loads((out / "metrics.json").read_text())
     assert result["queries"] == 12 and result["pairs"] == 12 * 30
     assert result["reranker_metrics"]["queries_per_second"] > 0
+    assert sum(result["queries_vs_first_stage"].values()) == 12
     # the evaluate module on the written run gives the command's numbers
     run = read_trec_run(out / "reranked.run")
     flat = [(q, d, s) for q in run for d, s in run[q].items()]
@@ -134,10 +135,21 @@ def test_eval_command_default_folder_names_data_split_and_depth(tmp_path, tiny_b
 
     model = tmp_path / "model"
     shutil.copytree(tiny_bert_dir, model)
-    assert (
-        eval_main(["--model", str(model), "--data", str(beir_slice), "--top-k", "5", "--device", "cpu"]) == 0
-    )
-    assert (model / "eval" / f"{beir_slice.name}-test-top5" / "metrics.json").is_file()
+    args = [
+        "--model",
+        str(model),
+        "--data",
+        str(beir_slice),
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+    ]
+    assert eval_main(args) == 0
+    result = json.loads((model / "eval" / f"{beir_slice.name}-test-top5" / "metrics.json").read_text())
+    assert result["dtype"] == "bfloat16" and result["pairs"] == 12 * 5
 
 
 def test_score_command_adds_the_teachers_scores(tmp_path, tiny_bert_dir):

@@ -116,6 +116,15 @@ def test_metrics_equal_hand_computation_on_a_hand_made_run():
     assert ranking_metrics(qrels, {"q1": run["q1"]}, recall_at=3)["mrr@10"] == pytest.approx(0.5)
 
 
+def test_paired_comparison_counts_queries_by_ndcg_change():
+    from rerankforge.data_tools.ir_metrics import paired_comparison
+
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
+    baseline = {"q1": {"a": 1.0, "x": 2.0}, "q2": {"b": 2.0, "x": 1.0}, "q3": {"c": 2.0}}
+    system = {"q1": {"a": 3.0, "x": 2.0}, "q2": {"b": 0.0, "x": 1.0}, "q3": {"c": 5.0}}
+    assert paired_comparison(qrels, baseline, system) == {"better": 1, "worse": 1, "same": 1}
+
+
 def test_mrr_at_10_ignores_a_first_hit_below_rank_10():
     run = {"q": {f"d{i}": 100.0 - i for i in range(20)}}
     assert ranking_metrics({"q": {"d12": 1}}, run)["mrr@10"] == 0.0

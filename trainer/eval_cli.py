@@ -9,11 +9,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_split
+from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.report import metric_table
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -31,6 +36,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="weights' precision; bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16 (scores stay float32)",
+    )
+    parser.add_argument(
         "--output", help="folder for metrics.json and the run files (default: MODEL/eval/...)"
     )
     return parser
@@ -42,7 +53,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     first_stage = read_trec_run(args.run, list(dataset.queries)) if args.run else None
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
-    reranker = load_reranker(args.model, device=args.device)
+    reranker = load_reranker(args.model, device=args.device, dtype=DTYPES[args.dtype])
     pairs = eval_set.pairs()
     start = time.perf_counter()
     scores = reranker.compute_score(eval_set.texts(pairs), batch_size=args.batch_size, show_progress=True)
@@ -55,10 +66,12 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
         "split": args.split,
         "queries": len(eval_set.candidates),
         "top_k": args.top_k,
+        "dtype": args.dtype,
         "pairs": len(pairs),
         "first_stage": "run file " + args.run if args.run else "BM25",
         "first_stage_metrics": eval_set.first_stage_metrics(),
         "reranker_metrics": reranked,
+        "queries_vs_first_stage": paired_comparison(eval_set.qrels, eval_set.candidates, run),
         "_runs": (eval_set.candidates, run),
     }
 
@@ -87,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(f"\n{result['data']} ({args.split}): {result['queries']} queries, top {args.top_k} reranked\n")
     print(metric_table(rows, args.top_k))
+    versus = result["queries_vs_first_stage"]
+    print(
+        f"\nnDCG@10 per query, reranker vs first stage: {versus['better']} better, {versus['worse']} worse, "
+        f"{versus['same']} the same"
+    )
     print(f"\nwritten: {output}/metrics.json, first_stage.run, reranked.run")
     return 0
 
