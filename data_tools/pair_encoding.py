@@ -17,12 +17,15 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 # Models whose position ids start after the padding index (positions 0..pad_token_id are never used).
 _PADDING_OFFSET_MODEL_TYPES = {
-    "roberta",
-    "xlm-roberta",
-    "xlm-roberta-xl",
     "camembert",
     "data2vec-text",
     "ibert",
+    "mpnet",
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "xmod",
 }
 _UNSET_MODEL_MAX_LENGTH = 10**9
 

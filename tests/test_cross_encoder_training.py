@@ -169,6 +169,22 @@ def test_group_size_one_is_refused_it_would_train_nothing(tmp_path, tiny_bert_di
         make_config(tmp_path, tiny_bert_dir, data, train_group_size=1)
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"train_sampling_strategy": "group_by_length"}, "train_sampling_strategy=group_by_length"),
+        ({"batch_eval_metrics": True}, "batch_eval_metrics"),
+        ({"eval_do_concat_batches": False}, "eval_do_concat_batches"),
+    ],
+)
+def test_trainer_options_that_would_break_groups_or_ranking_metrics_are_refused(
+    tmp_path, tiny_bert_dir, option, named
+):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
+    with pytest.raises(ValueError, match=f"{named} is not supported"):
+        make_config(tmp_path, tiny_bert_dir, data, **option)
+
+
 def test_each_epoch_draws_new_negatives_through_the_trainer(tmp_path, tiny_bert_dir, monkeypatch):
     from rerankforge.data_tools.grouping import GroupedDataset
 

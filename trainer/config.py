@@ -90,5 +90,16 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(
                 f"train_group_size must be >= 2 (1 positive + negatives), got {self.train_group_size}"
             )
+        unsupported = {
+            "train_sampling_strategy=group_by_length": self.train_sampling_strategy
+            == "group_by_length",  # groups
+            "batch_eval_metrics": self.batch_eval_metrics,  # ranking metrics need every query's full candidate list
+            "eval_do_concat_batches": not self.eval_do_concat_batches,
+        }
+        for name, is_set in unsupported.items():
+            if is_set:
+                raise ValueError(
+                    f"{name} is not supported by rerankforge's grouped training and ranking evaluation"
+                )
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")
