@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test test-slow lint format clean
+.PHONY: install train test lint format clean
 
 install: $(STAMP)
 
@@ -24,9 +24,6 @@ train: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
-
-test-slow: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 lint: install
 	$(VENV)/bin/ruff check .
