@@ -1,0 +1,86 @@
+"""LLM reranker input: one definition of ``A: {query}\\nB: {passage}\\n{prompt}`` as token ids.
+
+The BGE LLM rerankers' layout: the tokenizer's BOS, then ``A: {query}`` cut to ``query_max_len`` tokens, ``\\n``,
+``B: {passage}`` cut to ``passage_max_len`` tokens, ``\\n``, then the prompt, never cut. Batches are padded on the
+left, so the last position of every row is its last real token, where the "Yes" logit is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+DEFAULT_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+SEPARATOR = "\n"
+
+
+@dataclass
+class LLMPromptEncoder:
+    """Token ids for (query, passage[, prompt]) triples in the BGE layout; prompts are tokenized once each."""
+
+    tokenizer: PreTrainedTokenizerBase
+    query_max_len: int
+    passage_max_len: int
+    default_prompt: str = DEFAULT_PROMPT
+    _prompt_ids: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.separator_ids = self._ids(SEPARATOR)
+        bos = self.tokenizer.bos_token_id
+        self.prefix_ids = [bos] if bos is not None else []
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, prompt: str | None) -> list[int]:
+        prompt = prompt or self.default_prompt
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = self._ids(prompt)
+        return self._prompt_ids[prompt]
+
+    def encode(
+        self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
+    ) -> list[list[int]]:
+        """Unpadded input ids, one list per pair."""
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
+        prompts = prompts if prompts is not None else [None] * len(queries)
+        query_ids = self.tokenizer(
+            [f"A: {q}" for q in queries],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.query_max_len,
+        )["input_ids"]
+        passage_ids = self.tokenizer(
+            [f"B: {p}" for p in passages],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.passage_max_len,
+        )["input_ids"]
+        return [
+            self.prefix_ids + q + self.separator_ids + p + self.separator_ids + self.prompt_ids(prompt)
+            for q, p, prompt in zip(query_ids, passage_ids, prompts, strict=True)
+        ]
+
+    def pad_left(
+        self, sequences: Sequence[list[int]], pad_to_multiple_of: int | None = 8
+    ) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask``: the last column is every row's last real token."""
+        longest = max(len(s) for s in sequences)
+        if pad_to_multiple_of:
+            longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, longest - len(ids) :] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
