@@ -63,16 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 def mine(args: argparse.Namespace) -> int:
     from rerankforge.data_tools.ir_data import load_ir_split
-    from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
-    from rerankforge.data_tools.retrieval import BM25Index, read_trec_run
+    from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
+    from rerankforge.data_tools.retrieval import read_trec_run
 
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
-    judged = {q: dataset.queries[q] for q in dataset.judged_queries()}
-    if args.run:
-        run = read_trec_run(args.run, list(judged))
-    else:
-        run = BM25Index(dataset.corpus).search(judged, args.rank_range[1], show_progress=True)
-    records = mine_hard_negatives(dataset, run, args.num_negatives, tuple(args.rank_range), args.seed)
+    run = read_trec_run(args.run, list(dataset.queries)) if args.run else None
+    records = mine_from_dataset(dataset, args.num_negatives, tuple(args.rank_range), args.seed, run)
     write_jsonl(records, args.output)
     print(
         f"{args.output}: {len(records)} queries from {dataset.name} ({len(dataset.queries) - len(records)} "

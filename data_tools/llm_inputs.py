@@ -38,6 +38,9 @@ class LLMPromptEncoder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _cut(self, texts: list[str], limit: int) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+
     def prompt_ids(self, prompt: str | None) -> list[int]:
         prompt = prompt or self.default_prompt
         if prompt not in self._prompt_ids:
@@ -51,18 +54,8 @@ class LLMPromptEncoder:
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
         prompts = prompts if prompts is not None else [None] * len(queries)
-        query_ids = self.tokenizer(
-            [f"A: {q}" for q in queries],
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.query_max_len,
-        )["input_ids"]
-        passage_ids = self.tokenizer(
-            [f"B: {p}" for p in passages],
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.passage_max_len,
-        )["input_ids"]
+        query_ids = self._cut([f"A: {q}" for q in queries], self.query_max_len)
+        passage_ids = self._cut([f"B: {p}" for p in passages], self.passage_max_len)
         return [
             self.prefix_ids + q + self.separator_ids + p + self.separator_ids + self.prompt_ids(prompt)
             for q, p, prompt in zip(query_ids, passage_ids, prompts, strict=True)

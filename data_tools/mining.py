@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from rerankforge.data_tools.files import atomic_writer
 from rerankforge.data_tools.ir_data import IRDataset
-from rerankforge.data_tools.retrieval import Run, ranked
+from rerankforge.data_tools.retrieval import BM25Index, Run, ranked
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,21 @@ def mine_hard_negatives(
             "%d queries left out: no unjudged passage at ranks %d-%d", without_negatives, first, last
         )
     return records
+
+
+def mine_from_dataset(
+    dataset: IRDataset,
+    num_negatives: int,
+    rank_range: tuple[int, int],
+    seed: int = 0,
+    run: Run | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
+    """BM25 over the data set's corpus (unless a run is given), then `mine_hard_negatives` on its judged queries."""
+    if run is None:
+        judged = {q: dataset.queries[q] for q in dataset.judged_queries()}
+        run = BM25Index(dataset.corpus).search(judged, rank_range[1], show_progress=show_progress)
+    return mine_hard_negatives(dataset, run, num_negatives, rank_range, seed, show_progress)
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
 
@@ -12,7 +10,6 @@ def load_reranker(name_or_path: str, **kwargs: object):
     """Our checkpoints of any family; folders without rerankforge.json load as cross-encoders."""
     from rerankforge.trainer.families import get_family  # the one family mapping (imports the trainers)
 
-    path = resolve_model_path(name_or_path)
-    spec = RerankerSpec.load(path) if Path(path).is_dir() else None
+    spec = RerankerSpec.load(resolve_model_path(name_or_path))
     family = spec.family if spec is not None else "cross_encoder"
     return get_family(family).inference_class.from_pretrained(name_or_path, **kwargs)

@@ -15,8 +15,6 @@ from rerankforge.inference.reranker import (
     flag_reranker_lengths,
     is_single_pair,
 )
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +67,16 @@ class FlagReranker(Reranker):
         loaded = Reranker.from_pretrained(
             model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        super().__init__(loaded.model, loaded.tokenizer, loaded.lengths, device=device, batch_size=batch_size)
+        super().__init__(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.lengths,
+            device=device,
+            batch_size=batch_size,
+            spec=loaded.spec,
+        )
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
-        self.has_spec = RerankerSpec.load(resolve_model_path(model_name_or_path)) is not None
         self.query_max_length = query_max_length
         self.max_length = max_length
         self.normalize = normalize
@@ -82,7 +86,7 @@ class FlagReranker(Reranker):
         FlagReranker's (query 3/4 of max_length, passage and pair max_length, max_length 512)."""
         query_max_length = query_max_length if query_max_length is not None else self.query_max_length
         max_length = max_length if max_length is not None else self.max_length
-        if self.has_spec and query_max_length is None and max_length is None:
+        if self.spec is not None and query_max_length is None and max_length is None:
             return self.lengths
         return flag_reranker_lengths(
             max_length or DEFAULT_MAX_LENGTH, query_max_length, self.model, self.tokenizer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -39,7 +38,9 @@ class Reranker:
         lengths: PairLengths,
         device: str | torch.device | None = None,
         batch_size: int = 128,
+        spec: RerankerSpec | None = None,
     ):
+        self.spec = spec
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -58,7 +59,7 @@ class Reranker:
     ) -> Reranker:
         """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder."""
         path = resolve_model_path(name_or_path)
-        spec = RerankerSpec.load(path) if Path(path).is_dir() else None
+        spec = RerankerSpec.load(path)  # None for a folder (or Hub name) rerankforge did not write
         if spec is not None and spec.family != "cross_encoder":
             raise ValueError(
                 f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class"
@@ -69,7 +70,7 @@ class Reranker:
             lengths = PairLengths(spec.query_max_len, spec.passage_max_len, spec.max_length)
         else:
             lengths = flag_reranker_lengths(DEFAULT_MAX_LENGTH, None, model, tokenizer)
-        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size)
+        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, spec=spec)
 
     def _encoder(self, lengths: PairLengths) -> PairEncoder:
         if lengths not in self._encoders:

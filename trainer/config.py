@@ -90,10 +90,11 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(
                 f"train_group_size must be >= 2 (1 positive + negatives), got {self.train_group_size}"
             )
+        # items are query groups, not tokenized rows; ranking metrics need every query's whole candidate list
+        by_length = self.train_sampling_strategy == "group_by_length"
         unsupported = {
-            "train_sampling_strategy=group_by_length": self.train_sampling_strategy
-            == "group_by_length",  # groups
-            "batch_eval_metrics": self.batch_eval_metrics,  # ranking metrics need every query's full candidate list
+            "train_sampling_strategy=group_by_length": by_length,
+            "batch_eval_metrics": self.batch_eval_metrics,
             "eval_do_concat_batches": not self.eval_do_concat_batches,
         }
         for name, is_set in unsupported.items():

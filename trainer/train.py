@@ -11,8 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
-from rerankforge.data_tools.mining import mine_hard_negatives, write_jsonl
-from rerankforge.data_tools.retrieval import BM25Index
+from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
@@ -48,10 +47,8 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
             # one process mines (even across nodes sharing a disk); the others read its file
             with config.main_process_first(local=False, desc="mining hard negatives"):
                 if config.process_index == 0 or not path.is_file():
-                    judged = {q: train_part.queries[q] for q in train_part.judged_queries()}
-                    run = BM25Index(train_part.corpus).search(judged, config.mine_rank_range[1])
-                    records = mine_hard_negatives(
-                        train_part, run, config.mine_num_negatives, tuple(config.mine_rank_range), config.seed
+                    records = mine_from_dataset(
+                        train_part, config.mine_num_negatives, tuple(config.mine_rank_range), config.seed
                     )
                     write_jsonl(records, path)
             config.train_data = [str(path)]
