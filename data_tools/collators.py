@@ -9,7 +9,25 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.grouping import TrainGroup
+from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
+
+
+def group_size_of(groups: list[TrainGroup]) -> int:
+    group_size = len(groups[0].passages)
+    if any(len(g.passages) != group_size for g in groups):
+        raise ValueError("all groups in a batch must have the same size")
+    return group_size
+
+
+def group_fields(groups: list[TrainGroup]) -> dict[str, Any]:
+    """What every family's batch carries besides model inputs: group size, teacher scores, eval pair indices."""
+    fields: dict[str, Any] = {"group_size": group_size_of(groups)}
+    if all(g.teacher_scores is not None for g in groups):
+        fields["teacher_scores"] = torch.tensor([g.teacher_scores for g in groups], dtype=torch.float32)
+    if groups[0].index is not None:
+        fields["pair_index"] = torch.tensor([g.index for g in groups], dtype=torch.long)
+    return fields
 
 
 @dataclass
@@ -32,9 +50,7 @@ class CrossEncoderCollator:
         return self._encoder
 
     def __call__(self, groups: list[TrainGroup]) -> dict[str, Any]:
-        group_size = len(groups[0].passages)
-        if any(len(g.passages) != group_size for g in groups):
-            raise ValueError("all groups in a batch must have the same size")
+        fields = group_fields(groups)
         queries = [g.query for g in groups for _ in g.passages]
         passages = [p for g in groups for p in g.passages]
         features = self.encoder.encode(queries, passages)
@@ -44,9 +60,24 @@ class CrossEncoderCollator:
         batch: dict[str, Any] = dict(
             self.tokenizer.pad(features, pad_to_multiple_of=multiple, return_tensors="pt")
         )
-        batch["group_size"] = group_size
-        if all(g.teacher_scores is not None for g in groups):
-            batch["teacher_scores"] = torch.tensor([g.teacher_scores for g in groups], dtype=torch.float32)
-        if groups[0].index is not None:
-            batch["pair_index"] = torch.tensor([g.index for g in groups], dtype=torch.long)
-        return batch
+        return {**batch, **fields}
+
+
+@dataclass
+class LLMCollator:
+    """Groups into left-padded ``A: {query}\\nB: {passage}\\n{prompt}`` rows, ``groups * group_size`` of them.
+
+    A group's own prompt (from its record) wins over the encoder's default prompt.
+    """
+
+    encoder: LLMPromptEncoder
+    pad_to_multiple_of: int | None = 8
+
+    def __call__(self, groups: list[TrainGroup]) -> dict[str, Any]:
+        fields = group_fields(groups)
+        sequences = self.encoder.encode(
+            [g.query for g in groups for _ in g.passages],
+            [p for g in groups for p in g.passages],
+            [g.prompt for g in groups for _ in g.passages],
+        )
+        return {**self.encoder.pad_left(sequences, self.pad_to_multiple_of), **fields}

@@ -1,8 +1,9 @@
-"""Atomic file writes: a crash or kill leaves the previous file or the new one, never half of one."""
+"""Atomic writes: a crash or kill leaves the previous file (or folder) or the new one, never half of one."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,3 +31,26 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_writer(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """A staging folder beside ``path``, swapped in for it only when the block succeeds.
+
+    An existing ``path`` is replaced (moved aside, then removed), so readers never see a half-written folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

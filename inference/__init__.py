@@ -1,6 +1,7 @@
 """Score (query, passage) pairs with checkpoints that rerankforge trained, or compatible ones."""
 
-from rerankforge.inference.flag_compat import FlagReranker
+from rerankforge.inference.flag_compat import FlagLLMReranker, FlagReranker
+from rerankforge.inference.llm_reranker import LLMReranker
 from rerankforge.inference.reranker import Reranker
 
-__all__ = ["FlagReranker", "Reranker"]
+__all__ = ["FlagLLMReranker", "FlagReranker", "LLMReranker", "Reranker"]

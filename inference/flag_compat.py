@@ -7,7 +7,15 @@ from collections.abc import Sequence
 
 import torch
 
+from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.inference.llm_reranker import FLAG_MAX_LENGTH as FLAG_LLM_MAX_LENGTH
+from rerankforge.inference.llm_reranker import (
+    LLMLengths,
+    LLMReranker,
+    flag_llm_lengths,
+    separator_and_prompt_length,
+)
 from rerankforge.inference.reranker import (
     DEFAULT_MAX_LENGTH,
     Pair,
@@ -15,6 +23,8 @@ from rerankforge.inference.reranker import (
     flag_reranker_lengths,
     is_single_pair,
 )
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -117,4 +127,97 @@ class FlagReranker(Reranker):
         ]
         lengths = self.flag_lengths(query_max_length, max_length)
         scores = self._score(pairs, lengths, batch_size, self.normalize if normalize is None else normalize)
+        return scores[0] if len(scores) == 1 else scores
+
+
+class FlagLLMReranker(LLMReranker):
+    """``FlagEmbedding.FlagLLMReranker`` with the same arguments, input ids and ``compute_score`` behaviour.
+
+    Folders rerankforge did not write get FlagLLMReranker's lengths (max_length 512, query 3/4 of it); our
+    checkpoints keep their trained budgets unless lengths are given.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        peft_path: str | None = None,
+        use_fp16: bool = False,
+        use_bf16: bool = False,
+        query_instruction_for_rerank: str = "A: ",
+        query_instruction_format: str = "{}{}",
+        passage_instruction_for_rerank: str = "B: ",
+        passage_instruction_format: str = "{}{}",
+        trust_remote_code: bool = False,
+        devices: str | Sequence[str] | None = None,
+        prompt: str | None = None,
+        batch_size: int = 128,
+        query_max_length: int | None = None,
+        max_length: int | None = None,
+        normalize: bool = False,
+        **unused: object,
+    ):
+        if unused:
+            logger.warning("FlagLLMReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
+        device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        loaded = LLMReranker.from_pretrained(
+            model_name_or_path,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            adapter_path=peft_path,
+        )
+        super().__init__(loaded.model, loaded.tokenizer, loaded.spec, loaded.lengths, device, batch_size)
+        self.trained = RerankerSpec.load(peft_path or resolve_model_path(model_name_or_path)) is not None
+        self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
+        self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
+        self.default_prompt = prompt
+        self.query_max_length = query_max_length
+        self.max_length = max_length
+        self.normalize = normalize
+
+    def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder:
+        """As the base encoder, with the instructions applied to the texts instead of fixed prefixes."""
+        if lengths not in self._encoders:
+            self._encoders[lengths] = LLMPromptEncoder(
+                self.tokenizer,
+                lengths.query_max_len,
+                lengths.passage_max_len,
+                self.prompt,
+                pair_max_len=lengths.pair_max_len,
+                query_prefix="",
+                passage_prefix="",
+            )
+        return self._encoders[lengths]
+
+    def flag_lengths(self, query_max_length: int | None, max_length: int | None, prompt: str) -> LLMLengths:
+        query_max_length = query_max_length if query_max_length is not None else self.query_max_length
+        max_length = max_length if max_length is not None else self.max_length
+        if self.trained and query_max_length is None and max_length is None:
+            return self.lengths
+        extra = separator_and_prompt_length(self.tokenizer, prompt)
+        return flag_llm_lengths(max_length or FLAG_LLM_MAX_LENGTH, query_max_length, extra)
+
+    def compute_score(
+        self,
+        sentence_pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        query_max_length: int | None = None,
+        max_length: int | None = None,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        **unused: object,
+    ) -> float | list[float]:
+        """As FlagEmbedding: a float when there is exactly one score, else a list in input order."""
+        pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
+        pairs = [
+            (
+                FlagReranker._with_instruction(q, self.query_instruction),
+                FlagReranker._with_instruction(p, self.passage_instruction),
+            )
+            for q, p in pairs
+        ]
+        prompt = prompt or self.default_prompt
+        lengths = self.flag_lengths(query_max_length, max_length, prompt or self.prompt)
+        normalize = self.normalize if normalize is None else normalize
+        scores = self._score(pairs, lengths, batch_size, normalize, prompt)
         return scores[0] if len(scores) == 1 else scores

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
+from rerankforge.inference.batching import score_longest_first, sigmoid
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
@@ -94,19 +94,15 @@ class Reranker:
         self, features: list[dict[str, list[int]]], batch_size: int, show_progress: bool = False
     ) -> list[float]:
         """Scores for already-encoded pairs, in their order; batches are formed longest first."""
-        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-        scores = [0.0] * len(features)
         pad_multiple = 8 if self.device.type == "cuda" else None
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="scoring", disable=not show_progress, unit="batch"):
-            chunk = order[start : start + batch_size]
-            batch = self.tokenizer.pad(
-                [features[i] for i in chunk], pad_to_multiple_of=pad_multiple, return_tensors="pt"
-            )
-            batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
-            for index, score in zip(chunk, score_pairs(self.model, batch).tolist(), strict=True):
-                scores[index] = score
-        return scores
+
+        def score_batch(chunk: list[dict[str, list[int]]]) -> list[float]:
+            batch = self.tokenizer.pad(chunk, pad_to_multiple_of=pad_multiple, return_tensors="pt")
+            return score_pairs(self.model, {k: v.to(self.device) for k, v in batch.items()}).tolist()
+
+        return score_longest_first(
+            features, lambda f: len(f["input_ids"]), score_batch, batch_size, show_progress
+        )
 
     def compute_score(
         self,
@@ -135,9 +131,7 @@ class Reranker:
             return []
         features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
         scores = self.score_encoded(features, batch_size or self.batch_size, show_progress)
-        if normalize:
-            scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
-        return scores
+        return sigmoid(scores) if normalize else scores
 
     def rank(
         self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None

@@ -105,3 +105,82 @@ def tiny_xlmr_dir(tmp_path_factory) -> Path:
     XLMRobertaForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+LLM_TEXTS = [
+    "Yes",
+    "No",
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'.",
+    "A: what do women wear on the beach",
+    "B: Some women with flip-flops on are walking along the beach.",
+    "The 4 women are sitting on the beach. There was a reform in 1996.",
+    "A: where is the apple river stone cloud music paper garden window silver orange forest bridge",
+    "B: the apple is here, river indeed; the stone is there, cloud maybe",
+] * 30
+
+
+def train_byte_level_tokenizer(texts: list[str]):
+    """A small byte-level BPE tokenizer (as Llama-3, Qwen2 and SmolLM2 use) with BOS, EOS and pad tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rust = Tokenizer(models.BPE())
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    rust.decoder = decoders.ByteLevel()
+    rust.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=rust, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+@pytest.fixture(scope="session")
+def llm_tokenizer():
+    return train_byte_level_tokenizer(LLM_TEXTS)
+
+
+def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
+    """A random hidden-32 decoder of one of the architectures the LLM families support."""
+    import torch
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+    }[architecture]
+    extra = {"head_dim": 8} if architecture == "gemma2" else {}
+    torch.manual_seed(0)
+    return model_class(config_class(**common, **extra)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dirs(tmp_path_factory, llm_tokenizer):
+    """``architecture -> folder`` of tiny random decoders saved with the trained tokenizer (made on demand)."""
+    made: dict[str, Path] = {}
+
+    def get(architecture: str) -> Path:
+        if architecture not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-{architecture}")
+            tiny_decoder(architecture, len(llm_tokenizer)).save_pretrained(folder)
+            llm_tokenizer.save_pretrained(folder)
+            made[architecture] = folder
+        return made[architecture]
+
+    return get

@@ -4,61 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_decoder
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder
 from rerankforge.trainer.modeling.llm import score_last_token, single_token_id
 
-TEXTS = [
-    "Yes",
-    "No",
-    DEFAULT_PROMPT,
-    "A: what do women wear on the beach",
-    "B: Some women with flip-flops on are walking along the beach.",
-    "The 4 women are sitting on the beach. There was a reform in 1996.",
-] * 30
-
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rust = Tokenizer(models.BPE())
-    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    rust.decoder = decoders.ByteLevel()
-    rust.train_from_iterator(
-        TEXTS,
-        trainers.BpeTrainer(
-            vocab_size=600,
-            special_tokens=["<s>", "</s>", "<pad>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=rust, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-def tiny_decoder(architecture: str, vocab_size: int):
-    from transformers import (
-        Gemma2Config,
-        Gemma2ForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
-
-    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    config_class, model_class = {
-        "llama": (LlamaConfig, LlamaForCausalLM),
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-        "gemma2": (Gemma2Config, Gemma2ForCausalLM),
-    }[architecture]
-    extra = {"head_dim": 8} if architecture == "gemma2" else {}
-    torch.manual_seed(0)
-    return model_class(config_class(**common, **extra)).eval()
+def tokenizer(llm_tokenizer):
+    return llm_tokenizer
 
 
 def ids(tokenizer, text):

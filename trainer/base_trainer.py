@@ -108,3 +108,6 @@ class RerankerTrainer(Trainer):
         self.spec.save(folder)
         atomic_write_text(folder / TRAINING_ARGS_JSON, self.args.to_json_string())
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+
+    def finish_saving(self, output_dir: str | Path) -> None:
+        """After the final model is saved: a family's extra exports (the LLM family's merged model)."""

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 import datasets
 
-from rerankforge.data_tools.collators import CrossEncoderCollator
+from rerankforge.data_tools.collators import CrossEncoderCollator, LLMCollator
+from rerankforge.inference.llm_reranker import LLMReranker
 from rerankforge.inference.reranker import Reranker
 from rerankforge.trainer.base_trainer import RerankerTrainer
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.cross_encoder_trainer import CrossEncoderTrainer, build_cross_encoder_trainer
 from rerankforge.trainer.evaluation import RerankEvalSet
+from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.llm_trainer import LLMRerankerTrainer, build_llm_trainer
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,13 @@ FAMILIES: dict[str, Family] = {
         collator_class=CrossEncoderCollator,
         build_trainer=build_cross_encoder_trainer,
         inference_class=Reranker,
+    ),
+    "llm": Family(
+        config_class=LLMRerankerConfig,
+        trainer_class=LLMRerankerTrainer,
+        collator_class=LLMCollator,
+        build_trainer=build_llm_trainer,
+        inference_class=LLMReranker,
     ),
 }
 

@@ -86,6 +86,7 @@ def train(config: RerankerConfig) -> Path:
         rows.append(("reranker before training", trainer.evaluate()))
     result = trainer.train(resume_from_checkpoint=resolve_resume(config))
     trainer.save_model(config.output_dir)
+    trainer.finish_saving(config.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if eval_set is not None:

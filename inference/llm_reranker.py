@@ -1,0 +1,208 @@
+"""`LLMReranker`: score pairs with a decoder LLM's "Yes" logit, through the trainer's own input and score code."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
+from rerankforge.inference.batching import score_longest_first, sigmoid
+from rerankforge.inference.reranker import Pair, default_device, is_single_pair
+from rerankforge.trainer.modeling.llm import (
+    ensure_pad_token,
+    llm_scoring_fields,
+    load_causal_lm,
+    score_last_token,
+)
+from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter, merged_copy
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
+
+logger = logging.getLogger(__name__)
+FLAG_MAX_LENGTH = 512  # FlagLLMReranker's default for folders that rerankforge did not write
+
+
+@dataclass(frozen=True)
+class LLMLengths:
+    """Token budgets: query, passage, and an optional cap on BOS + query + \\n + passage (prompt excluded)."""
+
+    query_max_len: int
+    passage_max_len: int
+    pair_max_len: int | None = None
+
+
+def flag_llm_lengths(max_length: int, query_max_length: int | None, separator_and_prompt: int) -> LLMLengths:
+    """FlagLLMReranker's budgets: query 3/4 of max_length, passage max_length, and the pair capped at
+    max_length plus the separator and prompt lengths (its ``encode_max_length``)."""
+    query_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+    return LLMLengths(query_max, max_length, max_length + separator_and_prompt)
+
+
+class LLMReranker:
+    """A decoder-LLM reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: RerankerSpec,
+        lengths: LLMLengths | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+    ):
+        self.spec = spec
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = ensure_pad_token(tokenizer)
+        self.lengths = lengths or LLMLengths(spec.query_max_len, spec.passage_max_len)
+        self.batch_size = batch_size
+        self.prompt = str(spec.extra.get("prompt") or DEFAULT_PROMPT)
+        self.yes_token_id = int(spec.extra["yes_token_id"])
+        no_id = spec.extra.get("no_token_id")
+        self.no_token_id = int(no_id) if no_id is not None else None
+        self.score_mode = str(spec.extra.get("score", "yes"))
+        self._encoders: dict[LLMLengths, LLMPromptEncoder] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 16,
+        attn_implementation: str = "auto",
+        adapter_path: str | None = None,
+    ) -> LLMReranker:
+        """Our adapter folders (base + adapter, merged on load), our merged models, and plain causal-LM folders
+        laid out as BAAI/bge-reranker-v2-gemma (default prompt, "Yes" token, FlagLLMReranker's lengths).
+
+        ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``).
+        """
+        path = resolve_model_path(name_or_path)
+        spec_folder = adapter_path or path
+        spec = RerankerSpec.load(spec_folder)
+        if spec is not None and spec.family != "llm":
+            raise ValueError(
+                f"{spec_folder} holds a {spec.family!r} reranker; load it with that family's class"
+            )
+        adapter = adapter_path or (path if is_adapter_folder(path) else None)
+        base = path
+        if adapter is not None and adapter_path is None:
+            base = (spec.base_model if spec is not None else None) or adapter_base_model(adapter)
+            if base is None:
+                raise ValueError(f"{adapter}: the adapter names no base model")
+        model = load_causal_lm(base, dtype, attn_implementation, trust_remote_code)
+        if adapter is not None:
+            model = merged_copy(load_adapter(model, adapter, trainable=False))
+        tokenizer_folder = spec_folder if (Path(spec_folder) / "tokenizer_config.json").is_file() else base
+        tokenizer = ensure_pad_token(
+            AutoTokenizer.from_pretrained(
+                resolve_model_path(tokenizer_folder), trust_remote_code=trust_remote_code
+            )
+        )
+        lengths = None
+        if spec is None:
+            spec = plain_llm_spec(tokenizer, base)
+            lengths = flag_llm_lengths(
+                FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
+            )
+        return cls(model, tokenizer, spec, lengths, device=device, batch_size=batch_size)
+
+    def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder:
+        if lengths not in self._encoders:
+            self._encoders[lengths] = LLMPromptEncoder(
+                self.tokenizer,
+                lengths.query_max_len,
+                lengths.passage_max_len,
+                self.prompt,
+                pair_max_len=lengths.pair_max_len,
+            )
+        return self._encoders[lengths]
+
+    def lengths_for(self, max_length: int | None) -> LLMLengths:
+        """The trained budgets; ``max_length`` caps BOS + query + \\n + passage (the prompt is never cut)."""
+        if max_length is None:
+            return self.lengths
+        return LLMLengths(self.lengths.query_max_len, self.lengths.passage_max_len, max_length)
+
+    @torch.inference_mode()
+    def score_sequences(
+        self, sequences: list[list[int]], batch_size: int, show_progress: bool = False
+    ) -> list[float]:
+        """Scores for already-built input ids, in their order (float32 whatever the model's precision)."""
+        pad_multiple = 8 if self.device.type == "cuda" else None
+        pad_id = pad_token_id(self.tokenizer)
+
+        def score_batch(chunk: list[list[int]]) -> list[float]:
+            batch = pad_left(chunk, pad_id, pad_multiple)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            return score_last_token(
+                self.model, batch, self.yes_token_id, self.no_token_id, self.score_mode
+            ).tolist()
+
+        return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
+
+    def compute_score(
+        self,
+        pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        show_progress: bool = False,
+    ) -> float | list[float]:
+        """One pair gives a float, a list of pairs a list in input order; ``normalize`` applies a sigmoid."""
+        single = is_single_pair(pairs)
+        pair_list = [pairs] if single else list(pairs)
+        scores = self._score(
+            pair_list, self.lengths_for(max_length), batch_size, normalize, prompt, show_progress
+        )
+        return scores[0] if single else scores
+
+    def _score(
+        self,
+        pairs: Sequence[Pair],
+        lengths: LLMLengths,
+        batch_size: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        show_progress: bool = False,
+    ) -> list[float]:
+        if not pairs:
+            return []
+        sequences = self.encoder(lengths).encode(
+            [q for q, _ in pairs], [p for _, p in pairs], [prompt] * len(pairs)
+        )
+        scores = self.score_sequences(sequences, batch_size or self.batch_size, show_progress)
+        return sigmoid(scores) if normalize else scores
+
+    def rank(
+        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
+    ) -> list[dict[str, object]]:
+        """``[{"index", "score", "text"}]`` best first."""
+        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
+        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
+        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
+
+
+def separator_and_prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
+    encoder = LLMPromptEncoder(tokenizer, 1, 1, prompt)
+    return len(encoder.separator_ids) + len(encoder.prompt_ids(None))
+
+
+def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str) -> RerankerSpec:
+    """The spec of a folder rerankforge did not write: BGE's prompt, "Yes" logit, FlagLLMReranker's lengths."""
+    return RerankerSpec(
+        family="llm",
+        query_max_len=FLAG_MAX_LENGTH * 3 // 4,
+        passage_max_len=FLAG_MAX_LENGTH,
+        max_length=FLAG_MAX_LENGTH,
+        base_model=base_model,
+        extra={**llm_scoring_fields(tokenizer, DEFAULT_PROMPT), "adapter": False},
+    )

@@ -1,0 +1,79 @@
+"""LLM reranker settings: prompt and "Yes" scoring, LoRA, precision and attention (FlagEmbedding's names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, DTYPES, SCORE_MODES
+
+
+@dataclass
+class LLMRerankerConfig(RerankerConfig):
+    """A decoder LLM scored by its "Yes" logit after ``A: {query}\\nB: {passage}\\n{prompt}``, trained with LoRA."""
+
+    family: str = field(default="llm", metadata={"help": "Reranker family (fixed: llm)."})
+    passage_max_len: int = field(default=192, metadata={"help": "Tokens kept from each passage."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    prompt: str = field(
+        default=DEFAULT_PROMPT,
+        metadata={"help": "Prompt after the pair; a record's own `prompt` overrides it."},
+    )
+    score: str = field(
+        default="yes", metadata={"help": f"Score mode: {' or '.join(SCORE_MODES)} (log-odds against 'No')."}
+    )
+    yes_token: str = field(default="Yes", metadata={"help": "Answer word whose logit is the score."})
+    no_token: str = field(default="No", metadata={"help": "Answer word subtracted by score: yes_minus_no."})
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (False: every weight)."})
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=64.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules that get adapters (default: attention and MLP projections).",
+            "nargs": "+",
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full and saved with the adapter.", "nargs": "+"}
+    )
+    adapter_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved adapter to continue training from (on model_name_or_path)."}
+    )
+    torch_dtype: str = field(
+        default="float32", metadata={"help": f"Weights' precision: {', '.join(DTYPES)}."}
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": f"Attention kernel: {', '.join(ATTENTION_IMPLEMENTATIONS)} (auto: sdpa where supported)."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Also write <output_dir>/merged: a full model that loads without peft."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.score not in SCORE_MODES:
+            raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {self.score!r}")
+        if self.torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype must be one of {', '.join(DTYPES)}, got {self.torch_dtype!r}")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, "
+                f"got {self.attn_implementation!r}"
+            )
+        if self.adapter_name_or_path and not self.use_lora:
+            raise ValueError("adapter_name_or_path continues a LoRA run: it needs use_lora: true")
+        if self.merge_lora and not self.use_lora:
+            raise ValueError("merge_lora needs use_lora: true (without LoRA the saved model is already full)")
+        if self.gradient_checkpointing and not self.gradient_checkpointing_kwargs:
+            # reentrant checkpointing passes no gradient through frozen embeddings to the adapters;
+            # transformers 5 reads activation_checkpointing_kwargs (gradient_* is its older alias)
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+            if hasattr(self, "activation_checkpointing_kwargs"):
+                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs

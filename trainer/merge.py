@@ -1,0 +1,35 @@
+"""Fold a saved LoRA adapter into its base model: a full safetensors folder that loads with no peft installed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from rerankforge.data_tools.files import atomic_folder
+from rerankforge.trainer.modeling.llm import load_causal_lm
+from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter, merged_copy
+from rerankforge.trainer.spec import RerankerSpec
+
+
+def merge_adapter_folder(
+    adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Base + adapter merged in ``dtype`` and written to ``out_dir`` (complete or not at all)."""
+    adapter_dir = Path(adapter_dir)
+    if not is_adapter_folder(adapter_dir):
+        raise ValueError(f"{adapter_dir} holds no LoRA adapter (no adapter_config.json)")
+    spec = RerankerSpec.load(adapter_dir)
+    base = (spec.base_model if spec is not None else None) or adapter_base_model(adapter_dir)
+    if base is None:
+        raise ValueError(f"{adapter_dir}: no base model recorded in rerankforge.json or adapter_config.json")
+    model = merged_copy(load_adapter(load_causal_lm(base, dtype), adapter_dir, trainable=False))
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    with atomic_folder(out_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if spec is not None:
+            dataclasses.replace(spec, extra={**spec.extra, "adapter": False}).save(staging)
+    return Path(out_dir)

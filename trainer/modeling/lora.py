@@ -1,0 +1,77 @@
+"""LoRA through peft: which modules get adapters, adding them, continuing from a saved adapter, merging.
+
+An adapter folder (``adapter_config.json``) names its base model; rerankforge also records the base in
+`rerankforge.json`, so an adapter trained here loads back onto the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedModel
+
+ADAPTER_CONFIG = "adapter_config.json"
+# the attention and MLP projections of Llama, Qwen2, Gemma/Gemma2/Gemma3, Mistral and MiniCPM
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """The attention and MLP projection names this architecture has, or an error asking for them."""
+    found = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in PROJECTION_NAMES
+    }
+    if not found:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(
+            f"no attention/MLP projections named {', '.join(PROJECTION_NAMES)} in this {model_type} model: "
+            "set lora_target_modules"
+        )
+    return [name for name in PROJECTION_NAMES if name in found]
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_model(path: str | Path) -> str | None:
+    """The base model an adapter folder was trained on, as peft recorded it."""
+    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return config.get("base_model_name_or_path")
+
+
+def add_lora(
+    model: PreTrainedModel,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str] | None = None,
+    modules_to_save: list[str] | None = None,
+):
+    """Fresh LoRA adapters on ``model``; only they (and ``modules_to_save``) train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or default_target_modules(model),
+        modules_to_save=modules_to_save,
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(model: PreTrainedModel, adapter_path: str | Path, trainable: bool):
+    """A saved adapter on ``model``: trainable to continue training, frozen to score."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
+
+
+def merged_copy(model) -> PreTrainedModel:
+    """The adapter folded into the base weights: a plain transformers model that needs no peft to load."""
+    return model.merge_and_unload()
