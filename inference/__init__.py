@@ -1,7 +1,15 @@
 """Score (query, passage) pairs with checkpoints that rerankforge trained, or compatible ones."""
 
-from rerankforge.inference.flag_compat import FlagLLMReranker, FlagReranker
+from rerankforge.inference.flag_compat import FlagLLMReranker, FlagReranker, LayerWiseFlagLLMReranker
+from rerankforge.inference.layerwise_reranker import LayerwiseReranker
 from rerankforge.inference.llm_reranker import LLMReranker
 from rerankforge.inference.reranker import Reranker
 
-__all__ = ["FlagLLMReranker", "FlagReranker", "LLMReranker", "Reranker"]
+__all__ = [
+    "FlagLLMReranker",
+    "FlagReranker",
+    "LLMReranker",
+    "LayerWiseFlagLLMReranker",
+    "LayerwiseReranker",
+    "Reranker",
+]

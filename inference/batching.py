@@ -9,21 +9,22 @@ import torch
 from tqdm.auto import tqdm
 
 Item = TypeVar("Item")
+Score = TypeVar("Score")
 
 
 def score_longest_first(
     items: Sequence[Item],
     length: Callable[[Item], int],
-    score_batch: Callable[[list[Item]], list[float]],
+    score_batch: Callable[[list[Item]], list[Score]],
     batch_size: int,
     show_progress: bool = False,
-) -> list[float]:
+) -> list[Score]:
     """``score_batch`` on batches of items sorted longest first; one score per item, in input order.
 
     Longest first also means an out-of-memory error shows on the first batch, not after minutes.
     """
     order = sorted(range(len(items)), key=lambda i: -length(items[i]))
-    scores = [0.0] * len(items)
+    scores: list = [None] * len(items)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="scoring", disable=not show_progress, unit="batch"):
         chunk = order[start : start + batch_size]

@@ -9,6 +9,7 @@ import torch
 
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.inference.layerwise_reranker import LayerwiseReranker
 from rerankforge.inference.llm_reranker import FLAG_MAX_LENGTH as FLAG_LLM_MAX_LENGTH
 from rerankforge.inference.llm_reranker import (
     LLMLengths,
@@ -221,3 +222,55 @@ class FlagLLMReranker(LLMReranker):
         normalize = self.normalize if normalize is None else normalize
         scores = self._score(pairs, lengths, batch_size, normalize, prompt)
         return scores[0] if len(scores) == 1 else scores
+
+
+class LayerWiseFlagLLMReranker(LayerwiseReranker):
+    """``FlagEmbedding.LayerWiseFlagLLMReranker``'s arguments and ``compute_score(..., cutoff_layers=[...])``,
+    for layerwise checkpoints that rerankforge trained."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        use_fp16: bool = False,
+        use_bf16: bool = False,
+        trust_remote_code: bool = False,
+        devices: str | Sequence[str] | None = None,
+        cutoff_layers: Sequence[int] | None = None,
+        prompt: str | None = None,
+        batch_size: int = 128,
+        max_length: int | None = None,
+        normalize: bool = False,
+        **unused: object,
+    ):
+        if unused:
+            logger.warning(
+                "LayerWiseFlagLLMReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused))
+            )
+        device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        loaded = LayerwiseReranker.from_pretrained(
+            model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        super().__init__(loaded.model, loaded.tokenizer, loaded.spec, device=device, batch_size=batch_size)
+        self.cutoff_layers = cutoff_layers
+        self.default_prompt = prompt
+        self.max_length = max_length
+        self.normalize = normalize
+
+    def compute_score(
+        self,
+        sentence_pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        cutoff_layers: Sequence[int] | None = None,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        **unused: object,
+    ):
+        return super().compute_score(
+            sentence_pairs,
+            batch_size=batch_size,
+            max_length=max_length if max_length is not None else self.max_length,
+            normalize=self.normalize if normalize is None else normalize,
+            prompt=prompt or self.default_prompt,
+            cutoff_layers=cutoff_layers if cutoff_layers is not None else self.cutoff_layers,
+        )

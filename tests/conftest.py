@@ -152,8 +152,12 @@ def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
     from transformers import (
         Gemma2Config,
         Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         LlamaConfig,
         LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
     )
@@ -164,8 +168,10 @@ def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "gemma2": (Gemma2Config, Gemma2ForCausalLM),
+        "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
     }[architecture]
-    extra = {"head_dim": 8} if architecture == "gemma2" else {}
+    extra = {"head_dim": 8} if architecture.startswith("gemma") else {}
     torch.manual_seed(0)
     return model_class(config_class(**common, **extra)).eval()
 

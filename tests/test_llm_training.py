@@ -13,14 +13,16 @@ from safetensors.torch import load_file
 from test_cross_encoder_training import toy_records
 
 from rerankforge.data_tools import load_train_dataset
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, pad_left
 from rerankforge.inference import FlagLLMReranker, LLMReranker
+from rerankforge.inference.auto import load_reranker
 from rerankforge.trainer.llm_config import LLMRerankerConfig
 from rerankforge.trainer.llm_trainer import build_llm_trainer
+from rerankforge.trainer.modeling.llm import score_last_token
 from rerankforge.trainer.spec import RerankerSpec
 from rerankforge.trainer.train import train
 
-ARCHITECTURES = ["llama", "qwen2", "gemma2"]
+ARCHITECTURES = ["llama", "qwen2", "gemma2", "gemma3", "mistral"]
 
 
 def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
@@ -296,3 +298,32 @@ def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs)
     config = make_config(tmp_path, tiny_llm_dirs("llama"), data, family="llm")
     out = train(config)
     assert (out / "adapter_model.safetensors").is_file() and (out / "rerankforge.json").is_file()
+
+
+def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tiny_llm_dirs):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
+    config = make_config(tmp_path, tiny_llm_dirs("llama"), data, modules_to_save=["norm"])
+    trainer = build(config)
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    norm = [name for name in saved if name.endswith("model.norm.weight")]
+    assert norm, sorted(saved)
+    assert not torch.equal(saved[norm[0]], torch.ones_like(saved[norm[0]]))  # RMSNorm starts at ones
+    groups = [trainer.train_dataset[0]]
+    reranker = load_reranker(config.output_dir, device="cpu")
+    assert isinstance(reranker, LLMReranker)
+    scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
+    assert scores == pytest.approx(batch_scores(trainer, groups), abs=1e-4)
+
+
+def test_scores_are_float32_when_the_model_runs_in_bfloat16(tiny_llm_dirs):
+    pairs = [["what do women wear", "Some women walk."], ["where is the apple", "the apple is here"]]
+    full = LLMReranker.from_pretrained(str(tiny_llm_dirs("llama")), device="cpu")
+    half = LLMReranker.from_pretrained(str(tiny_llm_dirs("llama")), device="cpu", dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    sequences = half.encoder(half.lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
+    with torch.no_grad():
+        raw = score_last_token(half.model, pad_left(sequences, 2), half.yes_token_id)
+    assert raw.dtype == torch.float32 and torch.isfinite(raw).all()
+    assert half.compute_score(pairs) == pytest.approx(full.compute_score(pairs), abs=0.05)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import REPO
 
 from rerankforge.inference import Reranker
@@ -24,10 +25,18 @@ def test_there_are_recipes_to_check():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(REPO)) for r in RECIPES])
-def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch):
+def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch, tmp_path):
     if "accelerate" in recipe.parts:  # accelerate's own configs are checked by accelerate, not by us
         pytest.skip("accelerate config")
     monkeypatch.chdir(REPO)
+    settings = yaml.safe_load(recipe.read_text())
+    if not torch.cuda.is_available() and not settings.get("use_cpu"):
+        # a GPU recipe: its DeepSpeed file must be there and valid; the rest is parsed as a CPU run here
+        if "deepspeed" in settings:
+            json.loads((REPO / settings.pop("deepspeed")).read_text())
+        settings["use_cpu"] = True
+        recipe = tmp_path / recipe.name
+        recipe.write_text(yaml.safe_dump(settings))
     config = parse_config([str(recipe)])
     assert config.model_name_or_path and (config.train_data or config.ir_data)
     for path in [*(config.train_data or []), config.ir_data, config.eval_data]:
@@ -101,3 +110,21 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
     trained = load_file(str(out / "model.safetensors"))
     name = next(k for k in base if k.endswith("encoder.layer.5.output.dense.weight"))
     assert not torch.equal(base[name], trained["bert." + name.removeprefix("bert.")])
+
+
+DEEPSPEED_CONFIGS = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", DEEPSPEED_CONFIGS, ids=[p.name for p in DEEPSPEED_CONFIGS])
+def test_deepspeed_configs_leave_the_trainers_values_auto_and_have_no_scheduler(path):
+    config = json.loads(path.read_text())
+    assert "scheduler" not in config  # it would silently replace the Trainer's schedule
+    owned = [
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ]
+    assert {key: config[key] for key in owned} == dict.fromkeys(owned, "auto")
+    assert set(config["optimizer"]["params"].values()) == {"auto"}
+    assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"

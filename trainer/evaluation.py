@@ -92,11 +92,16 @@ class RerankEvalSet:
 
 
 class EvalPairs(torch.utils.data.Dataset):
-    """The eval set's candidate pairs as one-passage groups carrying their index."""
+    """The eval set's candidate pairs as one-passage groups carrying their index.
 
-    def __init__(self, eval_set: RerankEvalSet):
+    With ``columns`` (the layerwise family: one score column per layer), metrics are reported per column as
+    ``<column>_ndcg@10`` ..., and the unprefixed ones are the last column's.
+    """
+
+    def __init__(self, eval_set: RerankEvalSet, columns: list[str] | None = None):
         self.eval_set = eval_set
         self.pairs = eval_set.pairs()
+        self.columns = columns
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -107,16 +112,21 @@ class EvalPairs(torch.utils.data.Dataset):
 
     def compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         """For `Trainer(compute_metrics=...)`: predictions are scores, label_ids the pair indices."""
-        scores = [0.0] * len(self.pairs)
+        columns = self.columns or [""]
+        predictions = prediction.predictions.reshape(len(prediction.label_ids.reshape(-1)), len(columns))
+        scores = [[0.0] * len(columns) for _ in self.pairs]
         seen = [False] * len(self.pairs)
-        for index, score in zip(
-            prediction.label_ids.reshape(-1).tolist(),
-            prediction.predictions.reshape(-1).tolist(),
-            strict=True,
-        ):
-            scores[int(index)] = score
+        for index, row in zip(prediction.label_ids.reshape(-1).tolist(), predictions.tolist(), strict=True):
+            scores[int(index)] = row
             seen[int(index)] = True
         if not all(seen):
             raise RuntimeError(f"evaluation scored {sum(seen)} of {len(seen)} pairs")
-        run = self.eval_set.run_from_scores(self.pairs, scores)
-        return {**self.eval_set.metrics(run), "loss": self.eval_set.listwise_loss(run)}
+        metrics: dict[str, float] = {}
+        for column, name in enumerate(columns):
+            run = self.eval_set.run_from_scores(self.pairs, [row[column] for row in scores])
+            found = {**self.eval_set.metrics(run), "loss": self.eval_set.listwise_loss(run)}
+            if name:
+                metrics.update({f"{name}_{key}": value for key, value in found.items()})
+            if column == len(columns) - 1:
+                metrics.update(found)
+        return metrics

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import datasets
 
 from rerankforge.data_tools.collators import CrossEncoderCollator, LLMCollator
+from rerankforge.inference.layerwise_reranker import LayerwiseReranker
 from rerankforge.inference.llm_reranker import LLMReranker
 from rerankforge.inference.reranker import Reranker
 from rerankforge.trainer.base_trainer import RerankerTrainer
@@ -15,6 +16,8 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.cross_encoder_trainer import CrossEncoderTrainer, build_cross_encoder_trainer
 from rerankforge.trainer.evaluation import RerankEvalSet
+from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+from rerankforge.trainer.layerwise_trainer import LayerwiseRerankerTrainer, build_layerwise_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
 from rerankforge.trainer.llm_trainer import LLMRerankerTrainer, build_llm_trainer
 
@@ -42,6 +45,13 @@ FAMILIES: dict[str, Family] = {
         collator_class=LLMCollator,
         build_trainer=build_llm_trainer,
         inference_class=LLMReranker,
+    ),
+    "layerwise": Family(
+        config_class=LayerwiseRerankerConfig,
+        trainer_class=LayerwiseRerankerTrainer,
+        collator_class=LLMCollator,
+        build_trainer=build_layerwise_trainer,
+        inference_class=LayerwiseReranker,
     ),
 }
 

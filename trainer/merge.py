@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +13,8 @@ from rerankforge.data_tools.files import atomic_folder
 from rerankforge.trainer.modeling.llm import load_causal_lm
 from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter, merged_copy
 from rerankforge.trainer.spec import RerankerSpec
+
+MERGE_CARRIES = ("layerwise_heads.safetensors",)
 
 
 def merge_adapter_folder(
@@ -32,4 +35,7 @@ def merge_adapter_folder(
         tokenizer.save_pretrained(staging)
         if spec is not None:
             dataclasses.replace(spec, extra={**spec.extra, "adapter": False}).save(staging)
+        for extra_file in MERGE_CARRIES:  # files beside the adapter that the merged model still needs
+            if (adapter_dir / extra_file).is_file():
+                shutil.copy2(adapter_dir / extra_file, staging / extra_file)
     return Path(out_dir)

@@ -16,7 +16,7 @@ from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import get_family
-from rerankforge.trainer.report import metric_table
+from rerankforge.trainer.report import layer_table, metric_table
 
 logger = logging.getLogger(__name__)
 MINED_TRAIN_FILE = Path("data") / "train.jsonl"
@@ -95,6 +95,9 @@ def train(config: RerankerConfig) -> Path:
         rows.append(("reranker after training", final))
         if trainer.is_world_process_zero():
             table = metric_table(rows, eval_set.top_k)
+            by_layer = layer_table(rows)
+            if by_layer is not None:
+                table += f"\n\nnDCG@10 by layer\n\n{by_layer}"
             title = f"{eval_set.name}: {len(eval_set.queries)} queries, BM25 top {eval_set.top_k} reranked"
             print(f"\n{title}\n\n{table}\n", flush=True)
             atomic_write_text(Path(config.output_dir) / "eval_table.md", f"{title}\n\n{table}\n")

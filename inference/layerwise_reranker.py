@@ -1,0 +1,126 @@
+"""`LayerwiseReranker`: per-layer scores that stop at the deepest requested layer (speed for quality)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoTokenizer
+
+from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
+from rerankforge.inference.batching import score_longest_first, sigmoid
+from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
+from rerankforge.inference.reranker import Pair, is_single_pair
+from rerankforge.trainer.modeling.layerwise import LayerwiseModel
+from rerankforge.trainer.modeling.llm import ensure_pad_token, load_causal_lm
+from rerankforge.trainer.modeling.lora import is_adapter_folder, load_adapter, merged_copy
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import RerankerSpec
+
+
+class LayerwiseReranker(LLMReranker):
+    """``compute_score(pairs, cutoff_layers=[k, ...])``: one score list per requested layer."""
+
+    def __init__(
+        self, model: LayerwiseModel, tokenizer, spec: RerankerSpec, device=None, batch_size: int = 16
+    ):
+        super().__init__(model, tokenizer, spec, device=device, batch_size=batch_size)
+        self.layers: list[int] = list(model.layers)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 16,
+        attn_implementation: str = "auto",
+    ) -> LayerwiseReranker:
+        """Our layerwise folders: adapter + heads on the recorded base model, or a merged model + heads."""
+        path = resolve_model_path(name_or_path)
+        spec = RerankerSpec.load(path)
+        if spec is None or spec.family != "layerwise":
+            found = "no rerankforge.json" if spec is None else f"a {spec.family!r} reranker"
+            raise ValueError(
+                f"{name_or_path} holds {found}; LayerwiseReranker loads rerankforge layerwise folders"
+            )
+        if is_adapter_folder(path):
+            lm = load_causal_lm(spec.base_model, dtype, attn_implementation, trust_remote_code)
+            lm = merged_copy(load_adapter(lm, path, trainable=False))
+        else:
+            lm = load_causal_lm(path, dtype, attn_implementation, trust_remote_code)
+        model = LayerwiseModel(lm, spec.extra["layers"])
+        model.load_heads(path)
+        tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
+        return cls(model, tokenizer, spec, device=device, batch_size=batch_size)
+
+    def resolve_layers(self, cutoff_layers: Sequence[int] | int | None) -> list[int]:
+        if cutoff_layers is None:
+            return [self.layers[-1]]
+        wanted = [cutoff_layers] if isinstance(cutoff_layers, int) else list(cutoff_layers)
+        unknown = [k for k in wanted if k not in self.layers]
+        if unknown:
+            raise ValueError(f"cutoff_layers {unknown} have no head; this model scores layers {self.layers}")
+        return wanted
+
+    @torch.inference_mode()
+    def score_layers(
+        self, sequences: list[list[int]], layers: list[int], batch_size: int, show_progress: bool = False
+    ) -> list[list[float]]:
+        """``[pair][layer]`` scores for already-built input ids; the model stops at the deepest layer."""
+        pad_multiple = 8 if self.device.type == "cuda" else None
+        pad_id = pad_token_id(self.tokenizer)
+
+        def score_batch(chunk: list[list[int]]) -> list[list[float]]:
+            batch = {k: v.to(self.device) for k, v in pad_left(chunk, pad_id, pad_multiple).items()}
+            scores = self.model(batch["input_ids"], batch["attention_mask"], layers=layers)
+            return torch.stack([scores[k] for k in layers], dim=-1).tolist()
+
+        return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
+
+    def compute_score(
+        self,
+        pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        show_progress: bool = False,
+        cutoff_layers: Sequence[int] | int | None = None,
+    ):
+        """One list of scores per requested layer (the last layer's when none is asked); a single requested
+        layer gives a single list, and a single pair gives floats instead of lists."""
+        layers = self.resolve_layers(cutoff_layers)
+        single = is_single_pair(pairs)
+        pair_list = [pairs] if single else list(pairs)
+        per_layer = self._score_layers(pair_list, self.lengths_for(max_length), layers, batch_size, normalize,
+                                       prompt, show_progress)  # fmt: skip
+        if single:
+            per_layer = [scores[0] for scores in per_layer]
+        return per_layer[0] if len(layers) == 1 else per_layer
+
+    def _score_layers(
+        self,
+        pairs: Sequence[Pair],
+        lengths: LLMLengths,
+        layers: list[int],
+        batch_size: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        show_progress: bool = False,
+    ) -> list[list[float]]:
+        if not pairs:
+            return [[] for _ in layers]
+        sequences = self.encoder(lengths).encode(
+            [q for q, _ in pairs], [p for _, p in pairs], [prompt] * len(pairs)
+        )
+        rows = self.score_layers(sequences, layers, batch_size or self.batch_size, show_progress)
+        per_layer = [[row[i] for row in rows] for i in range(len(layers))]
+        return [sigmoid(scores) if normalize else scores for scores in per_layer]
+
+    def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=False):
+        """The last layer's scores: what `rank`, `rerankforge-eval` and teacher scoring use."""
+        return self._score_layers(
+            pairs, lengths, [self.layers[-1]], batch_size, normalize, prompt, show_progress
+        )[0]

@@ -1,0 +1,146 @@
+"""Layerwise reranker training: the grouped loss at every selected layer, summed; per-layer logs and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+
+from rerankforge.data_tools.collators import LLMCollator
+from rerankforge.data_tools.grouping import GroupedDataset
+from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
+from rerankforge.trainer.base_trainer import RerankerTrainer
+from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
+from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+from rerankforge.trainer.llm_trainer import MERGED_DIR, load_tokenizer, load_trainable_model
+from rerankforge.trainer.losses import LayerwiseObjective
+from rerankforge.trainer.modeling.layerwise import HEADS_FILE, LayerwiseModel, decoder_layers
+from rerankforge.trainer.modeling.llm import llm_scoring_fields
+from rerankforge.trainer.spec import RerankerSpec
+
+logger = logging.getLogger(__name__)
+
+
+def layer_name(layer: int) -> str:
+    return f"layer{layer}"
+
+
+class LayerwiseRerankerTrainer(RerankerTrainer):
+    """Sums the shared objective over ``train_layers``; logs ``loss_layer<k>``; evaluates every head."""
+
+    args: LayerwiseRerankerConfig
+
+    def __init__(self, *args: Any, train_layers: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.train_layers = train_layers
+        self.layer_objective = LayerwiseObjective(
+            self.objective, self.args.self_distill_weight, self.args.distill_temperature
+        )
+        self._layer_loss_sums: dict[int, float] = defaultdict(float)
+        self._layer_loss_count = 0
+
+    def score(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows, heads]``: every head's score, in layer order (evaluation reports each column)."""
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return torch.stack([scores[k] for k in sorted(scores)], dim=-1)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        group_size = int(inputs.pop("group_size"))
+        teacher_scores = inputs.pop("teacher_scores", None)
+        scores = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], layers=self.train_layers
+        )
+        grouped = {k: s.view(-1, group_size) for k, s in scores.items()}
+        loss, parts = self.layer_objective(grouped, teacher_scores)
+        if model.training:
+            for layer, part in parts.items():
+                self._layer_loss_sums[layer] += part.item()
+            self._layer_loss_count += 1
+        return (loss, {"scores": grouped}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training logs also carry each layer's mean loss since the previous log."""
+        if "loss" in logs and self._layer_loss_count:
+            for layer, total in sorted(self._layer_loss_sums.items()):
+                logs[f"loss_{layer_name(layer)}"] = round(total / self._layer_loss_count, 4)
+            self._layer_loss_sums.clear()
+            self._layer_loss_count = 0
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The adapter (or full LM), the heads and the tokenizer: never the frozen base weights twice."""
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        model: LayerwiseModel = self.accelerator.unwrap_model(self.model)
+        model.lm.save_pretrained(folder, safe_serialization=True)
+        model.save_heads(folder)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(folder)
+
+    def finish_saving(self, output_dir: str | Path) -> None:
+        if not (self.args.merge_lora and self.args.should_save):
+            return
+        from rerankforge.trainer.merge import merge_adapter_folder
+
+        merged = merge_adapter_folder(output_dir, Path(output_dir) / MERGED_DIR)
+        logger.info("merged model (with its heads) written to %s", merged)
+
+
+def build_layerwise_trainer(
+    config: LayerwiseRerankerConfig, records: datasets.Dataset, eval_set: RerankEvalSet | None = None
+) -> LayerwiseRerankerTrainer:
+    """Tokenizer, LLM (with adapters), "Yes"-initialised heads, groups and spec, wired into the Trainer."""
+    tokenizer = load_tokenizer(config)
+    scoring = llm_scoring_fields(tokenizer, config.prompt, config.score, config.yes_token, config.no_token)
+    if config.score != "yes":
+        raise ValueError("the layerwise family scores with heads initialised from 'Yes': use score: yes")
+    lm = load_trainable_model(config)
+    num_layers = len(decoder_layers(lm))
+    if config.start_layer > num_layers:
+        raise ValueError(f"start_layer {config.start_layer} is past this model's {num_layers} layers")
+    layers = list(range(config.start_layer, num_layers + 1))
+    model = LayerwiseModel(lm, layers, yes_token_id=int(scoring["yes_token_id"]))
+    if config.adapter_name_or_path and (Path(config.adapter_name_or_path) / HEADS_FILE).is_file():
+        logger.info("continuing with the heads in %s", config.adapter_name_or_path)
+        model.load_heads(config.adapter_name_or_path)
+    train_layers = sorted(config.train_layers or layers)
+    if any(k not in layers for k in train_layers):
+        raise ValueError(f"train_layers {train_layers} must be among the head layers {layers}")
+    spec = RerankerSpec(
+        family="layerwise",
+        query_max_len=config.query_max_len,
+        passage_max_len=config.passage_max_len,
+        max_length=config.query_max_len + config.passage_max_len,
+        base_model=config.model_name_or_path,
+        extra={**scoring, "adapter": config.use_lora, "layers": layers, "num_layers": num_layers},
+    )
+    encoder = LLMPromptEncoder(tokenizer, config.query_max_len, config.passage_max_len, config.prompt)
+    eval_pairs = (
+        EvalPairs(eval_set, columns=[layer_name(k) for k in layers]) if eval_set is not None else None
+    )
+    return LayerwiseRerankerTrainer(
+        model=model,
+        args=config,
+        train_dataset=GroupedDataset(
+            records,
+            config.train_group_size,
+            seed=config.data_seed if config.data_seed is not None else config.seed,
+        ),
+        eval_dataset=eval_pairs,
+        compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
+        data_collator=LLMCollator(encoder),
+        processing_class=tokenizer,
+        spec=spec,
+        train_layers=train_layers,
+    )
