@@ -44,13 +44,20 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield staging
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / path.name)
+        if not path.exists():
             os.replace(staging, path)
+            return
+        # two renames: for the instant between them ``path`` is absent (never half-written); a failed second
+        # rename puts the previous folder back
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            raise
+        finally:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -266,11 +266,20 @@ class LayerWiseFlagLLMReranker(LayerwiseReranker):
         normalize: bool | None = None,
         **unused: object,
     ):
-        return super().compute_score(
-            sentence_pairs,
-            batch_size=batch_size,
-            max_length=max_length if max_length is not None else self.max_length,
-            normalize=self.normalize if normalize is None else normalize,
-            prompt=prompt or self.default_prompt,
-            cutoff_layers=cutoff_layers if cutoff_layers is not None else self.cutoff_layers,
-        )
+        """As FlagEmbedding: a ``max_length`` gives its budgets (query 3/4 of it, passage max_length, the pair
+        max_length plus separator and prompt); without one, the trained budgets."""
+        layers = self.resolve_layers(cutoff_layers if cutoff_layers is not None else self.cutoff_layers)
+        single = is_single_pair(sentence_pairs)
+        pairs = [sentence_pairs] if single else list(sentence_pairs)
+        prompt = prompt or self.default_prompt
+        max_length = max_length if max_length is not None else self.max_length
+        lengths = self.lengths
+        if max_length is not None:
+            lengths = flag_llm_lengths(
+                max_length, None, separator_and_prompt_length(self.tokenizer, prompt or self.prompt)
+            )
+        normalize = self.normalize if normalize is None else normalize
+        per_layer = self._score_layers(pairs, lengths, layers, batch_size, normalize, prompt)
+        if single:
+            per_layer = [scores[0] for scores in per_layer]
+        return per_layer[0] if len(layers) == 1 else per_layer

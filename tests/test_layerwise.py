@@ -203,3 +203,46 @@ def test_train_writes_the_before_after_table_by_layer(tmp_path, four_layer_llama
     assert "nDCG@10 by layer" in table
     rows = [line for line in table.splitlines() if line.startswith(("| 2 |", "| 3 |", "| 4 |"))]
     assert len(rows) == 3 and all(line.count("|") == 4 for line in rows)  # layer, before, after
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoints_heads_and_adapter(
+    tmp_path,
+    four_layer_llama,
+    beir_slice,  # noqa: F811
+):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
+    config = make_config(
+        tmp_path, four_layer_llama, data, eval_data=str(beir_slice), eval_top_k=10, per_device_eval_batch_size=16,
+        num_train_epochs=2, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+        load_best_model_at_end=True, metric_for_best_model="ndcg@10", greater_is_better=True,
+    )  # fmt: skip
+    trainer = build(config, prepare_data(config))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None
+    saved = load_file(f"{best}/layerwise_heads.safetensors")
+    for k, head in trainer.model.heads.items():
+        assert torch.equal(head.weight.detach(), saved[f"{k}.weight"])
+    adapter = load_file(f"{best}/adapter_model.safetensors")
+    live = dict(trainer.model.lm.named_parameters())
+    for name, tensor in adapter.items():
+        assert torch.equal(live[name.replace(".weight", ".default.weight")].detach(), tensor)
+
+
+def test_layerwise_flag_reranker_uses_flagembeddings_budgets_for_max_length(
+    tmp_path, four_layer_llama, llm_tokenizer
+):
+    from test_llm_training import flag_llm_reference_ids
+
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
+    config = make_config(tmp_path, four_layer_llama, data)
+    trainer = build(config)
+    trainer.save_model(config.output_dir)
+    flag = LayerWiseFlagLLMReranker(config.output_dir, devices="cpu")
+    long_passage = "Some women with flip-flops on are walking along the beach. " * 40
+    pairs = [["what do women wear on the beach " * 20, long_passage]]
+    built = []
+    original = flag.score_layers
+    flag.score_layers = lambda s, *a, **k: built.extend(s) or original(s, *a, **k)
+    flag.compute_score(pairs, max_length=48)
+    assert built == [flag_llm_reference_ids(llm_tokenizer, *pairs[0], 48)]

@@ -37,6 +37,11 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
 
     def __init__(self, *args: Any, train_layers: list[int], **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:  # DataParallel replicas would share the early-stop hooks of one decoder
+            raise ValueError(
+                f"{self.args.n_gpu} GPUs in one process (DataParallel): launch one process per GPU instead, "
+                "with `accelerate launch` or `torchrun`"
+            )
         self.train_layers = train_layers
         self.layer_objective = LayerwiseObjective(
             self.objective, self.args.self_distill_weight, self.args.distill_temperature
@@ -80,6 +85,8 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The adapter (or full LM), the heads and the tokenizer: never the frozen base weights twice."""
+        if not self.args.should_save:  # the Trainer calls this on every process
+            return
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         model: LayerwiseModel = self.accelerator.unwrap_model(self.model)
@@ -88,13 +95,50 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(folder)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore what `_save` wrote: the adapter (or full LM weights) and the heads."""
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_layerwise_weights(model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        checkpoint = self.state.best_model_checkpoint
+        logger.info("loading the best model from %s (score: %s)", checkpoint, self.state.best_metric)
+        load_layerwise_weights(self.accelerator.unwrap_model(self.model), checkpoint)
+
     def finish_saving(self, output_dir: str | Path) -> None:
         if not (self.args.merge_lora and self.args.should_save):
             return
         from rerankforge.trainer.merge import merge_adapter_folder
 
-        merged = merge_adapter_folder(output_dir, Path(output_dir) / MERGED_DIR)
+        merged = merge_adapter_folder(
+            output_dir, Path(output_dir) / MERGED_DIR, trust_remote_code=self.args.trust_remote_code
+        )
         logger.info("merged model (with its heads) written to %s", merged)
+
+
+def load_layerwise_weights(model: LayerwiseModel, folder: str | Path) -> None:
+    """Trained weights from a layerwise checkpoint into a live model: adapter or full LM, then the heads."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if hasattr(model.lm, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model.lm, load_file(str(folder / "adapter_model.safetensors")))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(
+                f"{folder}: adapter weights this model does not have: {result.unexpected_keys[:5]}"
+            )
+    else:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(folder.glob("model*.safetensors")):
+            state.update(load_file(str(shard)))
+        missing, unexpected = model.lm.load_state_dict(state, strict=False)
+        tied = set(getattr(model.lm, "_tied_weights_keys", None) or [])
+        if unexpected or set(missing) - tied:
+            raise ValueError(f"{folder}: weights do not match the model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")  # fmt: skip
+    model.load_heads(folder)
 
 
 def build_layerwise_trainer(

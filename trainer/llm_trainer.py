@@ -44,7 +44,9 @@ class LLMRerankerTrainer(RerankerTrainer):
             return
         from rerankforge.trainer.merge import merge_adapter_folder
 
-        merged = merge_adapter_folder(output_dir, Path(output_dir) / MERGED_DIR)
+        merged = merge_adapter_folder(
+            output_dir, Path(output_dir) / MERGED_DIR, trust_remote_code=self.args.trust_remote_code
+        )
         logger.info("merged model written to %s", merged)
 
 

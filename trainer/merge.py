@@ -18,7 +18,10 @@ MERGE_CARRIES = ("layerwise_heads.safetensors",)
 
 
 def merge_adapter_folder(
-    adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Base + adapter merged in ``dtype`` and written to ``out_dir`` (complete or not at all)."""
     adapter_dir = Path(adapter_dir)
@@ -28,8 +31,9 @@ def merge_adapter_folder(
     base = (spec.base_model if spec is not None else None) or adapter_base_model(adapter_dir)
     if base is None:
         raise ValueError(f"{adapter_dir}: no base model recorded in rerankforge.json or adapter_config.json")
-    model = merged_copy(load_adapter(load_causal_lm(base, dtype), adapter_dir, trainable=False))
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    base_model = load_causal_lm(base, dtype, trust_remote_code=trust_remote_code)
+    model = merged_copy(load_adapter(base_model, adapter_dir, trainable=False))
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     with atomic_folder(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

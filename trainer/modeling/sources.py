@@ -11,8 +11,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +55,20 @@ def convert_gguf(gguf_file: Path, folder: Path) -> Path:
     """
     if (folder / "config.json").is_file():
         return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # one process converts (DDP ranks, parallel tests); others wait
+        if not (folder / "config.json").is_file():
+            _convert_gguf_unlocked(gguf_file, folder)
+    return folder
+
+
+def _convert_gguf_unlocked(gguf_file: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rerankforge.data_tools.files import atomic_folder
 
     logger.info("converting %s into %s (once; about a minute)", gguf_file, folder)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
@@ -71,20 +81,9 @@ def convert_gguf(gguf_file: Path, folder: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:  # a half-converted folder is never visible
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if (folder / "config.json").is_file():  # another process finished first
-            return folder
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def resolve_model_path(name_or_path: str) -> str:
