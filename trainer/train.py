@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
 from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.sources import load_train_dataset
+from rerankforge.trainer.checkpoints import incomplete_reason, latest_complete_checkpoint
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import get_family
@@ -23,12 +23,18 @@ MINED_TRAIN_FILE = Path("data") / "train.jsonl"
 
 
 def resolve_resume(config: RerankerConfig) -> str | None:
-    """``auto`` means the newest checkpoint in output_dir (none yet: start fresh)."""
-    if config.resume_from_checkpoint != "auto":
-        return config.resume_from_checkpoint
-    if not Path(config.output_dir).is_dir():
+    """``auto``: the newest complete checkpoint in output_dir (none yet: start fresh); a path must be complete."""
+    if config.resume_from_checkpoint is None:
         return None
-    return get_last_checkpoint(config.output_dir)
+    if config.resume_from_checkpoint == "auto":
+        latest = latest_complete_checkpoint(config.output_dir)
+        if latest is not None:
+            logger.info("resuming from %s", latest)
+        return str(latest) if latest is not None else None
+    reason = incomplete_reason(config.resume_from_checkpoint)
+    if reason is not None:
+        raise ValueError(f"resume_from_checkpoint {config.resume_from_checkpoint}: {reason}")
+    return config.resume_from_checkpoint
 
 
 def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:

@@ -1,0 +1,129 @@
+"""A run killed with SIGKILL and resumed ends where an uninterrupted run ends; incomplete checkpoints are skipped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import write_jsonl
+from safetensors.torch import load_file
+from test_cross_encoder_training import toy_records
+
+from rerankforge.trainer.checkpoints import MARKER, incomplete_reason, latest_complete_checkpoint
+
+MAX_STEPS = 40
+
+
+def write_recipe(tmp_path, model_dir, name: str) -> tuple[str, str]:
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(24, n_negatives=8))
+    output_dir = str(tmp_path / name)
+    recipe = dict(
+        family="cross_encoder",
+        model_name_or_path=str(model_dir),
+        train_data=[str(data)],
+        output_dir=output_dir,
+        train_group_size=4,
+        query_max_len=16,
+        passage_max_len=32,
+        per_device_train_batch_size=2,
+        max_steps=MAX_STEPS,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=3,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        seed=0,
+    )  # fmt: skip  (BERT's dropout is on: the RNG state must be restored too)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path), output_dir
+
+
+def launch(recipe: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rerankforge.trainer", recipe, *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def losses(output_dir: str) -> list[tuple[int, float]]:
+    with open(os.path.join(output_dir, "trainer_state.json")) as handle:
+        state = json.load(handle)
+    return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_losses(tmp_path, tiny_bert_dir):
+    recipe, straight_dir = write_recipe(tmp_path, tiny_bert_dir, "straight")
+    straight = launch(recipe)
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    recipe, killed_dir = write_recipe(tmp_path, tiny_bert_dir, "killed")
+    run = launch(recipe)
+    second = os.path.join(killed_dir, "checkpoint-4", MARKER)
+    deadline = time.time() + 300
+    while not os.path.exists(second) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.exists(os.path.join(killed_dir, "model.safetensors"))  # it was cut off mid-way
+    resumed_from = latest_complete_checkpoint(killed_dir)
+    assert resumed_from is not None and int(resumed_from.name.split("-")[1]) >= 4
+
+    resumed = launch(recipe, "--resume_from_checkpoint", "auto")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming from {resumed_from}" in output
+
+    a = load_file(os.path.join(straight_dir, "model.safetensors"))
+    b = load_file(os.path.join(killed_dir, "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
+    straight_losses, resumed_losses = losses(straight_dir), losses(killed_dir)
+    assert [s for s, _ in resumed_losses] == list(range(1, MAX_STEPS + 1))
+    assert [loss for _, loss in resumed_losses] == pytest.approx(
+        [loss for _, loss in straight_losses], abs=1e-6
+    )
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
+    for step in (2, 4, 6):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 100)
+        (folder / "optimizer.pt").write_bytes(b"y" * 50)
+        if step != 6:  # checkpoint-6 was being written when the run was killed
+            from rerankforge.trainer.checkpoints import mark_complete
+
+            mark_complete(folder, step)
+    (tmp_path / "checkpoint-4" / "optimizer.pt").write_bytes(
+        b"y" * 10
+    )  # and checkpoint-4 was truncated later
+    with caplog.at_level(logging.WARNING):
+        assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert "checkpoint-6: no completion marker" in caplog.text
+    assert "optimizer.pt has 10 bytes, 50 were written" in caplog.text
+    assert incomplete_reason(tmp_path / "checkpoint-2") is None
+
+
+def test_resuming_from_an_incomplete_checkpoint_by_path_is_an_error(tmp_path, tiny_bert_dir):
+    from rerankforge.trainer.cli import parse_config
+    from rerankforge.trainer.train import resolve_resume
+
+    recipe, _ = write_recipe(tmp_path, tiny_bert_dir, "run")
+    (tmp_path / "half").mkdir()
+    config = parse_config([recipe, "--resume_from_checkpoint", str(tmp_path / "half")])
+    with pytest.raises(ValueError, match="no completion marker"):
+        resolve_resume(config)

@@ -1,0 +1,72 @@
+"""Checkpoints a crash cannot spoil: a checkpoint counts only once a marker lists its complete files.
+
+The Trainer writes ``checkpoint-N`` file by file, so a kill can leave a folder that looks like the newest
+checkpoint but is half written. After every file of a checkpoint is on disk (all processes done), the main
+process writes ``rerankforge_checkpoint.json`` (atomically) with each file's size; only then are older
+checkpoints rotated away. Resuming picks the newest checkpoint whose marker matches its files, and says which
+newer folders it skipped and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+from rerankforge.data_tools.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+MARKER = "rerankforge_checkpoint.json"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def mark_complete(folder: str | Path, step: int) -> Path:
+    folder = Path(folder)
+    files = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MARKER
+    }
+    return atomic_write_text(folder / MARKER, json.dumps({"step": step, "files": files}, indent=1) + "\n")
+
+
+def incomplete_reason(folder: str | Path) -> str | None:
+    """None for a complete checkpoint, else why it is not one."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not marker.is_file():
+        return "no completion marker (the run stopped while writing it)"
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError) as error:
+        return f"unreadable {MARKER}: {error}"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))
+    ]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are skipped with a warning naming the reason."""
+    for folder in checkpoints_newest_first(output_dir):
+        reason = incomplete_reason(folder)
+        if reason is None:
+            return folder
+        logger.warning("skipping %s: %s", folder, reason)
+    return None
