@@ -1,0 +1,51 @@
+"""Launched by tests/test_distributed.py under `accelerate launch`: train, then write this rank's weights.
+
+`RERANKFORGE_TEST_FAIL_RANK=<r>` makes rank r raise after its first step, to check that the others do not hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+from transformers import TrainerCallback
+
+from rerankforge.data_tools import load_train_dataset
+from rerankforge.trainer.cli import parse_config
+from rerankforge.trainer.families import get_family
+
+
+class FailOnRank(TrainerCallback):
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.process_index == self.rank:
+            raise RuntimeError(f"rank {self.rank} fails on purpose")
+
+
+def main() -> None:
+    config = parse_config(sys.argv[1:])
+    records = load_train_dataset(config.train_data, config.train_group_size)
+    trainer = get_family(config.family).build_trainer(config, records, None)
+    if "RERANKFORGE_TEST_FAIL_RANK" in os.environ:
+        trainer.add_callback(FailOnRank(int(os.environ["RERANKFORGE_TEST_FAIL_RANK"])))
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    rank = config.process_index
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    out = Path(config.output_dir)
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(out / f"rank{rank}.safetensors"),
+    )
+    facts = {"world_size": config.world_size, "global_step": trainer.state.global_step,
+             "train_batch_size": trainer._train_batch_size * config.world_size}  # fmt: skip
+    (out / f"rank{rank}.json").write_text(json.dumps(facts))
+
+
+if __name__ == "__main__":
+    main()

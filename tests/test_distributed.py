@@ -1,0 +1,61 @@
+"""DDP on this CPU: `accelerate launch` with 2 gloo processes, through the recipe's accelerate config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, write_jsonl
+from safetensors.torch import load_file
+from test_cross_encoder_training import toy_records
+
+pytestmark = pytest.mark.distributed
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def launch(tmp_path, model_dir, fail_rank: int | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(24))
+    out = tmp_path / "out"
+    recipe = dict(
+        family="cross_encoder", model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(out),
+        train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=3,
+        num_train_epochs=2, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+    )  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent)}
+    if fail_rank is not None:
+        env["RERANKFORGE_TEST_FAIL_RANK"] = str(fail_rank)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_ddp.yaml"), str(WORKER), str(path),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return result, out
+
+
+def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_asked(tmp_path, tiny_bert_dir):
+    result, out = launch(tmp_path, tiny_bert_dir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    facts = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert facts[0] == facts[1]
+    # 24 queries, 2 processes x 3 per device = 6 per step: 4 steps an epoch, 2 epochs
+    assert facts[0] == {"world_size": 2, "global_step": 8, "train_batch_size": 6}
+    a, b = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    start = load_file(tiny_bert_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], start[k]) for k in start if k in a)  # and they trained
+    assert (out / "model.safetensors").is_file() and (out / "rerankforge.json").is_file()
+
+
+def test_a_failing_process_ends_the_launch_instead_of_hanging(tmp_path, tiny_bert_dir):
+    result, _ = launch(tmp_path, tiny_bert_dir, fail_rank=1)
+    assert result.returncode != 0
+    assert "rank 1 fails on purpose" in result.stdout + result.stderr
