@@ -24,6 +24,15 @@ def merge_adapter_folder(
     trust_remote_code: bool = False,
 ) -> Path:
     """Base + adapter merged in ``dtype`` and written to ``out_dir`` (complete or not at all)."""
+    with atomic_folder(out_dir) as staging:
+        write_merged(adapter_dir, staging, dtype, trust_remote_code)
+    return Path(out_dir)
+
+
+def write_merged(
+    adapter_dir: str | Path, folder: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
+) -> None:
+    """The merged model, tokenizer, spec (``adapter: false``) and carried files, written into ``folder``."""
     adapter_dir = Path(adapter_dir)
     if not is_adapter_folder(adapter_dir):
         raise ValueError(f"{adapter_dir} holds no LoRA adapter (no adapter_config.json)")
@@ -34,12 +43,10 @@ def merge_adapter_folder(
     base_model = load_causal_lm(base, dtype, trust_remote_code=trust_remote_code)
     model = merged_copy(load_adapter(base_model, adapter_dir, trainable=False))
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
-    with atomic_folder(out_dir) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if spec is not None:
-            dataclasses.replace(spec, extra={**spec.extra, "adapter": False}).save(staging)
-        for extra_file in MERGE_CARRIES:  # files beside the adapter that the merged model still needs
-            if (adapter_dir / extra_file).is_file():
-                shutil.copy2(adapter_dir / extra_file, staging / extra_file)
-    return Path(out_dir)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if spec is not None:
+        dataclasses.replace(spec, extra={**spec.extra, "adapter": False}).save(folder)
+    for extra_file in MERGE_CARRIES:  # files beside the adapter that the merged model still needs
+        if (adapter_dir / extra_file).is_file():
+            shutil.copy2(adapter_dir / extra_file, folder / extra_file)

@@ -1,0 +1,134 @@
+"""`rerankforge-export`: self-contained folders that other stacks load without rerankforge (or peft)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import write_jsonl
+from test_cross_encoder_training import make_config as cross_encoder_config
+from test_cross_encoder_training import toy_records
+from test_evaluation import beir_slice  # noqa: F401  (the fixture)
+
+from rerankforge.inference import LLMReranker, Reranker
+from rerankforge.trainer.export import main as export_main
+from rerankforge.trainer.train import train
+
+PAIRS = [
+    ["where is the apple", "the apple is here, apple indeed"],
+    ["where is the apple", "the stone is there"],
+]
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def run_isolated(script: str) -> list[float]:
+    """Run ``script`` in a fresh interpreter where importing rerankforge and peft fails."""
+    guard = "import sys\nsys.modules['rerankforge'] = None\nsys.modules['peft'] = None\n"
+    result = subprocess.run([sys.executable, "-c", guard + script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained_cross_encoder(tmp_path_factory, tiny_bert_dir, beir_slice):  # noqa: F811
+    tmp_path = tmp_path_factory.mktemp("export-ce")
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
+    config = cross_encoder_config(tmp_path, tiny_bert_dir, data, eval_data=str(beir_slice), eval_top_k=10,
+                                  per_device_eval_batch_size=16)  # fmt: skip
+    return train(config)
+
+
+def test_an_exported_cross_encoder_loads_in_sentence_transformers_and_transformers_alone(
+    tmp_path, trained_cross_encoder
+):
+    out = tmp_path / "export"
+    assert export_main([str(trained_cross_encoder), str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "rerankforge.json", "README.md"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    expected = Reranker.from_pretrained(str(trained_cross_encoder), device="cpu").compute_score(PAIRS)
+    script = f"""
+import json, torch
+from sentence_transformers import CrossEncoder
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+pairs = {PAIRS!r}
+st = CrossEncoder({str(out)!r}, device="cpu", activation_fn=torch.nn.Identity()).predict(pairs).tolist()
+tok = AutoTokenizer.from_pretrained({str(out)!r})
+model = AutoModelForSequenceClassification.from_pretrained({str(out)!r}).eval()
+with torch.no_grad():
+    hf = model(**tok([q for q, _ in pairs], [p for _, p in pairs], padding=True, return_tensors="pt")).logits.view(-1).tolist()
+print(json.dumps(st + hf))
+"""
+    scores = run_isolated(script)
+    assert scores[:2] == pytest.approx(expected, abs=1e-5)  # sentence-transformers' CrossEncoder
+    assert scores[2:] == pytest.approx(expected, abs=1e-5)  # plain transformers
+
+
+def test_the_cards_metrics_are_the_ones_the_run_logged(tmp_path, trained_cross_encoder):
+    out = tmp_path / "export"
+    assert export_main([str(trained_cross_encoder), str(out), "--license", "mit"]) == 0
+    card = (out / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["pipeline_tag"] == "text-ranking" and meta["license"] == "mit"
+    assert meta["library_name"] == "transformers" and "rerankforge" in meta["tags"]
+    assert meta["base_model"] and "cross-encoder" in meta["tags"]
+    logged = json.loads((trained_cross_encoder / "eval_results.json").read_text())
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"ndcg_at_10": logged["eval_ndcg@10"], "mrr_at_10": logged["eval_mrr@10"]}
+    for text in ("grouped listwise cross-entropy", "from sentence_transformers import CrossEncoder",
+                 "from FlagEmbedding import FlagReranker", "| learning_rate |"):  # fmt: skip
+        assert text in card
+
+
+def test_an_exported_merged_llm_reranker_loads_without_peft_and_a_failed_upload_keeps_the_folder(
+    tmp_path, tiny_llm_dirs, capsys
+):
+    from test_llm_training import build as build_llm
+    from test_llm_training import make_config as llm_config
+
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
+    config = llm_config(tmp_path, tiny_llm_dirs("llama"), data)
+    trainer = build_llm(config)
+    trainer.train()
+    trainer.save_model(config.output_dir)
+    expected = LLMReranker.from_pretrained(config.output_dir, device="cpu").compute_score(PAIRS)
+
+    out = tmp_path / "export"
+    code = export_main(
+        [config.output_dir, str(out), "--merge-lora", "--push-to-hub", "someone/tiny-reranker"]
+    )
+    assert code == 1  # offline here: the upload fails ...
+    assert "the upload to someone/tiny-reranker failed" in capsys.readouterr().err
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()  # ... the folder is whole
+    assert not (out / "adapter_config.json").exists()
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] in ("PreTrainedTokenizerFast", "LlamaTokenizerFast")
+    assert front_matter((out / "README.md").read_text())["library_name"] == "transformers"
+
+    script = f"""
+import json, sys
+del sys.modules['rerankforge']
+from rerankforge.inference import LLMReranker
+print(json.dumps(LLMReranker.from_pretrained({str(out)!r}, device="cpu").compute_score({PAIRS!r})))
+"""
+    assert run_isolated(script) == pytest.approx(expected, abs=1e-4)
+
+
+def test_export_refuses_folders_rerankforge_did_not_write(tmp_path, tiny_bert_dir, capsys):
+    assert export_main([str(tiny_bert_dir), str(tmp_path / "out")]) == 2
+    assert "not a checkpoint rerankforge wrote" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_lora_on_a_full_model_is_an_error(tmp_path, trained_cross_encoder, capsys):
+    assert export_main([str(trained_cross_encoder), str(tmp_path / "out"), "--merge-lora"]) == 2
+    assert "holds a full model, not a LoRA adapter" in capsys.readouterr().err
+    assert torch.__version__  # the process is still usable

@@ -1,0 +1,125 @@
+"""`rerankforge-export CHECKPOINT OUT [--merge-lora] [--push-to-hub REPO_ID] [--private]`.
+
+Writes a self-contained folder (safetensors, tokenizer, config, `rerankforge.json`, model card) that appears
+complete or not at all, then optionally uploads it with `huggingface_hub`. A failed upload leaves the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rerankforge.data_tools.files import atomic_folder, atomic_write_text
+from rerankforge.trainer.model_card import model_card
+from rerankforge.trainer.modeling.lora import is_adapter_folder
+from rerankforge.trainer.spec import RerankerSpec
+
+# what a model folder needs; optimizer, scheduler and RNG pickles of checkpoints never travel
+KEEP_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+SKIP_NAMES = {"trainer_state.json", "all_results.json", "train_results.json", "eval_before_after.json"}
+# transformers 5 saves this class name; transformers 4.x (FlagEmbedding 1.4, older sentence-transformers)
+# cannot load it, while both load the fast tokenizer from tokenizer.json under this one
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def copy_model_files(source: Path, target: Path) -> None:
+    for pattern in KEEP_PATTERNS:
+        for path in source.glob(pattern):
+            if path.is_file() and path.name not in SKIP_NAMES:
+                shutil.copy2(path, target / path.name)
+
+
+def make_tokenizer_portable(folder: Path) -> None:
+    config_path = folder / "tokenizer_config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend" and (folder / "tokenizer.json").is_file():
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    merge_lora: bool = False,
+    repo_id: str | None = None,
+    license_id: str = "apache-2.0",
+    trust_remote_code: bool = False,
+) -> Path:
+    """The export folder at ``out``: model files, portable tokenizer config, `rerankforge.json`, README.md."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    spec = RerankerSpec.load(checkpoint)
+    if spec is None:
+        raise ValueError(f"{checkpoint} has no rerankforge.json: not a checkpoint rerankforge wrote")
+    adapter = is_adapter_folder(checkpoint)
+    if merge_lora and not adapter:
+        raise ValueError(f"--merge-lora: {checkpoint} holds a full model, not a LoRA adapter")
+    with atomic_folder(out) as staging:
+        if merge_lora:
+            from rerankforge.trainer.merge import write_merged
+
+            write_merged(checkpoint, staging, trust_remote_code=trust_remote_code)
+            for name in ("training_args.json",):
+                if (checkpoint / name).is_file():
+                    shutil.copy2(checkpoint / name, staging / name)
+        else:
+            copy_model_files(checkpoint, staging)
+        make_tokenizer_portable(staging)
+        card = model_card(RerankerSpec.load(staging), checkpoint, repo_id or out.name, license_id,
+                          adapter=adapter and not merge_lora)  # fmt: skip
+        (staging / "README.md").write_text(card, encoding="utf-8")
+    return out
+
+
+def push(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload ``folder`` to the Hub; returns the repository URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload rerankforge reranker")
+    return f"https://huggingface.co/{repo_id}"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerankforge-export", description=__doc__)
+    parser.add_argument("checkpoint", help="a folder rerankforge trained (final model or checkpoint-N)")
+    parser.add_argument("out", help="the export folder (replaced whole if it exists)")
+    parser.add_argument("--merge-lora", action="store_true", help="fold a LoRA adapter into its base model")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload to this Hub repository")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    parser.add_argument("--license", default="apache-2.0", help="license id for the card (the base model's)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="for bases that ship modelling code")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        folder = export(args.checkpoint, args.out, args.merge_lora, args.push_to_hub, args.license,
+                        args.trust_remote_code)  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported to {folder}")
+    if args.push_to_hub:
+        try:
+            print(f"uploaded: {push(folder, args.push_to_hub, args.private)}")
+        except Exception as error:  # offline, no token, no permission: the folder is complete either way
+            print(
+                f"error: the upload to {args.push_to_hub} failed ({type(error).__name__}: {error}); the export "
+                f"in {folder} is complete: upload it later with `huggingface-cli upload {args.push_to_hub} "
+                f"{folder}`",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The exported model's README.md: Hub metadata, what was trained how, the evaluation, and how to use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rerankforge.trainer.spec import RerankerSpec
+
+FAMILY_TITLES = {
+    "cross_encoder": "cross-encoder reranker",
+    "llm": "LLM reranker",
+    "layerwise": "layerwise LLM reranker",
+}
+HYPER_PARAMETERS = (
+    "train_group_size", "query_max_len", "passage_max_len", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "bf16",
+    "seed", "knowledge_distillation", "distill_temperature", "distill_weight", "lora_rank", "lora_alpha",
+    "lora_dropout", "start_layer", "self_distill_weight", "mine_num_negatives", "mine_rank_range",
+)  # fmt: skip
+METRIC_NAMES = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10"}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def training_record(checkpoint: Path) -> tuple[dict[str, Any], dict[str, float], str | None]:
+    """(training arguments, final eval metrics, eval table) from the checkpoint or its run folder."""
+    for folder in (checkpoint, checkpoint.parent):
+        args = read_json(folder / "training_args.json")
+        if args:
+            metrics = read_json(folder / "eval_results.json")
+            table = folder / "eval_table.md"
+            return args, metrics, table.read_text(encoding="utf-8") if table.is_file() else None
+    return {}, {}, None
+
+
+def loss_description(spec: RerankerSpec, args: dict[str, Any]) -> str:
+    text = (
+        f"grouped listwise cross-entropy: each query's group is 1 positive and "
+        f"{int(args.get('train_group_size', 8)) - 1} negatives, the positive is the target class"
+    )
+    if args.get("knowledge_distillation"):
+        text += (
+            f", plus {args.get('distill_weight', 1.0)} x KL divergence to the teacher's softmax over the group "
+            f"(temperature {args.get('distill_temperature', 1.0)})"
+        )
+    if spec.family == "layerwise":
+        text += ", summed over every trained layer"
+        if args.get("self_distill_weight"):
+            text += f", with self-distillation towards the last layer (weight {args['self_distill_weight']})"
+    return text
+
+
+def usage(spec: RerankerSpec, repo_id: str, adapter: bool) -> str:
+    """Snippets for the stacks that load this family."""
+    blocks = []
+    if spec.family == "cross_encoder":
+        blocks.append(
+            (
+                "rerankforge",
+                f'from rerankforge.inference import Reranker\n\nreranker = Reranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]], normalize=True)',
+            )
+        )  # noqa: E501
+        blocks.append(
+            (
+                "sentence-transformers",
+                f'from sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder("{repo_id}")\nscores = model.predict([("what is a panda?", "The giant panda is a bear.")])',
+            )
+        )  # noqa: E501
+        blocks.append(
+            (
+                "FlagEmbedding",
+                f'from FlagEmbedding import FlagReranker\n\nreranker = FlagReranker("{repo_id}", use_fp16=True)\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]])',
+            )
+        )  # noqa: E501
+    elif spec.family == "llm":
+        blocks.append(
+            (
+                "rerankforge",
+                f'from rerankforge.inference import LLMReranker\n\nreranker = LLMReranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]])',
+            )
+        )  # noqa: E501
+        prompt = spec.extra.get("prompt")
+        note = (
+            "" if adapter else f"\n# the prompt this model was trained with:\nprompt = {json.dumps(prompt)}"
+        )
+        if not adapter:
+            blocks.append(
+                (
+                    "FlagEmbedding",
+                    f'from FlagEmbedding import FlagLLMReranker\n\nreranker = FlagLLMReranker("{repo_id}", use_fp16=True){note}\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]], prompt=prompt)',
+                )
+            )  # noqa: E501
+    else:
+        blocks.append(
+            (
+                "rerankforge",
+                f'from rerankforge.inference import LayerwiseReranker\n\nreranker = LayerwiseReranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score(pairs, cutoff_layers=[{spec.extra["layers"][-1]}])',
+            )
+        )  # noqa: E501
+    return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks)
+
+
+def front_matter(
+    spec: RerankerSpec,
+    metrics: dict[str, float],
+    dataset: str | None,
+    license_id: str,
+    adapter: bool,
+    name: str,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "library_name": "peft" if adapter else "transformers",
+        "pipeline_tag": "text-ranking",
+        "license": license_id,
+        "tags": ["rerankforge", "reranker", spec.family.replace("_", "-"), "text-ranking"],
+    }
+    if spec.base_model:
+        meta["base_model"] = spec.base_model
+    found = [(METRIC_NAMES[k], metrics[f"eval_{k}"]) for k in METRIC_NAMES if f"eval_{k}" in metrics]
+    if found:
+        meta["model-index"] = [
+            {
+                "name": name,
+                "results": [
+                    {
+                        "task": {"type": "text-ranking"},
+                        "dataset": {
+                            "name": dataset or "held-out evaluation set",
+                            "type": dataset or "custom",
+                        },
+                        "metrics": [{"type": metric, "value": float(value)} for metric, value in found],
+                    }
+                ],
+            }
+        ]
+    return meta
+
+
+def model_card(
+    spec: RerankerSpec, checkpoint: Path, repo_id: str, license_id: str = "apache-2.0", adapter: bool = False
+) -> str:
+    args, metrics, table = training_record(checkpoint)
+    data = args.get("ir_data") or ", ".join(args.get("train_data") or []) or None
+    name = repo_id.rsplit("/", 1)[-1]
+    meta = front_matter(
+        spec, metrics, args.get("ir_data") or args.get("eval_data"), license_id, adapter, name
+    )
+    title = FAMILY_TITLES.get(spec.family, spec.family)
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A {title} fine-tuned with [rerankforge](https://github.com/rerankforge/rerankforge)"
+        + (f" from `{spec.base_model}`." if spec.base_model else "."),
+        "",
+        f"- family: `{spec.family}`" + (" (LoRA adapter; load it on the base model)" if adapter else ""),
+        f"- base model: `{spec.base_model or 'unknown'}`",
+        f"- training data: {data or 'not recorded'}",
+        f"- loss: {loss_description(spec, args)}",
+        f"- input budgets: query {spec.query_max_len} tokens, passage {spec.passage_max_len} tokens",
+    ]
+    if spec.family in ("llm", "layerwise"):
+        lines.append(
+            f"- prompt: {spec.extra.get('prompt')!r}; score: logit of {spec.extra.get('yes_token')!r}"
+        )
+    if spec.family == "layerwise":
+        lines.append(f"- score heads on layers {spec.extra['layers'][0]}-{spec.extra['layers'][-1]}")
+    settings = {k: args[k] for k in HYPER_PARAMETERS if k in args and args[k] is not None}
+    if settings:
+        lines += ["", "## Training hyper-parameters", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in settings.items()]
+    if table or metrics:
+        lines += ["", "## Evaluation", ""]
+        lines.append(table.strip() if table else "")
+        if metrics:
+            lines += ["", "Final evaluation, as logged by the run:", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float)]
+    lines += ["", "## Usage", "", usage(spec, repo_id, adapter), ""]
+    return "\n".join(lines)
