@@ -15,6 +15,7 @@ from rerankforge.trainer.checkpoints import mark_complete
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.losses import RankingObjective
 from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
 
 TRAINING_ARGS_JSON = "training_args.json"
 
@@ -52,6 +53,9 @@ class RerankerTrainer(Trainer):
                 "dataloader_persistent_workers would keep each epoch's groups stale; leave it off"
             )
         self.add_callback(GroupEpochCallback(self.train_dataset))
+        self.add_callback(TrainingCurvesCallback())
+        if self.eval_dataset is not None and hasattr(self.eval_dataset, "last_scores"):
+            self.add_callback(ScoreHistogramCallback(self.eval_dataset, self))
         self.objective = RankingObjective(
             distillation=self.args.knowledge_distillation,
             distill_weight=self.args.distill_weight,

@@ -102,6 +102,7 @@ class EvalPairs(torch.utils.data.Dataset):
         self.eval_set = eval_set
         self.pairs = eval_set.pairs()
         self.columns = columns
+        self.last_scores: list[tuple[float, bool]] = []  # (score, judged relevant) of the last evaluation
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -129,4 +130,7 @@ class EvalPairs(torch.utils.data.Dataset):
                 metrics.update({f"{name}_{key}": value for key, value in found.items()})
             if column == len(columns) - 1:
                 metrics.update(found)
+                qrels = self.eval_set.qrels
+                self.last_scores = [(row[column], qrels.get(q, {}).get(d, 0) > 0)
+                                    for (q, d), row in zip(self.pairs, scores, strict=True)]  # fmt: skip
         return metrics
