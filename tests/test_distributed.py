@@ -19,14 +19,23 @@ pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def launch(tmp_path, model_dir, fail_rank: int | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+FAMILY_SETTINGS = {
+    "cross_encoder": {},
+    "llm": dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0),
+    "layerwise": dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, start_layer=1, self_distill_weight=0.5),
+}
+
+
+def launch(
+    tmp_path, model_dir, fail_rank: int | None = None, family: str = "cross_encoder"
+) -> tuple[subprocess.CompletedProcess, Path]:
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(24))
     out = tmp_path / "out"
     recipe = dict(
-        family="cross_encoder", model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(out),
+        family=family, model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(out),
         train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=3,
         num_train_epochs=2, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+        use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0, **FAMILY_SETTINGS[family],
     )  # fmt: skip
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -41,18 +50,30 @@ def launch(tmp_path, model_dir, fail_rank: int | None = None) -> tuple[subproces
     return result, out
 
 
-def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_asked(tmp_path, tiny_bert_dir):
-    result, out = launch(tmp_path, tiny_bert_dir)
+@pytest.mark.parametrize("family", ["cross_encoder", "llm", "layerwise"])
+def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_asked(
+    tmp_path, tiny_bert_dir, tiny_llm_dirs, family
+):
+    model_dir = tiny_bert_dir if family == "cross_encoder" else tiny_llm_dirs("llama")
+    result, out = launch(tmp_path, model_dir, family=family)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     facts = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert facts[0] == facts[1]
     # 24 queries, 2 processes x 3 per device = 6 per step: 4 steps an epoch, 2 epochs
     assert facts[0] == {"world_size": 2, "global_step": 8, "train_batch_size": 6}
     a, b = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
-    start = load_file(tiny_bert_dir / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], start[k]) for k in start if k in a)  # and they trained
-    assert (out / "model.safetensors").is_file() and (out / "rerankforge.json").is_file()
+    trained = (
+        [k for k in a if "lora_B" in k or "heads" in k]
+        if family != "cross_encoder"
+        else ["classifier.weight"]
+    )
+    start = load_file(model_dir / "model.safetensors") if family == "cross_encoder" else {}
+    assert trained and all(a[k].abs().sum() > 0 for k in trained)  # and they trained (lora_B starts at zero)
+    if start:
+        assert not torch.equal(a["classifier.weight"], start["classifier.weight"])
+    weights = "model.safetensors" if family == "cross_encoder" else "adapter_model.safetensors"
+    assert (out / weights).is_file() and (out / "rerankforge.json").is_file()
 
 
 def test_a_failing_process_ends_the_launch_instead_of_hanging(tmp_path, tiny_bert_dir):

@@ -161,6 +161,8 @@ def build_layerwise_trainer(
     train_layers = sorted(config.train_layers or layers)
     if any(k not in layers for k in train_layers):
         raise ValueError(f"train_layers {train_layers} must be among the head layers {layers}")
+    for k in layers:  # heads that no loss reaches stay as they are (and DDP has no idle parameters to track)
+        model.heads[str(k)].requires_grad_(k in train_layers)
     spec = RerankerSpec(
         family="layerwise",
         query_max_len=config.query_max_len,
