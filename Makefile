@@ -30,7 +30,12 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # the long checks on real weights (SmolLM2 LoRA runs), run before resolving an issue; not part of `make test`
-test-slow: install
+# DeepSpeed builds no ops at install time (DS_BUILD_OPS=0); its CPU accelerator compiles one op on first use
+$(VENV)/.deepspeed: $(STAMP)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
+	touch $@
+
+test-slow: install $(VENV)/.deepspeed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow -s
 
 # speed measurements: results are appended to benchmarks/RESULTS.md with the machine, date and command

@@ -1,0 +1,81 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 on this CPU (DeepSpeed's CPU accelerator), with the repository's configs.
+
+One process per run: with two torchrun processes on this CPU, DeepSpeed 0.19.8's CPU accelerator counted a world
+size of 1 and refused the Trainer's batch settings (2 processes are covered by the DDP tests).
+
+Marked slow: the first ZeRO run compiles a shared-memory op (about 2.5 minutes, cached by torch in
+~/.cache/torch_extensions for later runs). `pytest -m slow tests/test_deepspeed.py`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, write_jsonl
+from safetensors.torch import load_file
+from test_cross_encoder_training import toy_records
+
+from rerankforge.inference import Reranker
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def run_zero(tmp_path, model_dir, stage_file: str, family: str = "cross_encoder", **extra):
+    pytest.importorskip("deepspeed")
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(16))
+    out = tmp_path / "out"
+    recipe = dict(
+        family=family, model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(out),
+        train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2, max_steps=4,
+        learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+        deepspeed=str(REPO / "recipes" / "deepspeed" / stage_file), **extra,
+    )  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", str(WORKER), str(path)]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_zero2_trains_the_cross_encoder(tmp_path, tiny_bert_dir):
+    out = run_zero(tmp_path, tiny_bert_dir, "zero2.json")
+    assert json.loads((out / "rank0.json").read_text()) == {
+        "world_size": 1,
+        "global_step": 4,
+        "train_batch_size": 2,
+    }
+    a = load_file(out / "rank0.safetensors")
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], saved[k]) for k in saved)  # the saved model is the trained one
+    start = load_file(tiny_bert_dir / "model.safetensors")
+    assert not torch.equal(a["classifier.weight"], start["classifier.weight"])
+    scores = Reranker.from_pretrained(str(out), device="cpu").compute_score([["a", "b"], ["c", "d"]])
+    assert all(torch.isfinite(torch.tensor(scores)))
+
+
+def test_zero3_trains_and_saves_gathered_full_weights(tmp_path, tiny_bert_dir):
+    out = run_zero(tmp_path, tiny_bert_dir, "zero3.json")
+    saved = load_file(out / "model.safetensors")
+    start = load_file(tiny_bert_dir / "model.safetensors")
+    assert saved["classifier.weight"].shape == start["classifier.weight"].shape  # gathered, not a shard
+    assert not torch.equal(saved["classifier.weight"], start["classifier.weight"])
+    Reranker.from_pretrained(str(out), device="cpu").compute_score([["a", "b"]])
+
+
+def test_zero2_trains_the_llm_family_with_lora(tmp_path, tiny_llm_dirs):
+    out = run_zero(tmp_path, tiny_llm_dirs("llama"), "zero2.json", family="llm", lora_rank=4, lora_alpha=8)
+    a = load_file(out / "rank0.safetensors")
+    lora_b = [k for k in a if "lora_B" in k]
+    assert lora_b and any(a[k].abs().sum() > 0 for k in lora_b)
+    assert (out / "adapter_model.safetensors").is_file()
