@@ -112,6 +112,9 @@ def test_an_exported_merged_llm_reranker_loads_without_peft_and_a_failed_upload_
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] in ("PreTrainedTokenizerFast", "LlamaTokenizerFast")
     assert front_matter((out / "README.md").read_text())["library_name"] == "transformers"
+    model_config = json.loads((out / "config.json").read_text())  # transformers 4.x reads these spellings
+    assert model_config["rope_theta"] == model_config["rope_parameters"]["rope_theta"]
+    assert model_config["torch_dtype"] == model_config["dtype"]
 
     script = f"""
 import json, sys
