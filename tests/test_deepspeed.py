@@ -30,6 +30,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def run_zero(tmp_path, model_dir, stage_file: str, family: str = "cross_encoder", **extra):
     pytest.importorskip("deepspeed")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(16))
     out = tmp_path / "out"
     recipe = dict(
@@ -79,3 +80,13 @@ def test_zero2_trains_the_llm_family_with_lora(tmp_path, tiny_llm_dirs):
     lora_b = [k for k in a if "lora_B" in k]
     assert lora_b and any(a[k].abs().sum() > 0 for k in lora_b)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_zero2_trains_the_layerwise_family_and_zero3_is_refused_clearly(tmp_path, tiny_llm_dirs):
+    settings = dict(family="layerwise", lora_rank=4, lora_alpha=8, start_layer=1, self_distill_weight=0.5)
+    out = run_zero(tmp_path / "z2", tiny_llm_dirs("llama"), "zero2.json", **settings)
+    a = load_file(out / "rank0.safetensors")
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
+    assert (out / "layerwise_heads.safetensors").is_file()
+    with pytest.raises(AssertionError, match="does not support DeepSpeed ZeRO-3 yet"):
+        run_zero(tmp_path / "z3", tiny_llm_dirs("llama"), "zero3.json", **settings)

@@ -42,6 +42,13 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
                 f"{self.args.n_gpu} GPUs in one process (DataParallel): launch one process per GPU instead, "
                 "with `accelerate launch` or `torchrun`"
             )
+        plugin = (
+            getattr(self.accelerator.state, "deepspeed_plugin", None) if self.is_deepspeed_enabled else None
+        )
+        if plugin is not None and plugin.zero_stage == 3:  # `_save` would write each process's empty shards
+            raise ValueError(
+                "the layerwise family does not support DeepSpeed ZeRO-3 yet: use ZeRO-2 (zero2.json)"
+            )
         self.train_layers = train_layers
         self.layer_objective = LayerwiseObjective(
             self.objective, self.args.self_distill_weight, self.args.distill_temperature
@@ -145,6 +152,14 @@ def build_layerwise_trainer(
     config: LayerwiseRerankerConfig, records: datasets.Dataset, eval_set: RerankEvalSet | None = None
 ) -> LayerwiseRerankerTrainer:
     """Tokenizer, LLM (with adapters), "Yes"-initialised heads, groups and spec, wired into the Trainer."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if (
+        is_deepspeed_zero3_enabled()
+    ):  # weights arrive sharded: heads cannot copy the "Yes" row, saves would shard
+        raise ValueError(
+            "the layerwise family does not support DeepSpeed ZeRO-3 yet: use ZeRO-2 (zero2.json)"
+        )
     tokenizer = load_tokenizer(config)
     scoring = llm_scoring_fields(tokenizer, config.prompt, config.score, config.yes_token, config.no_token)
     if config.score != "yes":
