@@ -154,6 +154,8 @@ def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
         Gemma2ForCausalLM,
         Gemma3ForCausalLM,
         Gemma3TextConfig,
+        GemmaConfig,
+        GemmaForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
         MistralConfig,
@@ -167,6 +169,7 @@ def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
     config_class, model_class = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "gemma": (GemmaConfig, GemmaForCausalLM),
         "gemma2": (Gemma2Config, Gemma2ForCausalLM),
         "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
         "mistral": (MistralConfig, MistralForCausalLM),

@@ -56,7 +56,7 @@ def test_left_padding_puts_every_last_real_token_in_the_last_column(tokenizer):
         assert set(batch["input_ids"][row, : -len(sequence)].tolist()) <= {tokenizer.pad_token_id}
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "gemma3", "mistral"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"])
 def test_score_is_the_yes_logit_at_the_last_real_token(tokenizer, architecture):
     model = tiny_decoder(architecture, len(tokenizer))
     encoder = LLMPromptEncoder(tokenizer, query_max_len=32, passage_max_len=48)

@@ -22,7 +22,7 @@ from rerankforge.trainer.modeling.llm import score_last_token
 from rerankforge.trainer.spec import RerankerSpec
 from rerankforge.trainer.train import train
 
-ARCHITECTURES = ["llama", "qwen2", "gemma2", "gemma3", "mistral"]
+ARCHITECTURES = ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"]
 
 
 def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
