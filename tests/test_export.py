@@ -79,7 +79,8 @@ def test_the_cards_metrics_are_the_ones_the_run_logged(tmp_path, trained_cross_e
     meta = front_matter(card)
     assert meta["pipeline_tag"] == "text-ranking" and meta["license"] == "mit"
     assert meta["library_name"] == "transformers" and "rerankforge" in meta["tags"]
-    assert meta["base_model"] and "cross-encoder" in meta["tags"]
+    assert "base_model" not in meta and "cross-encoder" in meta["tags"]  # a local path is no Hub id
+    assert str(json.loads((trained_cross_encoder / "rerankforge.json").read_text())["base_model"]) in card
     logged = json.loads((trained_cross_encoder / "eval_results.json").read_text())
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"ndcg_at_10": logged["eval_ndcg@10"], "mrr_at_10": logged["eval_mrr@10"]}
@@ -135,3 +136,10 @@ def test_merge_lora_on_a_full_model_is_an_error(tmp_path, trained_cross_encoder,
     assert export_main([str(trained_cross_encoder), str(tmp_path / "out"), "--merge-lora"]) == 2
     assert "holds a full model, not a LoRA adapter" in capsys.readouterr().err
     assert torch.__version__  # the process is still usable
+
+
+def test_hub_metadata_carries_hub_ids_never_local_paths(tmp_path):
+    from rerankforge.trainer.model_card import hub_id
+
+    assert hub_id("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id(str(tmp_path)) is None and hub_id("../shared/data/squad-v1.1/dev-v1.1.json") is None

@@ -180,3 +180,17 @@ def test_lora_families_resume_adapter_heads_and_optimizer_to_the_same_end(tmp_pa
     straight_losses = [e["loss"] for e in straight.state.log_history if "loss" in e]
     resumed_losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert resumed_losses == pytest.approx(straight_losses, abs=1e-6)
+
+
+def test_rotation_never_deletes_the_newest_complete_checkpoint(tmp_path):
+    from rerankforge.trainer.checkpoints import mark_complete, rotate_complete_checkpoints
+
+    for step in (2, 4, 5, 6):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        if step != 6:  # a leftover, unmarked folder with a higher step (e.g. save_steps changed on resume)
+            mark_complete(folder, step)
+    removed = rotate_complete_checkpoints(tmp_path, 1, keep=[tmp_path / "checkpoint-5"])
+    assert sorted(p.name for p in removed) == ["checkpoint-2", "checkpoint-4"]
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-5"

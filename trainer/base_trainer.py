@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rerankforge.data_tools.files import atomic_write_text
-from rerankforge.trainer.checkpoints import mark_complete
+from rerankforge.trainer.checkpoints import MARKER, mark_complete, rotate_complete_checkpoints
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.losses import RankingObjective
 from rerankforge.trainer.spec import RerankerSpec
@@ -103,23 +103,23 @@ class RerankerTrainer(Trainer):
 
     def _save_checkpoint(self, model: PreTrainedModel, trial: Any) -> None:
         """The Trainer's checkpoint, then its completion marker, and only then the rotation of older ones."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if (
+            self.args.should_save
+        ):  # a resumed run rewrites this folder in place: its old marker no longer holds
+            (folder / MARKER).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # the Trainer would delete older checkpoints before ours is marked
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        run_dir = Path(self._get_output_dir(trial=trial))
-        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        self.accelerator.wait_for_everyone()  # every process's files (RNG states) are written
+        self.accelerator.wait_for_everyone()  # every process's files (RNG states, shards) are written
         if self.args.should_save:
             mark_complete(folder, self.state.global_step)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            rotate_complete_checkpoints(run_dir, limit, keep=[folder, self.state.best_model_checkpoint])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them.

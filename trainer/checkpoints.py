@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from rerankforge.data_tools.files import atomic_write_text
@@ -70,3 +71,19 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
             return folder
         logger.warning("skipping %s: %s", folder, reason)
     return None
+
+
+def rotate_complete_checkpoints(output_dir: str | Path, limit: int | None, keep: list) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``limit``; never one in ``keep`` (the one just saved, the
+    best), never an incomplete folder (resume skips those), so the newest complete checkpoint always survives."""
+    if limit is None or limit <= 0:
+        return []
+    protected = {Path(k).resolve() for k in keep if k}
+    complete = [f for f in checkpoints_newest_first(output_dir) if incomplete_reason(f) is None]
+    excess = [f for f in complete[limit:] if f.resolve() not in protected]
+    removed = []
+    for folder in excess:
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        logger.info("deleted checkpoint %s (save_total_limit %d)", folder, limit)
+    return removed

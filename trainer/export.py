@@ -14,13 +14,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rerankforge.data_tools.files import atomic_folder, atomic_write_text
+from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.model_card import model_card
 from rerankforge.trainer.modeling.lora import is_adapter_folder
 from rerankforge.trainer.spec import RerankerSpec
 
 # what a model folder needs; optimizer, scheduler and RNG pickles of checkpoints never travel
-KEEP_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
-SKIP_NAMES = {"trainer_state.json", "all_results.json", "train_results.json", "eval_before_after.json"}
+# (*.py: the modelling code of trust_remote_code models)
+KEEP_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
+SKIP_NAMES = {
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_before_after.json",
+    MARKER,
+}
 # transformers 5 saves the class name TokenizersBackend; transformers 4.x (FlagEmbedding 1.4, older sentence-transformers)
 # cannot load it, while both load the fast tokenizer from tokenizer.json under this one
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
@@ -61,6 +69,16 @@ def make_config_portable(folder: Path) -> None:
     atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def point_adapter_at_the_hub_base(folder: Path, spec: RerankerSpec) -> None:
+    """peft records the base as the folder it was loaded from (a cache path for packaged models); an export
+    names the base as the recipe did, so it loads elsewhere."""
+    config_path = folder / "adapter_config.json"
+    if config_path.is_file() and spec.base_model:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = spec.base_model
+        atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def export(
     checkpoint: str | Path,
     out: str | Path,
@@ -87,6 +105,7 @@ def export(
                     shutil.copy2(checkpoint / name, staging / name)
         else:
             copy_model_files(checkpoint, staging)
+            point_adapter_at_the_hub_base(staging, spec)
         make_tokenizer_portable(staging)
         make_config_portable(staging)
         card = model_card(RerankerSpec.load(staging), checkpoint, repo_id or out.name, license_id,

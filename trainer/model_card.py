@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ HYPER_PARAMETERS = (
     "lora_dropout", "start_layer", "self_distill_weight", "mine_num_negatives", "mine_rank_range",
 )  # fmt: skip
 METRIC_NAMES = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10"}
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def hub_id(name: str | None) -> str | None:
+    """``name`` when it reads as a Hub repository id and is not a local path; metadata never carries paths."""
+    if not name or Path(name).exists() or not HUB_ID.match(name):
+        return None
+    return name
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -120,7 +129,7 @@ def front_matter(
         "license": license_id,
         "tags": ["rerankforge", "reranker", spec.family.replace("_", "-"), "text-ranking"],
     }
-    if spec.base_model:
+    if hub_id(spec.base_model):
         meta["base_model"] = spec.base_model
     found = [(METRIC_NAMES[k], metrics[f"eval_{k}"]) for k in METRIC_NAMES if f"eval_{k}" in metrics]
     if found:

@@ -49,8 +49,9 @@ class ScoreHistogramCallback(TrainerCallback):
                     else None
                 )
                 if writer is not None:
-                    writer.add_histogram("eval/positive_scores", np.array(positives), state.global_step)
-                    writer.add_histogram("eval/negative_scores", np.array(negatives), state.global_step)
+                    for name, values in (("positive", positives), ("negative", negatives)):
+                        if values:  # TensorBoard refuses an empty histogram
+                            writer.add_histogram(f"eval/{name}_scores", np.array(values), state.global_step)
                     writer.flush()
 
 
