@@ -24,8 +24,6 @@ from rerankforge.inference.reranker import (
     flag_reranker_lengths,
     is_single_pair,
 )
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +48,23 @@ def pick_device_and_dtype(
     elif use_fp16 or use_bf16:
         logger.info("half precision asked for on %s: running in float32", device)
     return device, dtype
+
+
+def with_instruction(text: str, instruction: tuple[str | None, str]) -> str:
+    prefix, template = instruction
+    return template.format(prefix, text) if prefix is not None else text
+
+
+def instructed_pairs(
+    sentence_pairs: Pair | Sequence[Pair],
+    query_instruction: tuple[str | None, str],
+    passage_instruction: tuple[str | None, str],
+) -> list[tuple[str, str]]:
+    """FlagEmbedding's ``*_instruction_for_rerank`` / ``*_instruction_format`` applied to one pair or a list."""
+    pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
+    return [
+        (with_instruction(q, query_instruction), with_instruction(p, passage_instruction)) for q, p in pairs
+    ]
 
 
 class FlagReranker(Reranker):
@@ -103,11 +118,6 @@ class FlagReranker(Reranker):
             max_length or DEFAULT_MAX_LENGTH, query_max_length, self.model, self.tokenizer
         )
 
-    @staticmethod
-    def _with_instruction(text: str, instruction: tuple[str | None, str]) -> str:
-        prefix, template = instruction
-        return template.format(prefix, text) if prefix is not None else text
-
     def compute_score(
         self,
         sentence_pairs: Pair | Sequence[Pair],
@@ -118,14 +128,7 @@ class FlagReranker(Reranker):
         **unused: object,
     ) -> float | list[float]:
         """As FlagEmbedding: a float when there is exactly one score, else a list in input order."""
-        pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
-        pairs = [
-            (
-                self._with_instruction(q, self.query_instruction),
-                self._with_instruction(p, self.passage_instruction),
-            )
-            for q, p in pairs
-        ]
+        pairs = instructed_pairs(sentence_pairs, self.query_instruction, self.passage_instruction)
         lengths = self.flag_lengths(query_max_length, max_length)
         scores = self._score(pairs, lengths, batch_size, self.normalize if normalize is None else normalize)
         return scores[0] if len(scores) == 1 else scores
@@ -167,8 +170,15 @@ class FlagLLMReranker(LLMReranker):
             trust_remote_code=trust_remote_code,
             adapter_path=peft_path,
         )
-        super().__init__(loaded.model, loaded.tokenizer, loaded.spec, loaded.lengths, device, batch_size)
-        self.trained = RerankerSpec.load(peft_path or resolve_model_path(model_name_or_path)) is not None
+        super().__init__(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.spec,
+            loaded.lengths,
+            device,
+            batch_size,
+            trained=loaded.trained,
+        )
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
         self.default_prompt = prompt
@@ -209,14 +219,7 @@ class FlagLLMReranker(LLMReranker):
         **unused: object,
     ) -> float | list[float]:
         """As FlagEmbedding: a float when there is exactly one score, else a list in input order."""
-        pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
-        pairs = [
-            (
-                FlagReranker._with_instruction(q, self.query_instruction),
-                FlagReranker._with_instruction(p, self.passage_instruction),
-            )
-            for q, p in pairs
-        ]
+        pairs = instructed_pairs(sentence_pairs, self.query_instruction, self.passage_instruction)
         prompt = prompt or self.default_prompt
         lengths = self.flag_lengths(query_max_length, max_length, prompt or self.prompt)
         normalize = self.normalize if normalize is None else normalize

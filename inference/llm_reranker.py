@@ -54,8 +54,10 @@ class LLMReranker:
         lengths: LLMLengths | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 16,
+        trained: bool = True,
     ):
         self.spec = spec
+        self.trained = trained  # False: a plain causal-LM folder, scored with a stand-in spec
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = ensure_pad_token(tokenizer)
@@ -107,12 +109,13 @@ class LLMReranker:
             )
         )
         lengths = None
+        trained = spec is not None
         if spec is None:
             spec = plain_llm_spec(tokenizer, base)
             lengths = flag_llm_lengths(
                 FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
             )
-        return cls(model, tokenizer, spec, lengths, device=device, batch_size=batch_size)
+        return cls(model, tokenizer, spec, lengths, device=device, batch_size=batch_size, trained=trained)
 
     def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder:
         if lengths not in self._encoders:

@@ -137,3 +137,15 @@ class RerankerTrainer(Trainer):
 
     def finish_saving(self, output_dir: str | Path) -> None:
         """After the final model is saved: a family's extra exports (the LLM family's merged model)."""
+
+
+def data_arguments(config: RerankerConfig, records, eval_pairs) -> dict[str, Any]:
+    """The Trainer arguments every family passes alike: seeded training groups, eval pairs and their metrics."""
+    from rerankforge.data_tools.grouping import GroupedDataset
+
+    seed = config.data_seed if config.data_seed is not None else config.seed
+    return {
+        "train_dataset": GroupedDataset(records, config.train_group_size, seed=seed),
+        "eval_dataset": eval_pairs,
+        "compute_metrics": eval_pairs.compute_metrics if eval_pairs is not None else None,
+    }

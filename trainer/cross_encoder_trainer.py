@@ -7,9 +7,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from rerankforge.data_tools.collators import CrossEncoderCollator
-from rerankforge.data_tools.grouping import GroupedDataset
 from rerankforge.data_tools.pair_encoding import PairLengths
-from rerankforge.trainer.base_trainer import RerankerTrainer
+from rerankforge.trainer.base_trainer import RerankerTrainer, data_arguments
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
@@ -45,13 +44,7 @@ def build_cross_encoder_trainer(
     return CrossEncoderTrainer(
         model=model,
         args=config,
-        train_dataset=GroupedDataset(
-            records,
-            config.train_group_size,
-            seed=config.data_seed if config.data_seed is not None else config.seed,
-        ),
-        eval_dataset=eval_pairs,
-        compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
+        **data_arguments(config, records, eval_pairs),
         data_collator=CrossEncoderCollator(tokenizer, lengths),
         processing_class=tokenizer,
         spec=spec,

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from rerankforge.data_tools.collators import LLMCollator
-from rerankforge.data_tools.grouping import GroupedDataset
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
-from rerankforge.trainer.base_trainer import RerankerTrainer
+from rerankforge.trainer.base_trainer import RerankerTrainer, data_arguments
 from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.llm_trainer import MERGED_DIR, load_tokenizer, load_trainable_model
+from rerankforge.trainer.llm_trainer import LLMRerankerTrainer, load_tokenizer, load_trainable_model
 from rerankforge.trainer.losses import LayerwiseObjective
 from rerankforge.trainer.modeling.layerwise import HEADS_FILE, LayerwiseModel, decoder_layers
 from rerankforge.trainer.modeling.llm import llm_scoring_fields
@@ -112,15 +111,8 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
         logger.info("loading the best model from %s (score: %s)", checkpoint, self.state.best_metric)
         load_layerwise_weights(self.accelerator.unwrap_model(self.model), checkpoint)
 
-    def finish_saving(self, output_dir: str | Path) -> None:
-        if not (self.args.merge_lora and self.args.should_save):
-            return
-        from rerankforge.trainer.merge import merge_adapter_folder
-
-        merged = merge_adapter_folder(
-            output_dir, Path(output_dir) / MERGED_DIR, trust_remote_code=self.args.trust_remote_code
-        )
-        logger.info("merged model (with its heads) written to %s", merged)
+    # adapter + heads fold into one full model exactly as the LLM family's adapter does (merge carries the heads)
+    finish_saving = LLMRerankerTrainer.finish_saving
 
 
 def load_layerwise_weights(model: LayerwiseModel, folder: str | Path) -> None:
@@ -193,13 +185,7 @@ def build_layerwise_trainer(
     return LayerwiseRerankerTrainer(
         model=model,
         args=config,
-        train_dataset=GroupedDataset(
-            records,
-            config.train_group_size,
-            seed=config.data_seed if config.data_seed is not None else config.seed,
-        ),
-        eval_dataset=eval_pairs,
-        compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
+        **data_arguments(config, records, eval_pairs),
         data_collator=LLMCollator(encoder),
         processing_class=tokenizer,
         spec=spec,

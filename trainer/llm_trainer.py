@@ -10,9 +10,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from rerankforge.data_tools.collators import LLMCollator
-from rerankforge.data_tools.grouping import GroupedDataset
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
-from rerankforge.trainer.base_trainer import RerankerTrainer
+from rerankforge.trainer.base_trainer import RerankerTrainer, data_arguments
 from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
 from rerankforge.trainer.llm_config import LLMRerankerConfig
 from rerankforge.trainer.modeling.llm import (
@@ -103,13 +102,7 @@ def build_llm_trainer(
     return LLMRerankerTrainer(
         model=model,
         args=config,
-        train_dataset=GroupedDataset(
-            records,
-            config.train_group_size,
-            seed=config.data_seed if config.data_seed is not None else config.seed,
-        ),
-        eval_dataset=eval_pairs,
-        compute_metrics=eval_pairs.compute_metrics if eval_pairs is not None else None,
+        **data_arguments(config, records, eval_pairs),
         data_collator=LLMCollator(encoder),
         processing_class=tokenizer,
         spec=spec,
