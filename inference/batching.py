@@ -35,3 +35,15 @@ def score_longest_first(
 
 def sigmoid(scores: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
+
+
+class RanksCandidates:
+    """``rank`` for any reranker that has ``_score(pairs, lengths, batch_size)`` and ``lengths``."""
+
+    def rank(
+        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
+    ) -> list[dict[str, object]]:
+        """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
+        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
+        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
+        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]

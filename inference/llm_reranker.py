@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
-from rerankforge.inference.batching import score_longest_first, sigmoid
+from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
 from rerankforge.inference.reranker import Pair, default_device, is_single_pair
 from rerankforge.trainer.modeling.llm import (
     ensure_pad_token,
@@ -43,7 +43,7 @@ def flag_llm_lengths(max_length: int, query_max_length: int | None, separator_an
     return LLMLengths(query_max, max_length, max_length + separator_and_prompt)
 
 
-class LLMReranker:
+class LLMReranker(RanksCandidates):
     """A decoder-LLM reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
 
     def __init__(
@@ -184,14 +184,6 @@ class LLMReranker:
         )
         scores = self.score_sequences(sequences, batch_size or self.batch_size, show_progress)
         return sigmoid(scores) if normalize else scores
-
-    def rank(
-        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
-    ) -> list[dict[str, object]]:
-        """``[{"index", "score", "text"}]`` best first."""
-        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
-        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
-        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
 
 
 def separator_and_prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:

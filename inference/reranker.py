@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
-from rerankforge.inference.batching import score_longest_first, sigmoid
+from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
@@ -28,7 +28,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Reranker:
+class Reranker(RanksCandidates):
     """A cross-encoder reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
 
     def __init__(
@@ -132,14 +132,6 @@ class Reranker:
         features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
         scores = self.score_encoded(features, batch_size or self.batch_size, show_progress)
         return sigmoid(scores) if normalize else scores
-
-    def rank(
-        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
-    ) -> list[dict[str, object]]:
-        """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
-        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
-        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
-        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
 
 
 def flag_reranker_lengths(
