@@ -12,4 +12,8 @@ def load_reranker(name_or_path: str, **kwargs: object):
 
     spec = RerankerSpec.load(resolve_model_path(name_or_path))
     family = spec.family if spec is not None else "cross_encoder"
+    if kwargs.get("backend", "torch") != "torch" and family != "cross_encoder":
+        raise ValueError(
+            f"backend={kwargs['backend']!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
+        )
     return get_family(family).inference_class.from_pretrained(name_or_path, **kwargs)

@@ -85,21 +85,28 @@ class FlagReranker(Reranker):
         query_max_length: int | None = None,
         max_length: int | None = None,
         normalize: bool = False,
+        backend: str = "torch",
         **unused: object,
     ):
+        """``backend`` is rerankforge's addition ("onnx", "onnx-int8": see `Reranker.from_pretrained`)."""
         if unused:
             logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
         device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
         loaded = Reranker.from_pretrained(
-            model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            model_name_or_path,
+            device=device if backend == "torch" or devices else None,  # onnx: the CPU unless told otherwise
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            backend=backend,
         )
         super().__init__(
             loaded.model,
             loaded.tokenizer,
             loaded.lengths,
-            device=device,
+            device=loaded.device,
             batch_size=batch_size,
             spec=loaded.spec,
+            onnx=loaded.onnx,
         )
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)

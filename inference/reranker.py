@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
+from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
 from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
@@ -39,8 +40,10 @@ class Reranker(RanksCandidates):
         device: str | torch.device | None = None,
         batch_size: int = 128,
         spec: RerankerSpec | None = None,
+        onnx: OnnxScorer | None = None,
     ):
         self.spec = spec
+        self.onnx = onnx  # scores on ONNX Runtime instead of the torch model (CPU only)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -56,8 +59,19 @@ class Reranker(RanksCandidates):
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 128,
+        backend: str = "torch",
     ) -> Reranker:
-        """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder."""
+        """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder.
+
+        ``backend``: "torch"; "onnx" (CPU, ONNX Runtime, the same fp32 scores within 1e-4, faster); or
+        "onnx-int8" (CPU, int8 weights: faster again, scores differ; opt-in, see benchmarks/RESULTS.md).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend != "torch" and device is not None and torch.device(device).type != "cpu":
+            raise ValueError(
+                f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
+            )
         path = resolve_model_path(name_or_path)
         spec = RerankerSpec.load(path)  # None for a folder (or Hub name) rerankforge did not write
         if spec is not None and spec.family != "cross_encoder":
@@ -70,7 +84,12 @@ class Reranker(RanksCandidates):
             lengths = PairLengths(spec.query_max_len, spec.passage_max_len, spec.max_length)
         else:
             lengths = flag_reranker_lengths(DEFAULT_MAX_LENGTH, None, model, tokenizer)
-        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, spec=spec)
+        if backend == "torch":
+            return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, spec=spec)
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
+        onnx = onnx_scorer(model, tokenizer, path, backend)
+        return cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, onnx=onnx)
 
     def _encoder(self, lengths: PairLengths) -> PairEncoder:
         if lengths not in self._encoders:
@@ -97,6 +116,8 @@ class Reranker(RanksCandidates):
         pad_multiple = 8 if self.device.type == "cuda" else None
 
         def score_batch(chunk: list[dict[str, list[int]]]) -> list[float]:
+            if self.onnx is not None:
+                return self.onnx(self.tokenizer.pad(chunk, return_tensors="np")).tolist()
             batch = self.tokenizer.pad(chunk, pad_to_multiple_of=pad_multiple, return_tensors="pt")
             return score_pairs(self.model, {k: v.to(self.device) for k, v in batch.items()}).tolist()
 
