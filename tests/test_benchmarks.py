@@ -1,0 +1,64 @@
+"""The benchmarks' pair builder and result writers on a small slice, so `make bench` cannot rot unnoticed
+(nothing here is timed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import inference_speed  # noqa: E402
+from machine import append_results  # noqa: E402
+
+SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")
+def test_pairs_are_real_held_out_questions_with_bm25_candidates():
+    pairs = inference_speed.build_pairs(queries=3, top_k=4, llm_pairs=5, data=SQUAD)
+    cross = pairs["cross_encoder"]
+    assert len(cross) == 12
+    assert all(isinstance(q, str) and isinstance(p, str) and q and p for q, p in cross)
+    assert len({q for q, _ in cross}) == 3  # each question with its own 4 candidates
+    assert 0 < len(pairs["llm"]) <= 5 and all(pair in cross for pair in pairs["llm"])
+    again = inference_speed.build_pairs(queries=3, top_k=4, llm_pairs=5, data=SQUAD)
+    assert again == pairs  # the same pairs file for every tool and every run
+
+
+def test_tables_give_medians_ratios_and_exactness():
+    speeds = {
+        ("rerankforge", 32): [40.0, 50.0, 45.0],
+        ("rerankforge-onnx-int8", 32): [100.0, 90.0, 95.0],
+        ("flagembedding", 32): [30.0, 20.0, 25.0],
+    }
+    diffs = {("rerankforge", 32): 0.0, ("rerankforge-onnx-int8", 32): 0.3, ("flagembedding", 32): 5e-6}
+    tools = ["rerankforge", "rerankforge-onnx-int8", "flagembedding"]
+    table = inference_speed.speed_table(speeds, diffs, tools, [32])
+    assert "| 32 | rerankforge | 45.0 | 40.0 | 50.0 | 0.0e+00 |" in table
+    assert "| 32 | flagembedding | 25.0 | 20.0 | 30.0 | 5.0e-06 |" in table
+    ratios = inference_speed.ratio_table(
+        speeds, diffs, tools[:2], tools[2:], [32], ndcg={"rerankforge": 0.86, "rerankforge-onnx-int8": 0.8612}
+    )
+    assert "| 32 | rerankforge | exact | 1.80x | 0.8600 |" in ratios
+    assert "| 32 | rerankforge-onnx-int8 | differ (0.3) | 3.80x | 0.8612 |" in ratios
+
+
+def test_results_are_appended_with_date_machine_and_command(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    append_results(results, "First", "python benchmarks/x.py --a 1", "| a |\n|---|\n| 1 |", "a note")
+    append_results(results, "Second", "python benchmarks/y.py", "| b |")
+    text = results.read_text()
+    assert text.index("## First") < text.index("## Second")
+    for expected in (
+        "- date: ",
+        "- machine: ",
+        "cores; GPU:",
+        "- versions: python",
+        "`python benchmarks/x.py --a 1`",
+    ):
+        assert expected in text
+    assert "a note" in text
