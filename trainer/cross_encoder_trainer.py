@@ -11,7 +11,7 @@ from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.trainer.base_trainer import RerankerTrainer, data_arguments
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.evaluation import EvalPairs, RerankEvalSet
-from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
+from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs_by_length
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import RerankerSpec
 
@@ -20,7 +20,7 @@ class CrossEncoderTrainer(RerankerTrainer):
     """Scores each pair with the classifier's single logit."""
 
     def score(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return score_pairs(model, batch)
+        return score_pairs_by_length(model, batch, self.args.forward_chunks)
 
 
 def build_cross_encoder_trainer(
