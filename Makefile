@@ -56,6 +56,7 @@ $(BENCH_MODEL)/rerankforge.json:
 bench: install $(FLAG_VENV)/.installed $(BENCH_MODEL)/rerankforge.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/inference_speed.py --flag-python $(FLAG_VENV)/bin/python \
 		--model $(BENCH_MODEL) --llm HuggingFaceTB/SmolLM2-135M-Instruct
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/training_speed.py --flag-python $(FLAG_VENV)/bin/python --rounds 2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/layerwise_cutoff.py --pairs 64 --rounds 3
 
 lint: install

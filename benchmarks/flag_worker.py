@@ -23,12 +23,12 @@ def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
     if name == "flagembedding":
         from FlagEmbedding import FlagReranker
 
-        reranker = FlagReranker(args.cross_encoder, use_fp16=False, devices="cpu")
+        reranker = FlagReranker(args.cross_encoder, use_fp16=False, devices=args.device)
         return (lambda p, batch: reranker.compute_score(p, batch_size=batch, max_length=512)), "cross_encoder"
     if name == "sentence_transformers":
         from sentence_transformers import CrossEncoder
 
-        model = CrossEncoder(args.cross_encoder, device="cpu", max_length=512)
+        model = CrossEncoder(args.cross_encoder, device=args.device, max_length=512)
         identity = torch.nn.Identity()
 
         def predict(p: list[list[str]], batch: int) -> list[float]:
@@ -40,7 +40,7 @@ def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
     if name == "flagembedding-llm":
         from FlagEmbedding import FlagLLMReranker
 
-        llm = FlagLLMReranker(args.llm, use_fp16=False, devices="cpu")
+        llm = FlagLLMReranker(args.llm, use_fp16=False, devices=args.device)
         return (lambda p, batch: llm.compute_score(p, batch_size=batch, max_length=512)), "llm"
     raise ValueError(f"unknown tool {name!r}")
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cross-encoder")
     parser.add_argument("--llm")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", required=True, help='JSON {"cross_encoder": [[q, p], ...], "llm": [...]}')
     args = parser.parse_args()
     with open(args.pairs) as handle:

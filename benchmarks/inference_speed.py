@@ -18,6 +18,7 @@ the held-out questions (so the fast path's quality stands next to its speed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -98,7 +99,8 @@ class Worker:
         return reply["seconds"], reply["scores"]
 
     def close(self) -> None:
-        self.process.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a worker that died already said why on stderr
+            self.process.stdin.close()
         self.process.wait()
 
 
@@ -162,7 +164,9 @@ def ratio_table(
     return "\n".join(lines)
 
 
-def ndcg_by_backend(model: str, tools: Sequence[str], queries: int, top_k: int) -> dict[str, float]:
+def ndcg_by_backend(
+    model: str, tools: Sequence[str], queries: int, top_k: int, device: str = "cpu"
+) -> dict[str, float]:
     """nDCG@10 of each backend on the held-out SQuAD questions (the checkpoint's trained budgets)."""
     from rerankforge.data_tools.ir_data import load_ir_split
     from rerankforge.inference import Reranker
@@ -172,7 +176,10 @@ def ndcg_by_backend(model: str, tools: Sequence[str], queries: int, top_k: int) 
     pairs = eval_set.pairs()
     result = {}
     for tool in tools:
-        reranker = Reranker.from_pretrained(model, device="cpu", backend=BACKEND_OF[tool])
+        backend = BACKEND_OF[tool]
+        reranker = Reranker.from_pretrained(
+            model, device=device if backend == "torch" else "cpu", backend=backend
+        )
         scores = reranker.compute_score(eval_set.texts(pairs), batch_size=64, show_progress=True)
         result[tool] = eval_set.metrics(eval_set.run_from_scores(pairs, scores))["ndcg@10"]
         print(
@@ -196,14 +203,27 @@ def main() -> None:
     parser.add_argument("--llm-pairs", type=int, default=300)
     parser.add_argument("--llm-batch-sizes", type=int, nargs="+", default=[16])
     parser.add_argument("--ndcg-queries", type=int, default=500, help="0 skips the quality check")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (on cuda the CPU-only ONNX backends are left out)"
+    )
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
 
     pairs = build_pairs(args.queries, args.top_k, args.llm_pairs if args.llm else 0)
-    ndcg = ndcg_by_backend(args.model, OURS, args.ndcg_queries, 20) if args.ndcg_queries else None
+    ours = OURS if args.device == "cpu" else OURS[:1]
+    ndcg = (
+        ndcg_by_backend(args.model, ours, args.ndcg_queries, 20, args.device) if args.ndcg_queries else None
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = portable_folder(args.model, Path(tmp) / "model")
-        options = ["--cross-encoder", str(folder), "--pairs", str(Path(tmp) / "pairs.json")]
+        options = [
+            "--cross-encoder",
+            str(folder),
+            "--pairs",
+            str(Path(tmp) / "pairs.json"),
+            "--device",
+            args.device,
+        ]
         if args.llm:
             llm_folder = portable_folder(args.llm, Path(tmp) / "llm")
             options += ["--llm", str(llm_folder)]
@@ -211,19 +231,22 @@ def main() -> None:
         flag = Worker(args.flag_python, "flag_worker.py", options)
         torch_worker = Worker(sys.executable, "rerankforge_worker.py", options)
         onnx_worker = Worker(sys.executable, "rerankforge_worker.py", options)
-        workers = {"rerankforge": torch_worker, "rerankforge-onnx": onnx_worker, "rerankforge-onnx-int8": onnx_worker,
+        int8_worker = Worker(
+            sys.executable, "rerankforge_worker.py", options
+        )  # ORT keeps each session's peak
+        workers = {"rerankforge": torch_worker, "rerankforge-onnx": onnx_worker, "rerankforge-onnx-int8": int8_worker,
                    "rerankforge-llm": torch_worker, **{t: flag for t in (*BASELINES, "flagembedding-llm")}}  # fmt: skip
         try:
-            tools = (*OURS, *BASELINES)
+            tools = (*ours, *BASELINES)
             speeds, diffs = alternate(workers, tools, args.batch_sizes, args.rounds)
             tables = [speed_table(speeds, diffs, tools, args.batch_sizes),
-                      ratio_table(speeds, diffs, OURS, BASELINES, args.batch_sizes, ndcg)]  # fmt: skip
+                      ratio_table(speeds, diffs, ours, BASELINES, args.batch_sizes, ndcg)]  # fmt: skip
             if args.llm:
                 llm_speeds, llm_diffs = alternate(workers, LLM_TOOLS, args.llm_batch_sizes, args.rounds)
                 tables += [speed_table(llm_speeds, llm_diffs, LLM_TOOLS, args.llm_batch_sizes),
                            ratio_table(llm_speeds, llm_diffs, LLM_TOOLS[:1], LLM_TOOLS[1:], args.llm_batch_sizes)]  # fmt: skip
         finally:
-            for worker in (flag, torch_worker, onnx_worker):
+            for worker in (flag, torch_worker, onnx_worker, int8_worker):
                 worker.close()
 
     table = "\n\n".join(tables)
@@ -231,7 +254,7 @@ def main() -> None:
     lengths = sorted(len(q) + len(p) for q, p in pairs["cross_encoder"])
     notes = (
         f"Cross-encoder: {len(pairs['cross_encoder'])} pairs, {args.queries} held-out SQuAD questions x BM25 top "
-        f"{args.top_k} (median {lengths[len(lengths) // 2]} characters per pair); every tool with query 384 / pair "
+        f"{args.top_k} on {args.device} (median {lengths[len(lengths) // 2]} characters per pair); every tool with query 384 / pair "
         f"512 tokens. LLM: {len(pairs['llm'])} of those pairs, max length 512. fp32; {args.rounds} rounds in "
         "alternation after a warm-up; every tool in a process of its own, FlagEmbedding 1.4.2 and "
         "sentence-transformers 5.x in their own environment (transformers 4.57). 'exact': scores within 1e-4 of "

@@ -25,12 +25,17 @@ def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
     """The scorer and which pair list it takes. FlagEmbedding's budgets (query 384, pair 512) for every tool,
     so all of them encode the same tokens; our checkpoints' trained budgets would do less work."""
     if name in CROSS_ENCODER_TOOLS:
+        backend = CROSS_ENCODER_TOOLS[name]
         reranker = FlagReranker(
-            args.cross_encoder, query_max_length=384, max_length=512, backend=CROSS_ENCODER_TOOLS[name]
+            args.cross_encoder,
+            query_max_length=384,
+            max_length=512,
+            backend=backend,
+            devices=args.device if backend == "torch" else "cpu",
         )
         return (lambda p, batch: reranker.compute_score(p, batch_size=batch)), "cross_encoder"
     if name == "rerankforge-llm":
-        llm = FlagLLMReranker(args.llm, devices="cpu")
+        llm = FlagLLMReranker(args.llm, devices=args.device)
         return (lambda p, batch: llm.compute_score(p, batch_size=batch, max_length=512)), "llm"
     raise ValueError(f"unknown tool {name!r}")
 
@@ -39,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cross-encoder")
     parser.add_argument("--llm")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", required=True, help='JSON {"cross_encoder": [[q, p], ...], "llm": [...]}')
     args = parser.parse_args()
     with open(args.pairs) as handle:

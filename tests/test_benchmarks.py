@@ -62,3 +62,39 @@ def test_results_are_appended_with_date_machine_and_command(tmp_path):
     ):
         assert expected in text
     assert "a note" in text
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")
+def test_training_groups_have_enough_hard_negatives_and_never_the_positive(tmp_path):
+    import json
+
+    import training_speed
+
+    lines = training_speed.write_training_groups(tmp_path / "train.jsonl", max_queries=12, negatives=8, seed=0)
+    records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert len(records) == lines and 0 < lines <= 12
+    for record in records:
+        assert len(record["neg"]) >= training_speed.GROUP_SIZE - 1
+        assert not set(record["pos"]) & set(record["neg"])
+
+
+def test_training_results_table_gives_ratios_and_losses_side_by_side():
+    import training_speed
+
+    def run(seconds_per_step: float, losses: list[float]) -> dict:
+        steps = len(losses)
+        return {
+            "step_times": [seconds_per_step * (i + 1) for i in range(steps)],
+            "losses": losses,
+            "peak_rss_mb": 1000.0,
+            "rows_per_batch": [32] * steps,
+            "padded_lengths": [256] * steps,
+            "real_tokens": [5000] * steps,
+            "attn_implementation": "sdpa",
+        }
+
+    runs = {"rerankforge": [run(2.0, [2.08, 2.07, 2.05])], "flagembedding": [run(4.0, [2.09, 2.06, 2.04])]}
+    table = training_speed.results_table(runs, warmup_steps=1)
+    assert "| rerankforge | 2.00 | 1000 | 1.00x |" in table  # 4 groups per 2 s
+    assert "| flagembedding | 1.00 | 1000 | 2.00x |" in table
+    assert "| 1 (warm-up) | 2.0800 | 2.0900 |" in table and "| 3 | 2.0500 | 2.0400 |" in table
