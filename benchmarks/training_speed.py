@@ -267,7 +267,9 @@ def describe_run(runs: dict[str, list[dict[str, Any]]], lines: int, args: argpar
         "and imports included). CPU s / step: the worker's own CPU time (all threads) per timed step; other "
         "processes: the machine's busy CPU time (/proc/stat) minus the worker's, per wall second of the timed "
         "steps (0 on a quiet machine). Tokens / step: the timed steps' padded rows x length and real (unpadded) tokens, "
-        "first round. FlagEmbedding pads each batch to its longest pair (no pad_to_multiple_of by default), "
+        "first round, as the collators padded them; rerankforge then scores each batch in length-sorted slices "
+        "cut to their own longest pair (`length_sorted_chunks`, auto = 4 on the CPU), so it runs on fewer padded "
+        "tokens than the column says. FlagEmbedding pads each batch to its longest pair (no pad_to_multiple_of by default), "
         "rerankforge to the longest rounded up to a multiple of 8; FlagEmbedding cuts the query at query + "
         "passage/4 and the passage at passage + query/2 tokens before cutting the pair to query + passage, "
         "rerankforge at query and passage, so with short queries FlagEmbedding's pairs keep more passage tokens. "
@@ -322,6 +324,11 @@ def main() -> None:
                 speed = groups_per_second(result["step_times"], args.warmup_steps)
                 print(f"round {round_index + 1} {tool}: {speed:.2f} groups/s, "
                       f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    if set(args.tools) != set(
+        TOOLS
+    ):  # a trial of one tool (e.g. a rerankforge option): no comparison to write
+        print("only some tools ran: nothing appended to", args.results)
+        return
     table = results_table(runs, args.warmup_steps)
     if warning := contention_warning(runs, args.warmup_steps):
         print(warning, file=sys.stderr)

@@ -95,7 +95,7 @@ class FlagReranker(Reranker):
         loaded = Reranker.from_pretrained(
             model_name_or_path,
             device=device if backend == "torch" or devices else None,  # onnx: the CPU unless told otherwise
-            dtype=dtype,
+            dtype=dtype if backend == "torch" else None,  # ONNX runs fp32 (as FlagEmbedding does on a CPU)
             trust_remote_code=trust_remote_code,
             backend=backend,
         )

@@ -32,8 +32,10 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 OPSET = 17
 EXPORT_TOLERANCE = 1e-4
 FP32_FILE = "model.onnx"
-INT8_FILE = "model_int8.onnx"
-FORMAT_VERSION = 1  # bump when the export changes, so old cache entries are not reused
+INT8_FOLDER = "int8"
+INT8_FILE = "model.onnx"
+LARGE_MODEL_BYTES = 1_800_000_000  # ONNX protobuf files stop at 2 GB: larger graphs keep weights outside
+FORMAT_VERSION = 2  # bump when the export changes, so old cache entries are not reused
 
 
 def require_onnxruntime():
@@ -49,16 +51,36 @@ def input_names(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return [name for name in MODEL_INPUT_NAMES if name in tokenizer.model_input_names]
 
 
+def local_folder(model_path: str | Path) -> Path:
+    """The folder holding the checkpoint's files: the path itself, or a Hub name's downloaded snapshot."""
+    if Path(model_path).is_dir():
+        return Path(model_path)
+    from transformers.utils import cached_file
+
+    config = cached_file(str(model_path), "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{model_path}: no config.json found locally or on the Hub")
+    return Path(config).parent
+
+
 def cache_key(model_path: str | Path) -> str:
-    """Content hash of the checkpoint's config and weights plus the exporter's versions."""
+    """Content hash of everything the graph depends on: weights, config, tokenizer files, remote code, and the
+    versions of torch and transformers (a modelling change must not reuse an old graph)."""
+    import transformers
+
     digest = hashlib.sha256()
-    folder = Path(model_path)
-    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+    folder = local_folder(model_path)
+    names = ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.py"))
+    for file in files + [folder / name for name in names if (folder / name).is_file()]:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
-    digest.update(f"{torch.__version__} opset {OPSET} v{FORMAT_VERSION}".encode())
+    versions = (
+        f"torch {torch.__version__} transformers {transformers.__version__} opset {OPSET} v{FORMAT_VERSION}"
+    )
+    digest.update(versions.encode())
     return digest.hexdigest()[:24]
 
 
@@ -127,6 +149,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    fp32_bytes = sum(f.stat().st_size for f in fp32_path.parent.iterdir() if f.is_file())
+    if fp32_bytes > LARGE_MODEL_BYTES:  # weights beside the graph; no pre-processing (it needs one file)
+        quantize_dynamic(
+            str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, use_external_data_format=True
+        )
+        return
     prepared = int8_path.with_suffix(".prepared.onnx")  # shape inference + graph cleanup, as ORT advises
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8)
@@ -136,7 +164,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
 class OnnxScorer:
     """One ONNX Runtime session; ``__call__`` takes padded numpy inputs and returns one fp32 score per row."""
 
-    def __init__(self, path: Path, names: list[str], threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None):
         ort = require_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -146,7 +174,7 @@ class OnnxScorer:
         # kill over a long benchmark); measured no slower
         options.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.names = names
+        self.names = [graph_input.name for graph_input in self.session.get_inputs()]
         self.path = path
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -173,7 +201,10 @@ def check_export(scorer: OnnxScorer, model: PreTrainedModel, tokenizer: PreTrain
 def onnx_scorer(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str | Path, backend: str
 ) -> OnnxScorer:
-    """The cached (or freshly exported and checked) graph for ``backend`` 'onnx' or 'onnx-int8'."""
+    """The cached (or freshly exported and checked) graph for ``backend`` 'onnx' or 'onnx-int8'.
+
+    The fp32 graph is exported once per checkpoint; the int8 one only when first asked for, from that graph.
+    """
     if backend not in BACKENDS[1:]:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     require_onnxruntime()
@@ -181,7 +212,6 @@ def onnx_scorer(
 
     folder = cache_root() / "onnx" / cache_key(model_path)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    names = input_names(tokenizer)
     with FileLock(
         str(folder) + ".lock"
     ):  # one process exports (parallel tests, several workers); others wait
@@ -189,13 +219,14 @@ def onnx_scorer(
             logger.info("exporting %s to ONNX in %s (once per checkpoint)", model_path, folder)
             with atomic_folder(folder) as staging:
                 export_onnx(model, tokenizer, staging / FP32_FILE)
-                difference = check_export(OnnxScorer(staging / FP32_FILE, names), model, tokenizer)
-                quantize_int8(staging / FP32_FILE, staging / INT8_FILE)
-                record = {
-                    "source": str(model_path),
-                    "inputs": names,
-                    "opset": OPSET,
-                    "max_abs_diff": difference,
-                }
+                scorer = OnnxScorer(staging / FP32_FILE)
+                difference = check_export(scorer, model, tokenizer)
+                record = {"source": str(model_path), "inputs": scorer.names, "opset": OPSET,
+                          "max_abs_diff": difference}  # fmt: skip
                 (staging / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-    return OnnxScorer(folder / (FP32_FILE if backend == "onnx" else INT8_FILE), names)
+        if backend == "onnx":
+            return OnnxScorer(folder / FP32_FILE)
+        if not (folder / INT8_FOLDER / INT8_FILE).exists():
+            with atomic_folder(folder / INT8_FOLDER) as staging:
+                quantize_int8(folder / FP32_FILE, staging / INT8_FILE)
+    return OnnxScorer(folder / INT8_FOLDER / INT8_FILE)

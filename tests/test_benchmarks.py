@@ -70,7 +70,9 @@ def test_training_groups_have_enough_hard_negatives_and_never_the_positive(tmp_p
 
     import training_speed
 
-    lines = training_speed.write_training_groups(tmp_path / "train.jsonl", max_queries=12, negatives=8, seed=0)
+    lines = training_speed.write_training_groups(
+        tmp_path / "train.jsonl", max_queries=12, negatives=8, seed=0
+    )
     records = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
     assert len(records) == lines and 0 < lines <= 12
     for record in records:

@@ -52,6 +52,7 @@ def test_export_leaves_the_torch_model_in_eval_mode(cache, tiny_bert_dir):
 
 def test_the_graph_is_exported_once_per_checkpoint(cache, tiny_bert_dir, monkeypatch):
     Reranker.from_pretrained(str(tiny_bert_dir), backend="onnx")
+    assert not list(cache.glob(f"*/{onnx_backend.INT8_FOLDER}"))  # int8 only once asked for
 
     def no_second_export(*args, **kwargs):
         raise AssertionError("exported again")
@@ -72,7 +73,7 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_not_cached(cache, ti
 def test_int8_backend_scores_every_pair_in_order(cache, tiny_bert_dir):
     torch_scores = Reranker.from_pretrained(str(tiny_bert_dir), device="cpu").compute_score(PAIRS)
     int8 = Reranker.from_pretrained(str(tiny_bert_dir), backend="onnx-int8")
-    assert int8.onnx.path.name == onnx_backend.INT8_FILE
+    assert int8.onnx.path.parent.name == onnx_backend.INT8_FOLDER
     scores = int8.compute_score(PAIRS, batch_size=1)
     assert len(scores) == len(PAIRS) and all(math.isfinite(s) for s in scores)
     assert int8.compute_score(PAIRS[::-1], batch_size=1) == pytest.approx(scores[::-1], abs=1e-6)

@@ -37,4 +37,11 @@ class CrossEncoderConfig(RerankerConfig):
         """The slices per training batch: the setting, or for 0 the measured choice for this device."""
         if self.length_sorted_chunks:
             return self.length_sorted_chunks
-        return CPU_LENGTH_SORTED_CHUNKS if self.device.type == "cpu" else 1
+        # measured on the CPU only; DeepSpeed ZeRO-3 would gather the weights again for every slice, and
+        # reentrant checkpointing may not see one parameter's gradient arrive from several forwards
+        kwargs = self.activation_checkpointing_kwargs
+        checkpointing_kwargs = kwargs if isinstance(kwargs, dict) else {}
+        reentrant = self.activation_checkpointing and checkpointing_kwargs.get("use_reentrant")
+        if self.device.type != "cpu" or self.deepspeed or reentrant:
+            return 1
+        return CPU_LENGTH_SORTED_CHUNKS
