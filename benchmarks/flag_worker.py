@@ -8,12 +8,8 @@ processes (`benchmarks/rerankforge_worker.py`).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import time
-from collections.abc import Callable
 
-Scorer = Callable[[list[list[str]], int], list[float]]  # (pairs, batch size) -> scores
+from scoring_worker import Scorer, serve
 
 
 def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
@@ -45,28 +41,5 @@ def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
     raise ValueError(f"unknown tool {name!r}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cross-encoder")
-    parser.add_argument("--llm")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--pairs", required=True, help='JSON {"cross_encoder": [[q, p], ...], "llm": [...]}')
-    args = parser.parse_args()
-    with open(args.pairs) as handle:
-        pairs = json.load(handle)
-    tools: dict[str, tuple[Scorer, str]] = {}
-    for line in iter(input, ""):
-        request = json.loads(line)
-        if request["tool"] not in tools:
-            tools[request["tool"]] = load_tool(request["tool"], args)
-            scorer, kind = tools[request["tool"]]
-            scorer(pairs[kind][:32], request["batch"])  # warm-up: one-time costs stay out of the timing
-        scorer, kind = tools[request["tool"]]
-        start = time.perf_counter()
-        scores = scorer(pairs[kind], request["batch"])
-        print(json.dumps({"seconds": time.perf_counter() - start, "scores": scores}), flush=True)
-
-
 if __name__ == "__main__":
-    with contextlib.suppress(EOFError):
-        main()
+    serve(load_tool)
