@@ -75,6 +75,40 @@ def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_d
     assert eval_set.listwise_loss(run) == pytest.approx(metrics["eval_loss"], abs=1e-5)
 
 
+def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
+    tmp_path, tiny_bert_dir, beir_slice
+):
+    """Training cuts passages to 8 tokens; evaluation and inference read 120 (CISI abstracts are longer)."""
+    config = eval_config(
+        tmp_path, tiny_bert_dir, beir_slice, passage_max_len=8, inference_passage_max_len=120
+    )
+    trainer, eval_set = build_with_eval(config)
+    train_width = next(iter(trainer.get_train_dataloader()))["input_ids"].shape[1]
+    eval_width = next(iter(trainer.get_eval_dataloader()))["input_ids"].shape[1]
+    assert train_width <= 16 + 8
+    assert eval_width == 16 + 120  # the longest pairs come first and fill the whole budget
+    metrics = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "saved"))
+
+    from rerankforge.inference import Reranker
+    from rerankforge.trainer.spec import RerankerSpec
+
+    spec = RerankerSpec.load(tmp_path / "saved")
+    assert (spec.query_max_len, spec.passage_max_len, spec.max_length) == (16, 120, 136)
+    pairs = eval_set.pairs()
+    scores = Reranker.from_pretrained(str(tmp_path / "saved"), device="cpu").compute_score(
+        eval_set.texts(pairs)
+    )
+    run = eval_set.run_from_scores(pairs, scores)
+    assert eval_set.listwise_loss(run) == pytest.approx(metrics["eval_loss"], abs=1e-5)
+    assert eval_set.metrics(run)["ndcg@10"] == pytest.approx(metrics["eval_ndcg@10"], abs=1e-6)
+
+
+def test_inference_passage_max_len_must_be_positive(tmp_path, tiny_bert_dir, beir_slice):
+    with pytest.raises(ValueError, match="inference_passage_max_len must be positive"):
+        eval_config(tmp_path, tiny_bert_dir, beir_slice, inference_passage_max_len=0)
+
+
 def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir, beir_slice):
     from transformers import EarlyStoppingCallback
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -45,9 +47,16 @@ class RerankerTrainer(Trainer):
 
     args: RerankerConfig
 
-    def __init__(self, *args: Any, spec: RerankerSpec, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        spec: RerankerSpec,
+        eval_data_collator: Callable[[list], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.spec = spec
+        self.eval_data_collator = eval_data_collator
         if self.args.dataloader_persistent_workers:
             raise ValueError(
                 "dataloader_persistent_workers would keep each epoch's groups stale; leave it off"
@@ -61,6 +70,18 @@ class RerankerTrainer(Trainer):
             distill_weight=self.args.distill_weight,
             temperature=self.args.distill_temperature,
         )
+
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        """Evaluation batches come from ``eval_data_collator`` when there is one: evaluation scores pairs
+        with the lengths the saved model will use, which may be longer than training's."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        training_collator = self.data_collator
+        self.data_collator = self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
 
     def score(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One float32 score per pair, in batch order."""

@@ -15,6 +15,14 @@ class CrossEncoderConfig(RerankerConfig):
 
     family: str = field(default="cross_encoder", metadata={"help": "Reranker family (fixed: cross_encoder)."})
     passage_max_len: int = field(default=224, metadata={"help": "Tokens kept from each passage."})
+    inference_passage_max_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens kept from each passage when scoring: in the evaluation during training and in the "
+            "saved model's rerankforge.json (None: passage_max_len). Training may cut passages short for speed "
+            "while scoring reads them whole (the pair stays within the model's positions)."
+        },
+    )
     learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate."})
     length_sorted_chunks: int = field(
         default=0,
@@ -27,6 +35,10 @@ class CrossEncoderConfig(RerankerConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.inference_passage_max_len is not None and self.inference_passage_max_len < 1:
+            raise ValueError(
+                f"inference_passage_max_len must be positive (or None), got {self.inference_passage_max_len}"
+            )
         if self.length_sorted_chunks < 0:
             raise ValueError(
                 f"length_sorted_chunks must be 0 (auto) or more, got {self.length_sorted_chunks}"

@@ -33,11 +33,17 @@ def build_cross_encoder_trainer(
     )
     model = load_cross_encoder(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     lengths = PairLengths.for_model(config.query_max_len, config.passage_max_len, model.config, tokenizer)
-    spec = RerankerSpec(
+    scoring_lengths = PairLengths.for_model(
+        config.query_max_len,
+        config.inference_passage_max_len or config.passage_max_len,
+        model.config,
+        tokenizer,
+    )
+    spec = RerankerSpec(  # inference scores with the lengths the evaluation during training used
         family="cross_encoder",
-        query_max_len=lengths.query_max_len,
-        passage_max_len=lengths.passage_max_len,
-        max_length=lengths.max_length,
+        query_max_len=scoring_lengths.query_max_len,
+        passage_max_len=scoring_lengths.passage_max_len,
+        max_length=scoring_lengths.max_length,
         base_model=config.model_name_or_path,
     )
     eval_pairs = EvalPairs(eval_set) if eval_set is not None else None
@@ -46,6 +52,7 @@ def build_cross_encoder_trainer(
         args=config,
         **data_arguments(config, records, eval_pairs),
         data_collator=CrossEncoderCollator(tokenizer, lengths),
+        eval_data_collator=CrossEncoderCollator(tokenizer, scoring_lengths),
         processing_class=tokenizer,
         spec=spec,
     )

@@ -17,7 +17,7 @@ FAMILY_TITLES = {
     "layerwise": "layerwise LLM reranker",
 }
 HYPER_PARAMETERS = (
-    "train_group_size", "query_max_len", "passage_max_len", "learning_rate", "per_device_train_batch_size",
+    "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate", "per_device_train_batch_size",
     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "bf16",
     "seed", "knowledge_distillation", "distill_temperature", "distill_weight", "lora_rank", "lora_alpha",
     "lora_dropout", "start_layer", "self_distill_weight", "mine_num_negatives", "mine_rank_range",
@@ -175,7 +175,7 @@ def model_card(
         f"- base model: `{spec.base_model or 'unknown'}`",
         f"- training data: {data or 'not recorded'}",
         f"- loss: {loss_description(spec, args)}",
-        f"- input budgets: query {spec.query_max_len} tokens, passage {spec.passage_max_len} tokens",
+        f"- scoring budgets: query {spec.query_max_len} tokens, passage {spec.passage_max_len} tokens",
     ]
     if spec.family in ("llm", "layerwise"):
         lines.append(
