@@ -115,7 +115,7 @@ class FlagReranker(Reranker):
         self.normalize = normalize
 
     def flag_lengths(self, query_max_length: int | None, max_length: int | None) -> PairLengths:
-        """Our checkpoints keep their trained budgets unless lengths are given; other folders get
+        """Our checkpoints keep their saved scoring budgets unless lengths are given; other folders get
         FlagReranker's (query 3/4 of max_length, passage and pair max_length, max_length 512)."""
         query_max_length = query_max_length if query_max_length is not None else self.query_max_length
         max_length = max_length if max_length is not None else self.max_length
@@ -145,7 +145,7 @@ class FlagLLMReranker(LLMReranker):
     """``FlagEmbedding.FlagLLMReranker`` with the same arguments, input ids and ``compute_score`` behaviour.
 
     Folders rerankforge did not write get FlagLLMReranker's lengths (max_length 512, query 3/4 of it); our
-    checkpoints keep their trained budgets unless lengths are given.
+    checkpoints keep their saved scoring budgets unless lengths are given.
     """
 
     def __init__(

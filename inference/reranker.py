@@ -97,7 +97,7 @@ class Reranker(RanksCandidates):
         return self._encoders[lengths]
 
     def lengths_for(self, max_length: int | None) -> PairLengths:
-        """The trained budgets, with the whole pair capped at ``max_length`` (and the model's positions)."""
+        """The saved scoring budgets, with the whole pair capped at ``max_length`` (and the model's positions)."""
         if max_length is None:
             return self.lengths
         return PairLengths.for_model(

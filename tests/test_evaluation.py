@@ -78,16 +78,29 @@ def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_d
 def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
     tmp_path, tiny_bert_dir, beir_slice
 ):
-    """Training cuts passages to 8 tokens; evaluation and inference read 120 (CISI abstracts are longer)."""
+    """Training cuts passages to 8 tokens; evaluation, `predict` and inference read 120 (CISI abstracts)."""
+    cisi = load_beir(beir_slice, "test")
+    abstracts = list(cisi.corpus.values())
+    records = [
+        {"query": cisi.queries[q], "pos": [abstracts[i]], "neg": abstracts[i + 1 : i + 4]}
+        for i, q in enumerate(cisi.judged_queries())
+    ]
+    data = write_jsonl(tmp_path / "long.jsonl", records)
     config = eval_config(
-        tmp_path, tiny_bert_dir, beir_slice, passage_max_len=8, inference_passage_max_len=120
+        tmp_path,
+        tiny_bert_dir,
+        beir_slice,
+        train_data=[str(data)],
+        passage_max_len=8,
+        inference_passage_max_len=120,
     )
     trainer, eval_set = build_with_eval(config)
-    train_width = next(iter(trainer.get_train_dataloader()))["input_ids"].shape[1]
+    metrics = trainer.evaluate()  # as in `make train`: evaluation comes first, then the training loader
     eval_width = next(iter(trainer.get_eval_dataloader()))["input_ids"].shape[1]
-    assert train_width <= 16 + 8
-    assert eval_width == 16 + 120  # the longest pairs come first and fill the whole budget
-    metrics = trainer.evaluate()
+    test_width = next(iter(trainer.get_test_dataloader(trainer.eval_dataset)))["input_ids"].shape[1]
+    train_width = next(iter(trainer.get_train_dataloader()))["input_ids"].shape[1]
+    assert train_width == 16 + 8  # every abstract is longer than 8 tokens
+    assert eval_width == test_width == 16 + 120  # the longest pairs come first and fill the whole budget
     trainer.save_model(str(tmp_path / "saved"))
 
     from rerankforge.inference import Reranker
@@ -104,9 +117,12 @@ def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
     assert eval_set.metrics(run)["ndcg@10"] == pytest.approx(metrics["eval_ndcg@10"], abs=1e-6)
 
 
-def test_inference_passage_max_len_must_be_positive(tmp_path, tiny_bert_dir, beir_slice):
-    with pytest.raises(ValueError, match="inference_passage_max_len must be positive"):
-        eval_config(tmp_path, tiny_bert_dir, beir_slice, inference_passage_max_len=0)
+def test_inference_passage_max_len_zero_means_the_training_length_and_negative_is_refused(
+    tmp_path, tiny_bert_dir, beir_slice
+):
+    assert eval_config(tmp_path, tiny_bert_dir, beir_slice, passage_max_len=24).scoring_passage_max_len == 24
+    with pytest.raises(ValueError, match="inference_passage_max_len must be 0"):
+        eval_config(tmp_path, tiny_bert_dir, beir_slice, inference_passage_max_len=-1)
 
 
 def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir, beir_slice):

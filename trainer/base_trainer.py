@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,24 @@ class RerankerTrainer(Trainer):
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         """Evaluation batches come from ``eval_data_collator`` when there is one: evaluation scores pairs
         with the lengths the saved model will use, which may be longer than training's."""
-        if self.eval_data_collator is None:
+        with self._scoring_collator():
             return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
+        """`predict` scores with the saved model's lengths too."""
+        with self._scoring_collator():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextmanager
+    def _scoring_collator(self) -> Iterator[None]:
+        """The Trainer builds every dataloader from ``self.data_collator``: lend it the scoring collator."""
+        if self.eval_data_collator is None:
+            yield
+            return
         training_collator = self.data_collator
         self.data_collator = self.eval_data_collator
         try:
-            return super().get_eval_dataloader(eval_dataset)
+            yield
         finally:
             self.data_collator = training_collator
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from rerankforge.trainer.config import RerankerConfig
+
+logger = logging.getLogger(__name__)
 
 CPU_LENGTH_SORTED_CHUNKS = 4
 
@@ -14,12 +17,12 @@ class CrossEncoderConfig(RerankerConfig):
     """A sequence classifier with one logit, trained with grouped listwise cross-entropy."""
 
     family: str = field(default="cross_encoder", metadata={"help": "Reranker family (fixed: cross_encoder)."})
-    passage_max_len: int = field(default=224, metadata={"help": "Tokens kept from each passage."})
-    inference_passage_max_len: int | None = field(
-        default=None,
+    passage_max_len: int = field(default=224, metadata={"help": "Tokens kept from each passage in training."})
+    inference_passage_max_len: int = field(
+        default=0,
         metadata={
             "help": "Tokens kept from each passage when scoring: in the evaluation during training and in the "
-            "saved model's rerankforge.json (None: passage_max_len). Training may cut passages short for speed "
+            "saved model's rerankforge.json (0: passage_max_len). Training may cut passages short for speed "
             "while scoring reads them whole (the pair stays within the model's positions)."
         },
     )
@@ -35,14 +38,26 @@ class CrossEncoderConfig(RerankerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.inference_passage_max_len is not None and self.inference_passage_max_len < 1:
+        if self.inference_passage_max_len < 0:
             raise ValueError(
-                f"inference_passage_max_len must be positive (or None), got {self.inference_passage_max_len}"
+                f"inference_passage_max_len must be 0 (= passage_max_len) or more, got {self.inference_passage_max_len}"
+            )
+        if 0 < self.inference_passage_max_len < self.passage_max_len:
+            logger.warning(
+                "inference_passage_max_len=%d is shorter than passage_max_len=%d: the saved model will score "
+                "less of each passage than it was trained on",
+                self.inference_passage_max_len,
+                self.passage_max_len,
             )
         if self.length_sorted_chunks < 0:
             raise ValueError(
                 f"length_sorted_chunks must be 0 (auto) or more, got {self.length_sorted_chunks}"
             )
+
+    @property
+    def scoring_passage_max_len(self) -> int:
+        """Passage tokens for evaluation and inference: the setting, or for 0 training's."""
+        return self.inference_passage_max_len or self.passage_max_len
 
     @property
     def forward_chunks(self) -> int:

@@ -35,7 +35,7 @@ def build_cross_encoder_trainer(
     lengths = PairLengths.for_model(config.query_max_len, config.passage_max_len, model.config, tokenizer)
     scoring_lengths = PairLengths.for_model(
         config.query_max_len,
-        config.inference_passage_max_len or config.passage_max_len,
+        config.scoring_passage_max_len,
         model.config,
         tokenizer,
     )

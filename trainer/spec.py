@@ -1,7 +1,9 @@
 """`rerankforge.json`: the contract between training and inference.
 
 Training writes it next to every checkpoint; inference reads it to rebuild exactly the preprocessing and
-scoring that training used. A small versioned dataclass, never a free-form dict.
+scoring that the evaluation during training used. Its lengths are the scoring budgets: a cross-encoder may have
+trained on shorter passages (`inference_passage_max_len`; training's own lengths are in training_args.json).
+A small versioned dataclass, never a free-form dict.
 """
 
 from __future__ import annotations
