@@ -176,12 +176,13 @@ def train_flagembedding(argv: Sequence[str]) -> str:
     return result_line("flagembedding", timer, shapes, base_model.config, checksum, versions)
 
 
-def main() -> None:
-    # the Trainer prints its logs; stdout carries only the result
+def run_worker(train: Callable[[Sequence[str]], str]) -> None:
+    """Both training workers' entry point: the Trainer prints its logs to stderr; stdout carries only the
+    result line."""
     with contextlib.redirect_stdout(sys.stderr):
-        line = train_flagembedding(sys.argv[1:])
+        line = train(sys.argv[1:])
     print(line, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_worker(train_flagembedding)

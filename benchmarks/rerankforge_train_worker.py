@@ -12,7 +12,6 @@ save out too). Prints ONE JSON line to stdout.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -20,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flag_train_worker import BatchShapeRecorder, StepTimer, parameter_checksum, result_line  # noqa: E402
+from flag_train_worker import (  # noqa: E402
+    BatchShapeRecorder,
+    StepTimer,
+    parameter_checksum,
+    result_line,
+    run_worker,
+)
 from transformers import set_seed  # noqa: E402
 
 from rerankforge.data_tools.sources import load_train_dataset  # noqa: E402
@@ -45,12 +50,5 @@ def train_rerankforge(argv: Sequence[str]) -> str:
     return result_line("rerankforge", timer, shapes, trainer.model.config, checksum, versions)
 
 
-def main() -> None:
-    # the Trainer prints its logs; stdout carries only the result
-    with contextlib.redirect_stdout(sys.stderr):
-        line = train_rerankforge(sys.argv[1:])
-    print(line, flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_worker(train_rerankforge)
