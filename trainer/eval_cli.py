@@ -59,8 +59,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     first_stage = read_trec_run(args.run, list(dataset.queries)) if args.run else None
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
-    backend = {"backend": args.backend} if args.backend != "torch" else {}
-    reranker = load_reranker(args.model, device=args.device, dtype=DTYPES[args.dtype], **backend)
+    reranker = load_reranker(args.model, args.backend, device=args.device, dtype=DTYPES[args.dtype])
     pairs = eval_set.pairs()
     start = time.perf_counter()
     scores = reranker.compute_score(eval_set.texts(pairs), batch_size=args.batch_size, show_progress=True)
