@@ -167,7 +167,7 @@ def ratio_table(
 def ndcg_by_backend(
     model: str, tools: Sequence[str], queries: int, top_k: int, device: str = "cpu"
 ) -> dict[str, float]:
-    """nDCG@10 of each backend on the held-out SQuAD questions (the checkpoint's trained budgets)."""
+    """nDCG@10 of each backend on the held-out SQuAD questions (the checkpoint's saved scoring budgets)."""
     from rerankforge.data_tools.ir_data import load_ir_split
     from rerankforge.inference import Reranker
     from rerankforge.trainer.evaluation import RerankEvalSet

@@ -17,10 +17,11 @@ FAMILY_TITLES = {
     "layerwise": "layerwise LLM reranker",
 }
 HYPER_PARAMETERS = (
-    "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "weight_decay", "bf16",
-    "seed", "knowledge_distillation", "distill_temperature", "distill_weight", "lora_rank", "lora_alpha",
-    "lora_dropout", "start_layer", "self_distill_weight", "mine_num_negatives", "mine_rank_range",
+    "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+    "warmup_steps", "weight_decay", "bf16", "seed", "knowledge_distillation", "distill_temperature",
+    "distill_weight", "lora_rank", "lora_alpha", "lora_dropout", "start_layer", "self_distill_weight",
+    "mine_num_negatives", "mine_rank_range",
 )  # fmt: skip
 METRIC_NAMES = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10"}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
