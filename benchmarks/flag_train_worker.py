@@ -176,7 +176,7 @@ def train_flagembedding(argv: Sequence[str]) -> str:
     return result_line("flagembedding", timer, shapes, base_model.config, checksum, versions)
 
 
-def run_worker(train: Callable[[Sequence[str]], str]) -> None:
+def worker_main(train: Callable[[Sequence[str]], str]) -> None:
     """Both training workers' entry point: the Trainer prints its logs to stderr; stdout carries only the
     result line."""
     with contextlib.redirect_stdout(sys.stderr):
@@ -185,4 +185,4 @@ def run_worker(train: Callable[[Sequence[str]], str]) -> None:
 
 
 if __name__ == "__main__":
-    run_worker(train_flagembedding)
+    worker_main(train_flagembedding)

@@ -24,7 +24,7 @@ from flag_train_worker import (  # noqa: E402
     StepTimer,
     parameter_checksum,
     result_line,
-    run_worker,
+    worker_main,
 )
 from transformers import set_seed  # noqa: E402
 
@@ -51,4 +51,4 @@ def train_rerankforge(argv: Sequence[str]) -> str:
 
 
 if __name__ == "__main__":
-    run_worker(train_rerankforge)
+    worker_main(train_rerankforge)
