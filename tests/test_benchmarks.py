@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import inference_speed  # noqa: E402
 from machine import append_results  # noqa: E402
 
-SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
+SQUAD = SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"
 
 
 @pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")
