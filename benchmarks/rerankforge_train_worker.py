@@ -38,7 +38,7 @@ def train_rerankforge(argv: Sequence[str]) -> str:
     """Config, data and Trainer as `rerankforge-train` builds them; train; return the result line."""
     config = parse_config(list(argv))
     eval_set = prepare_data(config)  # None here: no ir_data / eval_data, as the benchmark does not evaluate
-    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     set_seed(config.seed)  # before the model is built, as train() does
     trainer = get_family(config.family).build_trainer(config, records, eval_set)
     timer, shapes = StepTimer(), BatchShapeRecorder(trainer.data_collator)

@@ -58,6 +58,17 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("--teacher", required=True, help="any reranker rerankforge.inference loads")
     score.add_argument("--batch-size", type=int, default=64)
     score.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    score.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="the teacher's precision (scores stay float32); bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16",
+    )
+    score.add_argument(
+        "--max-length",
+        type=int,
+        help="cap each pair at this many tokens (default: the teacher's own budgets)",
+    )
     return parser
 
 
@@ -92,10 +103,14 @@ def score(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
-    teacher = load_reranker(args.teacher, device=args.device)
+    import torch
+
+    teacher = load_reranker(args.teacher, device=args.device, dtype=getattr(torch, args.dtype))
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:
-        return teacher.compute_score(pairs, batch_size=args.batch_size, show_progress=True)
+        return teacher.compute_score(
+            pairs, batch_size=args.batch_size, max_length=args.max_length, show_progress=True
+        )
 
     write_jsonl(add_teacher_scores(records, score_pairs), args.output)
     print(f"{args.output}: {len(records)} queries scored by {args.teacher}")

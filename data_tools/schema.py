@@ -139,7 +139,7 @@ def check_record(
 
     if require_teacher_scores and "pos_scores" not in record:
         problems.append(
-            ("pos_scores", "missing, but knowledge_distillation is on: every query needs teacher scores")
+            ("pos_scores", "missing, but the loss learns from a teacher: every query needs teacher scores")
         )
 
     prompt = record.get("prompt")

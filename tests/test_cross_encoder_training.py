@@ -74,7 +74,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> CrossEncoderConfig:
 
 
 def build(config):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     return build_cross_encoder_trainer(config, records)
 
 
@@ -139,6 +139,10 @@ def test_distillation_trains_from_teacher_scores(tmp_path, tiny_bert_dir):
     )
     assert loss.item() == pytest.approx((ce + 0.5 * kl).item(), rel=1e-5)
     trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all({"loss_ranking", "loss_distill"} <= set(entry) for entry in logged)
+    for entry in logged:  # each part is logged as loss is: the mean over the steps since the last log
+        assert entry["loss"] == pytest.approx(entry["loss_ranking"] + 0.5 * entry["loss_distill"], rel=1e-4)
 
 
 def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_dir):

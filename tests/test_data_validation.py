@@ -93,7 +93,7 @@ def test_distillation_requires_scores_on_every_line(tmp_path):
         encoding="utf-8",
     )
     with pytest.raises(
-        DataValidationError, match=r"train.jsonl:2: pos_scores: missing, but knowledge_distillation"
+        DataValidationError, match=r"train.jsonl:2: pos_scores: missing, but the loss learns from a teacher"
     ):
         load_train_dataset(path, require_teacher_scores=True)
 

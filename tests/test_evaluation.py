@@ -221,3 +221,14 @@ def test_score_command_adds_the_teachers_scores(tmp_path, tiny_bert_dir):
             teacher.compute_score([[record["query"], n] for n in record["neg"]]), abs=1e-5
         )
     assert data_main(["check", str(out)]) == 0
+    capped = tmp_path / "capped.jsonl"  # --max-length caps each pair as compute_score(max_length=...) does
+    command = ["score", str(source), str(capped), "--teacher", str(tiny_bert_dir), "--device", "cpu"]
+    assert data_main([*command, "--max-length", "12", "--dtype", "float32"]) == 0
+    record = json.loads(capped.read_text().splitlines()[0])
+    pairs = [[record["query"], p] for p in record["pos"] + record["neg"]]
+    assert record["pos_scores"] + record["neg_scores"] == pytest.approx(
+        teacher.compute_score(pairs, max_length=12), abs=1e-5
+    )
+    assert teacher.compute_score(pairs, max_length=12) != pytest.approx(
+        teacher.compute_score(pairs), abs=1e-5
+    )

@@ -84,7 +84,7 @@ def test_the_cards_metrics_are_the_ones_the_run_logged(tmp_path, trained_cross_e
     logged = json.loads((trained_cross_encoder / "eval_results.json").read_text())
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"ndcg_at_10": logged["eval_ndcg@10"], "mrr_at_10": logged["eval_mrr@10"]}
-    for text in ("grouped listwise cross-entropy", "from sentence_transformers import CrossEncoder",
+    for text in ("grouped softmax cross-entropy", "from sentence_transformers import CrossEncoder",
                  "from FlagEmbedding import FlagReranker", "| learning_rate |"):  # fmt: skip
         assert text in card
 

@@ -40,7 +40,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LayerwiseRerankerConf
 
 
 def build(config, eval_set=None):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     torch.manual_seed(0)
     return build_layerwise_trainer(config, records, eval_set)
 

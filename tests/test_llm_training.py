@@ -52,7 +52,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
 
 
 def build(config):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     return build_llm_trainer(config, records)
 
 

@@ -15,6 +15,7 @@ from conftest import REPO
 from rerankforge.inference import Reranker
 from rerankforge.trainer.cli import RecipeError, parse_config
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.trainer.losses import LOSSES
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 TOY_RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "toy.yaml"
@@ -97,8 +98,11 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
     assert state["global_step"] == 3  # 10 queries in batches of 4, 4, 2
 
     reranker = Reranker.from_pretrained(str(out), device="cpu")
-    query = "Five women walk along a beach wearing flip-flops."
-    passages = ["Some women with flip-flops on, are walking along the beach", "There was a reform in 1996."]
+    query = "what color is amber urine"
+    passages = [
+        "Amber urine is a dark yellow colour, often a sign of dehydration.",
+        "There was a reform in 1996.",
+    ]
     ranked = reranker.rank(query, passages)
     assert sorted(r["index"] for r in ranked) == [0, 1]
     # training moved the encoder away from the packaged MiniLM weights
@@ -110,6 +114,47 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
     trained = load_file(str(out / "model.safetensors"))
     name = next(k for k in base if k.endswith("encoder.layer.5.output.dense.weight"))
     assert not torch.equal(base[name], trained["bert." + name.removeprefix("bert.")])
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_the_toy_recipe_trains_with_every_loss(tmp_path, monkeypatch, loss, capsys):
+    from rerankforge.trainer.cli import main
+
+    monkeypatch.chdir(REPO)
+    argv = [str(TOY_RECIPE), "--loss", loss, "--max_steps", "2", "--output_dir", str(tmp_path / loss),
+            "--disable_tqdm", "true"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    spec = json.loads((tmp_path / loss / "rerankforge.json").read_text())
+    assert spec["family"] == "cross_encoder"
+    state = json.loads((tmp_path / loss / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+
+
+def test_an_unknown_loss_on_the_command_line_exits_non_zero_naming_the_choices(tmp_path):
+    command = [sys.executable, "-m", "rerankforge.trainer", str(TOY_RECIPE), "--loss", "lambdamart",
+               "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"unknown loss 'lambdamart'; choose one of: {', '.join(LOSSES)}" in done.stderr
+    assert not (tmp_path / "out").exists()  # refused before any data or model was read
+
+
+def test_loss_settings_come_from_the_recipe_or_as_json_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TOY_RECIPE.read_text() + "loss_kwargs: {weighting: lambdarank, k: 5}\n")
+    config = parse_config([str(recipe), "--loss", "lambda_loss"])
+    assert config.build_objective().loss.get_config_dict()["weighting"] == "lambdarank"
+    config = parse_config([str(TOY_RECIPE), "--loss", "lambda_loss", "--loss_kwargs", '{"k": 3}'])
+    assert config.loss_kwargs == {"k": 3} and config.build_objective().loss.k == 3
+    with pytest.raises(ValueError, match="loss 'bce' takes no setting k; its settings: pos_weight"):
+        parse_config([str(TOY_RECIPE), "--loss", "bce", "--loss_kwargs", '{"k": 3}'])
+    with pytest.raises(ValueError, match="loss_kwargs must be a JSON object"):
+        parse_config([str(TOY_RECIPE), "--loss_kwargs", "k=3"])
+    config = parse_config([str(TOY_RECIPE), "--knowledge_distillation", "true"])
+    assert config.distill_loss == "kl" and config.needs_teacher_scores
+    config = parse_config([str(TOY_RECIPE), "--distill_loss", "margin_mse", "--distill_weight", "0.1"])
+    assert config.knowledge_distillation and config.build_objective().distill_weight == 0.1
 
 
 DEEPSPEED_CONFIGS = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))

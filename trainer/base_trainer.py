@@ -16,7 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.trainer.checkpoints import MARKER, mark_complete, rotate_complete_checkpoints
 from rerankforge.trainer.config import RerankerConfig
-from rerankforge.trainer.losses import RankingObjective
+from rerankforge.trainer.loss_parts import LossPartMeans
 from rerankforge.trainer.spec import RerankerSpec
 from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
 
@@ -66,11 +66,8 @@ class RerankerTrainer(Trainer):
         self.add_callback(TrainingCurvesCallback())
         if self.eval_dataset is not None and hasattr(self.eval_dataset, "last_scores"):
             self.add_callback(ScoreHistogramCallback(self.eval_dataset, self))
-        self.objective = RankingObjective(
-            distillation=self.args.knowledge_distillation,
-            distill_weight=self.args.distill_weight,
-            temperature=self.args.distill_temperature,
-        )
+        self.objective = self.args.build_objective()
+        self.loss_parts = LossPartMeans()
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         """Evaluation batches come from ``eval_data_collator`` when there is one: evaluation scores pairs
@@ -110,8 +107,16 @@ class RerankerTrainer(Trainer):
         group_size = int(inputs.pop("group_size"))
         teacher_scores = inputs.pop("teacher_scores", None)
         scores = self.score(model, inputs).view(-1, group_size)
-        loss = self.objective(scores, teacher_scores)
+        loss, parts = self.objective(scores, teacher_scores)
+        if model.training:
+            self.loss_parts.add(parts)
         return (loss, {"scores": scores}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Training logs also carry each part of the loss (``loss_<part>``), averaged as ``loss`` is."""
+        if "loss" in logs:
+            logs.update(self.loss_parts.pop_means(self.args.parallel_mode))
+        super().log(logs, *args, **kwargs)
 
     def prediction_step(
         self,

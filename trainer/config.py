@@ -5,9 +5,12 @@ Field names follow FlagEmbedding's reranker scripts where they exist, so their c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from rerankforge.trainer.losses import DEFAULT_LOSS, LOSSES, RankingObjective, build_objective
 
 
 @dataclass
@@ -32,12 +35,31 @@ class RerankerConfig(TrainingArguments):
     train_group_size: int = field(default=8, metadata={"help": "Passages per query: 1 positive + negatives."})
     query_max_len: int = field(default=32, metadata={"help": "Tokens kept from each query."})
     passage_max_len: int = field(default=128, metadata={"help": "Tokens kept from each passage."})
+    loss: str = field(
+        default=DEFAULT_LOSS,
+        metadata={
+            "help": f"Training loss, by name: {', '.join(LOSSES)} (docs/losses.md says which does what)."
+        },
+    )
+    loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The loss's settings: a mapping in the recipe, JSON on the command line ('{\"k\": 10}')."
+        },
+    )
+    distill_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "A distillation term added to the loss, learning the teacher's pos_scores/neg_scores: "
+            "kl, margin_mse or mse (default none; kl when knowledge_distillation is on)."
+        },
+    )
     knowledge_distillation: bool = field(
         default=False,
-        metadata={"help": "Also learn the teacher's pos_scores/neg_scores (KL over the group)."},
+        metadata={"help": "FlagEmbedding's switch: add the distillation term (distill_loss, kl by default)."},
     )
     distill_temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature for distillation."}
+        default=1.0, metadata={"help": "Softmax temperature of the kl distillation term."}
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
     ir_data: str | None = field(
@@ -77,6 +99,19 @@ class RerankerConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
+        if isinstance(self.loss_kwargs, str):
+            try:
+                self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"loss_kwargs must be a JSON object, got {self.loss_kwargs!r} ({error.msg})"
+                ) from None
+        if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
+            raise ValueError(f"loss_kwargs must be a mapping of setting to value, got {self.loss_kwargs!r}")
+        if self.knowledge_distillation and self.distill_loss is None:
+            self.distill_loss = "kl"
+        self.knowledge_distillation = self.distill_loss is not None
+        self.build_objective()  # an unknown loss, setting or value fails here, before any data or model is read
         super().__post_init__()
         if self.model_name_or_path is None:
             raise ValueError("model_name_or_path is required (in the recipe or as --model_name_or_path)")
@@ -104,3 +139,14 @@ class RerankerConfig(TrainingArguments):
                 )
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")
+
+    def build_objective(self) -> RankingObjective:
+        """The loss and distillation term this run trains with (a fresh module each call)."""
+        return build_objective(
+            self.loss, self.loss_kwargs, self.distill_loss, self.distill_weight, self.distill_temperature
+        )
+
+    @property
+    def needs_teacher_scores(self) -> bool:
+        """Whether every training record must carry pos_scores / neg_scores (checked before training)."""
+        return self.build_objective().needs_teacher_scores

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +48,9 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
                 "the layerwise family does not support DeepSpeed ZeRO-3 yet: use ZeRO-2 (zero2.json)"
             )
         self.train_layers = train_layers
-        self.layer_objective = LayerwiseObjective(
-            self.objective, self.args.self_distill_weight, self.args.distill_temperature
+        self.objective = LayerwiseObjective(
+            self.args.build_objective(), self.args.self_distill_weight, self.args.distill_temperature
         )
-        self._layer_loss_sums: dict[int, float] = defaultdict(float)
-        self._layer_loss_count = 0
 
     def score(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[rows, heads]``: every head's score, in layer order (evaluation reports each column)."""
@@ -73,21 +70,10 @@ class LayerwiseRerankerTrainer(RerankerTrainer):
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], layers=self.train_layers
         )
         grouped = {k: s.view(-1, group_size) for k, s in scores.items()}
-        loss, parts = self.layer_objective(grouped, teacher_scores)
+        loss, parts = self.objective(grouped, teacher_scores)
         if model.training:
-            for layer, part in parts.items():
-                self._layer_loss_sums[layer] += part.item()
-            self._layer_loss_count += 1
+            self.loss_parts.add(parts)
         return (loss, {"scores": grouped}) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        """Training logs also carry each layer's mean loss since the previous log."""
-        if "loss" in logs and self._layer_loss_count:
-            for layer, total in sorted(self._layer_loss_sums.items()):
-                logs[f"loss_{layer_name(layer)}"] = round(total / self._layer_loss_count, 4)
-            self._layer_loss_sums.clear()
-            self._layer_loss_count = 0
-        super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The adapter (or full LM), the heads and the tokenizer: never the frozen base weights twice."""

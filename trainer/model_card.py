@@ -19,7 +19,7 @@ FAMILY_TITLES = {
 HYPER_PARAMETERS = (
     "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate",
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
-    "warmup_steps", "weight_decay", "bf16", "seed", "knowledge_distillation", "distill_temperature",
+    "warmup_steps", "weight_decay", "bf16", "seed", "loss", "loss_kwargs", "distill_loss", "distill_temperature",
     "distill_weight", "lora_rank", "lora_alpha", "lora_dropout", "start_layer", "self_distill_weight",
     "mine_num_negatives", "mine_rank_range",
 )  # fmt: skip
@@ -50,19 +50,22 @@ def training_record(checkpoint: Path) -> tuple[dict[str, Any], dict[str, float],
 
 
 def loss_description(spec: RerankerSpec, args: dict[str, Any]) -> str:
-    text = (
-        f"grouped listwise cross-entropy: each query's group is 1 positive and "
-        f"{int(args.get('train_group_size', 8)) - 1} negatives, the positive is the target class"
+    """The objective's own description, rebuilt from the run's settings (older runs: their grouped CE and KL)."""
+    from rerankforge.trainer.losses import LayerwiseObjective, build_objective
+
+    distill_loss = args.get("distill_loss") or ("kl" if args.get("knowledge_distillation") else None)
+    objective = build_objective(
+        args.get("loss") or "grouped_cross_entropy",
+        args.get("loss_kwargs"),
+        distill_loss,
+        float(args.get("distill_weight", 1.0)),
+        float(args.get("distill_temperature", 1.0)),
     )
-    if args.get("knowledge_distillation"):
-        text += (
-            f", plus {args.get('distill_weight', 1.0)} x KL divergence to the teacher's softmax over the group "
-            f"(temperature {args.get('distill_temperature', 1.0)})"
-        )
+    group = int(args.get("train_group_size", 8))
+    text = f"{objective.describe()}; each query's group is 1 positive and {group - 1} negatives"
     if spec.family == "layerwise":
-        text += ", summed over every trained layer"
-        if args.get("self_distill_weight"):
-            text += f", with self-distillation towards the last layer (weight {args['self_distill_weight']})"
+        layered = LayerwiseObjective(objective, float(args.get("self_distill_weight") or 0.0))
+        text = f"{layered.describe()}; each query's group is 1 positive and {group - 1} negatives"
     return text
 
 

@@ -82,7 +82,7 @@ def train(config: RerankerConfig) -> Path:
     family = get_family(config.family)
     eval_set = prepare_data(config)
     # data problems surface here, before any weights are read
-    records = load_train_dataset(config.train_data, config.train_group_size, config.knowledge_distillation)
+    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     logger.info("loaded %d training queries from %s", len(records), ", ".join(config.train_data))
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
     trainer = family.build_trainer(config, records, eval_set)

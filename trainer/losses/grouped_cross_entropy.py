@@ -1,19 +1,19 @@
-"""Grouped listwise cross-entropy: within each group the positive (column 0) is the target class."""
+"""Grouped listwise cross-entropy (FlagEmbedding's and BGE's objective): the positive is the target class."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from rerankforge.trainer.losses.base import RankingLoss
 
-class GroupedCrossEntropyLoss(nn.Module):
-    """Softmax over each group's scores, negative log-likelihood of the positive at column 0."""
 
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        if scores.dim() != 2:
-            raise ValueError(f"expected scores of shape [groups, group_size], got {tuple(scores.shape)}")
+class GroupedCrossEntropyLoss(RankingLoss):
+    """Mean over groups of ``-log softmax(scores)[0]``: the group's passages compete, the positive should win."""
+
+    name = "grouped_cross_entropy"
+    summary = "grouped softmax cross-entropy: each group's positive is the target class among its passages"
+
+    def compute(self, scores: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
         target = torch.zeros(scores.size(0), dtype=torch.long, device=scores.device)
-        return nn.functional.cross_entropy(scores.float(), target)
-
-    def get_config_dict(self) -> dict[str, object]:
-        return {"name": "grouped_cross_entropy"}
+        return nn.functional.cross_entropy(scores, target)

@@ -1,13 +1,15 @@
-"""The layerwise objective: the shared ranking objective at every trained layer, summed, plus optional
+"""The layerwise objective: the ranking objective at every trained layer, summed, plus optional
 self-distillation in which every earlier layer also learns the last layer's (detached) softmax."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from rerankforge.trainer.losses.listwise_distillation import ListwiseDistillationLoss
-from rerankforge.trainer.losses.ranking_objective import RankingObjective
+from rerankforge.trainer.losses.kl import KLDivergenceLoss
+from rerankforge.trainer.losses.objective import RankingObjective
 
 
 class LayerwiseObjective(nn.Module):
@@ -21,25 +23,45 @@ class LayerwiseObjective(nn.Module):
             raise ValueError(f"self_distill_weight must be >= 0, got {self_distill_weight}")
         self.objective = objective
         self.self_distill_weight = self_distill_weight
-        self.self_distillation = ListwiseDistillationLoss(temperature) if self_distill_weight > 0 else None
+        self.self_distillation = KLDivergenceLoss(temperature) if self_distill_weight > 0 else None
+
+    @property
+    def needs_teacher_scores(self) -> bool:
+        return self.objective.needs_teacher_scores
 
     def forward(
         self, scores: dict[int, torch.Tensor], teacher_scores: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """The total loss and each layer's part of it (both over [groups, group_size] scores per layer)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss, and its parts: each layer's share (``layer<k>``) and each term summed over layers."""
         last = max(scores)
-        parts: dict[int, torch.Tensor] = {}
+        parts: dict[str, torch.Tensor] = {}
+        total = None
         for layer in sorted(scores):
-            loss = self.objective(scores[layer], teacher_scores)
+            loss, terms = self.objective(scores[layer], teacher_scores)
+            for name, value in terms.items():
+                parts[name] = parts[name] + value if name in parts else value
             if self.self_distillation is not None and layer != last:
-                target = scores[last].detach()
-                loss = loss + self.self_distill_weight * self.self_distillation(scores[layer], target)
-            parts[layer] = loss
-        return torch.stack(list(parts.values())).sum(), parts
+                self_distill = self.self_distillation(scores[layer], scores[last].detach())
+                loss = loss + self.self_distill_weight * self_distill
+                parts["self_distill"] = (
+                    parts["self_distill"] + self_distill if "self_distill" in parts else self_distill
+                )
+            parts[f"layer{layer}"] = loss
+            total = loss if total is None else total + loss
+        return total, parts
 
-    def get_config_dict(self) -> dict[str, object]:
-        config: dict[str, object] = {"per_layer": self.objective.get_config_dict()}
+    def get_config_dict(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "per_layer": self.objective.get_config_dict(),
+            "summed_over": "trained layers",
+        }
         if self.self_distillation is not None:
             config["self_distill_weight"] = self.self_distill_weight
             config["self_distillation"] = self.self_distillation.get_config_dict()
         return config
+
+    def describe(self) -> str:
+        text = f"{self.objective.describe()}, summed over every trained layer"
+        if self.self_distillation is not None:
+            text += f", with self-distillation towards the last layer (weight {self.self_distill_weight:g})"
+        return text
