@@ -18,6 +18,7 @@ from rerankforge.trainer.losses.layerwise_objective import LayerwiseObjective
 from rerankforge.trainer.losses.listmle import ListMLELoss
 from rerankforge.trainer.losses.listnet import ListNetLoss
 from rerankforge.trainer.losses.margin_mse import MarginMSELoss
+from rerankforge.trainer.losses.mse import MSELoss
 from rerankforge.trainer.losses.objective import RankingObjective
 from rerankforge.trainer.losses.plistmle import PListMLELoss
 from rerankforge.trainer.losses.ranknet import RankNetLoss
@@ -31,6 +32,7 @@ LOSSES: dict[str, type[RankingLoss]] = {
     "listmle": ListMLELoss,
     "plistmle": PListMLELoss,
     "margin_mse": MarginMSELoss,
+    "mse": MSELoss,
     "kl": KLDivergenceLoss,
 }
 DEFAULT_LOSS = "grouped_cross_entropy"
@@ -94,6 +96,7 @@ __all__ = [
     "LayerwiseObjective",
     "ListMLELoss",
     "ListNetLoss",
+    "MSELoss",
     "MarginMSELoss",
     "PListMLELoss",
     "RankNetLoss",
