@@ -30,7 +30,7 @@ from transformers import set_seed  # noqa: E402
 
 from rerankforge.data_tools.sources import load_train_dataset  # noqa: E402
 from rerankforge.trainer.cli import parse_config  # noqa: E402
-from rerankforge.trainer.families import get_family  # noqa: E402
+from rerankforge.trainer.families import build_trainer  # noqa: E402
 from rerankforge.trainer.train import prepare_data  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def train_rerankforge(argv: Sequence[str]) -> str:
     eval_set = prepare_data(config)  # None here: no ir_data / eval_data, as the benchmark does not evaluate
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     set_seed(config.seed)  # before the model is built, as train() does
-    trainer = get_family(config.family).build_trainer(config, records, eval_set)
+    trainer = build_trainer(config, records, eval_set)
     timer, shapes = StepTimer(), BatchShapeRecorder(trainer.data_collator)
     trainer.data_collator = shapes  # the dataloader is built inside train(), from this attribute
     trainer.add_callback(timer)

@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.grouping import TrainGroup
-from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 
 
@@ -43,6 +43,13 @@ class CrossEncoderCollator:
     pad_to_multiple_of: int | None = 8
     _encoder: PairEncoder | None = field(default=None, init=False, repr=False)
 
+    @classmethod
+    def for_lengths(
+        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, prompt: str | None = None
+    ) -> CrossEncoderCollator:
+        """The collator for these budgets (cross-encoders take no prompt)."""
+        return cls(tokenizer, lengths)
+
     @property
     def encoder(self) -> PairEncoder:
         if self._encoder is None:
@@ -72,6 +79,14 @@ class LLMCollator:
 
     encoder: LLMPromptEncoder
     pad_to_multiple_of: int | None = 8
+
+    @classmethod
+    def for_lengths(
+        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, prompt: str | None = None
+    ) -> LLMCollator:
+        """Rows with the query and passage cut to these budgets and ``prompt`` (the BGE default when None)."""
+        prompt = prompt if prompt is not None else DEFAULT_PROMPT
+        return cls(LLMPromptEncoder(tokenizer, lengths.query_max_len, lengths.passage_max_len, prompt))
 
     def __call__(self, groups: list[TrainGroup]) -> dict[str, Any]:
         fields = group_fields(groups)

@@ -9,16 +9,10 @@ from rerankforge.trainer.spec import RerankerSpec
 def load_reranker(name_or_path: str, backend: str = "torch", **kwargs: object):
     """Our checkpoints of any family; folders without rerankforge.json load as cross-encoders.
 
-    ``backend`` other than "torch" (the ONNX backends) is for cross-encoders only.
+    ``backend`` other than "torch" (the ONNX backends) is for cross-encoders; the other families refuse it.
     """
     from rerankforge.trainer.families import get_family  # the one family mapping (imports the trainers)
 
     spec = RerankerSpec.load(resolve_model_path(name_or_path))
     family = spec.family if spec is not None else "cross_encoder"
-    if family == "cross_encoder":
-        kwargs["backend"] = backend
-    elif backend != "torch":
-        raise ValueError(
-            f"backend={backend!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
-        )
-    return get_family(family).inference_class.from_pretrained(name_or_path, **kwargs)
+    return get_family(family).inference_class.from_pretrained(name_or_path, backend=backend, **kwargs)

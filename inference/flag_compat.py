@@ -178,13 +178,7 @@ class FlagLLMReranker(LLMReranker):
             adapter_path=peft_path,
         )
         super().__init__(
-            loaded.model,
-            loaded.tokenizer,
-            loaded.spec,
-            loaded.lengths,
-            device,
-            batch_size,
-            trained=loaded.trained,
+            loaded.model, loaded.tokenizer, loaded.lengths, device, batch_size, trained=loaded.trained
         )
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
@@ -260,7 +254,7 @@ class LayerWiseFlagLLMReranker(LayerwiseReranker):
         loaded = LayerwiseReranker.from_pretrained(
             model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        super().__init__(loaded.model, loaded.tokenizer, loaded.spec, device=device, batch_size=batch_size)
+        super().__init__(loaded.model, loaded.tokenizer, device=device, batch_size=batch_size)
         self.cutoff_layers = cutoff_layers
         self.default_prompt = prompt
         self.max_length = max_length

@@ -5,55 +5,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoTokenizer
 
 from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
 from rerankforge.inference.batching import score_longest_first, sigmoid
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.reranker import Pair, is_single_pair
-from rerankforge.trainer.modeling.layerwise import LayerwiseModel
-from rerankforge.trainer.modeling.llm import ensure_pad_token, load_causal_lm
-from rerankforge.trainer.modeling.lora import is_adapter_folder, load_adapter, merged_copy
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
+from rerankforge.trainer.spec import LayerwiseSpec
 
 
 class LayerwiseReranker(LLMReranker):
-    """``compute_score(pairs, cutoff_layers=[k, ...])``: one score list per requested layer."""
+    """``compute_score(pairs, cutoff_layers=[k, ...])``: one score list per requested layer.
 
-    def __init__(
-        self, model: LayerwiseModel, tokenizer, spec: RerankerSpec, device=None, batch_size: int = 16
-    ):
-        super().__init__(model, tokenizer, spec, device=device, batch_size=batch_size)
-        self.layers: list[int] = list(model.layers)
+    Loads rerankforge layerwise folders only (adapter + heads on the recorded base model, or a merged model with
+    its heads): a plain causal LM has no heads to score with.
+    """
+
+    model_class = LayerwiseRerankerModel
+    model: LayerwiseRerankerModel
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.model.layers)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        trust_remote_code: bool = False,
-        batch_size: int = 16,
-        attn_implementation: str = "auto",
-    ) -> LayerwiseReranker:
-        """Our layerwise folders: adapter + heads on the recorded base model, or a merged model + heads."""
-        path = resolve_model_path(name_or_path)
-        spec = RerankerSpec.load(path)
-        if spec is None or spec.family != "layerwise":
-            found = "no rerankforge.json" if spec is None else f"a {spec.family!r} reranker"
-            raise ValueError(
-                f"{name_or_path} holds {found}; LayerwiseReranker loads rerankforge layerwise folders"
-            )
-        if is_adapter_folder(path):
-            lm = load_causal_lm(spec.base_model, dtype, attn_implementation, trust_remote_code)
-            lm = merged_copy(load_adapter(lm, path, trainable=False))
-        else:
-            lm = load_causal_lm(path, dtype, attn_implementation, trust_remote_code)
-        model = LayerwiseModel(lm, spec.extra["layers"])
-        model.load_heads(path)
-        tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code))
-        return cls(model, tokenizer, spec, device=device, batch_size=batch_size)
+    def plain_spec(cls, tokenizer, path: str) -> LayerwiseSpec:
+        raise ValueError(
+            f"{path} holds no rerankforge.json; LayerwiseReranker loads rerankforge layerwise folders"
+        )
 
     def resolve_layers(self, cutoff_layers: Sequence[int] | int | None) -> list[int]:
         if cutoff_layers is None:
@@ -74,7 +53,7 @@ class LayerwiseReranker(LLMReranker):
 
         def score_batch(chunk: list[list[int]]) -> list[list[float]]:
             batch = {k: v.to(self.device) for k, v in pad_left(chunk, pad_id, pad_multiple).items()}
-            scores = self.model(batch["input_ids"], batch["attention_mask"], layers=layers)
+            scores = self.model(**batch, layers=layers)
             return torch.stack([scores[k] for k in layers], dim=-1).tolist()
 
         return score_longest_first(sequences, len, score_batch, batch_size, show_progress)

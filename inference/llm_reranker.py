@@ -1,4 +1,4 @@
-"""`LLMReranker`: score pairs with a decoder LLM's "Yes" logit, through the trainer's own input and score code."""
+"""`LLMReranker`: score pairs with a decoder LLM's "Yes" logit: a thin wrapper over the trainer's model object."""
 
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
 from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
 from rerankforge.inference.reranker import Pair, default_device, is_single_pair
 from rerankforge.trainer.modeling.llm import (
+    LLMRerankerModel,
     ensure_pad_token,
     llm_scoring_fields,
-    load_causal_lm,
-    score_last_token,
+    load_tokenizer,
 )
-from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter, merged_copy
+from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder
 from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 
 logger = logging.getLogger(__name__)
 FLAG_MAX_LENGTH = 512  # FlagLLMReranker's default for folders that rerankforge did not write
@@ -44,31 +44,42 @@ def flag_llm_lengths(max_length: int, query_max_length: int | None, separator_an
 
 
 class LLMReranker(RanksCandidates):
-    """A decoder-LLM reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
+    """A decoder-LLM reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates.
+
+    ``trained`` is False for a plain causal-LM folder, which the model scores with a stand-in spec (BGE's prompt,
+    the "Yes" logit) and FlagLLMReranker's budgets.
+    """
+
+    model_class: type[LLMRerankerModel] = LLMRerankerModel
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: LLMRerankerModel,
         tokenizer: PreTrainedTokenizerBase,
-        spec: RerankerSpec,
         lengths: LLMLengths | None = None,
         device: str | torch.device | None = None,
         batch_size: int = 16,
         trained: bool = True,
     ):
-        self.spec = spec
-        self.trained = trained  # False: a plain causal-LM folder, scored with a stand-in spec
+        self.trained = trained
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = ensure_pad_token(tokenizer)
-        self.lengths = lengths or LLMLengths(spec.query_max_len, spec.passage_max_len)
+        self.lengths = lengths or LLMLengths(self.spec.query_max_len, self.spec.passage_max_len)
         self.batch_size = batch_size
-        self.prompt = str(spec.extra.get("prompt") or DEFAULT_PROMPT)
-        self.yes_token_id = int(spec.extra["yes_token_id"])
-        no_id = spec.extra.get("no_token_id")
-        self.no_token_id = int(no_id) if no_id is not None else None
-        self.score_mode = str(spec.extra.get("score", "yes"))
         self._encoders: dict[LLMLengths, LLMPromptEncoder] = {}
+
+    @property
+    def spec(self) -> LLMSpec:
+        return self.model.spec
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt or DEFAULT_PROMPT
+
+    @property
+    def yes_token_id(self) -> int:
+        return self.spec.yes_token_id
 
     @classmethod
     def from_pretrained(
@@ -80,42 +91,43 @@ class LLMReranker(RanksCandidates):
         batch_size: int = 16,
         attn_implementation: str = "auto",
         adapter_path: str | None = None,
+        backend: str = "torch",
     ) -> LLMReranker:
         """Our adapter folders (base + adapter, merged on load), our merged models, and plain causal-LM folders
         laid out as BAAI/bge-reranker-v2-gemma (default prompt, "Yes" token, FlagLLMReranker's lengths).
 
         ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``).
+        ``backend``: "torch" only (the ONNX backends are for cross-encoders).
         """
         path = resolve_model_path(name_or_path)
         spec_folder = adapter_path or path
         spec = RerankerSpec.load(spec_folder)
-        if spec is not None and spec.family != "llm":
+        family = cls.model_class.spec_class.family_name
+        if backend != "torch":
             raise ValueError(
-                f"{spec_folder} holds a {spec.family!r} reranker; load it with that family's class"
+                f"backend={backend!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
             )
-        adapter = adapter_path or (path if is_adapter_folder(path) else None)
-        base = path
-        if adapter is not None and adapter_path is None:
-            base = (spec.base_model if spec is not None else None) or adapter_base_model(adapter)
-            if base is None:
-                raise ValueError(f"{adapter}: the adapter names no base model")
-        model = load_causal_lm(base, dtype, attn_implementation, trust_remote_code)
-        if adapter is not None:
-            model = merged_copy(load_adapter(model, adapter, trainable=False))
-        tokenizer_folder = spec_folder if (Path(spec_folder) / "tokenizer_config.json").is_file() else base
-        tokenizer = ensure_pad_token(
-            AutoTokenizer.from_pretrained(
-                resolve_model_path(tokenizer_folder), trust_remote_code=trust_remote_code
+        if spec is not None and spec.family != family:
+            found = f"a {spec.family!r} reranker"
+            raise ValueError(
+                f"{spec_folder} holds {found}; {cls.__name__} loads rerankforge {family!r} folders"
             )
+        tokenizer = load_tokenizer(tokenizer_folder(path, spec_folder, spec), trust_remote_code)
+        trained = spec is not None
+        stand_in = None if trained else cls.plain_spec(tokenizer, path)
+        model = cls.model_class.from_pretrained(
+            path, dtype, trust_remote_code, attn_implementation, adapter_path=adapter_path, spec=stand_in
         )
         lengths = None
-        trained = spec is not None
-        if spec is None:
-            spec = plain_llm_spec(tokenizer, base)
+        if not trained:
             lengths = flag_llm_lengths(
                 FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
             )
-        return cls(model, tokenizer, spec, lengths, device=device, batch_size=batch_size, trained=trained)
+        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, trained=trained)
+
+    @classmethod
+    def plain_spec(cls, tokenizer: PreTrainedTokenizerBase, path: str) -> LLMSpec:
+        return plain_llm_spec(tokenizer, path)
 
     def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder:
         if lengths not in self._encoders:
@@ -144,10 +156,7 @@ class LLMReranker(RanksCandidates):
 
         def score_batch(chunk: list[list[int]]) -> list[float]:
             batch = pad_left(chunk, pad_id, pad_multiple)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            return score_last_token(
-                self.model, batch, self.yes_token_id, self.no_token_id, self.score_mode
-            ).tolist()
+            return self.model(**{k: v.to(self.device) for k, v in batch.items()}).tolist()
 
         return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
 
@@ -191,13 +200,23 @@ def separator_and_prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str)
     return len(encoder.separator_ids) + len(encoder.prompt_ids(None))
 
 
-def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str) -> RerankerSpec:
+def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str) -> LLMSpec:
     """The spec of a folder rerankforge did not write: BGE's prompt, "Yes" logit, FlagLLMReranker's lengths."""
-    return RerankerSpec(
-        family="llm",
+    return LLMSpec(
         query_max_len=FLAG_MAX_LENGTH * 3 // 4,
         passage_max_len=FLAG_MAX_LENGTH,
         max_length=FLAG_MAX_LENGTH,
         base_model=base_model,
-        extra={**llm_scoring_fields(tokenizer, DEFAULT_PROMPT), "adapter": False},
+        **llm_scoring_fields(tokenizer, DEFAULT_PROMPT),
     )
+
+
+def tokenizer_folder(path: str, spec_folder: str, spec: RerankerSpec | None) -> str:
+    """Where the tokenizer is: beside the spec when saved there, else with the base model an adapter names."""
+    if (Path(spec_folder) / "tokenizer_config.json").is_file():
+        return spec_folder
+    if is_adapter_folder(path):
+        base = (spec.base_model if spec is not None else None) or adapter_base_model(path)
+        if base is not None:
+            return base
+    return path

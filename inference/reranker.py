@@ -1,4 +1,4 @@
-"""`Reranker`: score (query, passage) pairs with a cross-encoder, reusing the trainer's definitions."""
+"""`Reranker`: score (query, passage) pairs with a cross-encoder: a thin wrapper over the trainer's model object."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
-from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder, score_pairs
+from rerankforge.trainer.modeling.cross_encoder import CrossEncoderModel
 from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.spec import CrossEncoderSpec, RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +30,15 @@ def default_device() -> torch.device:
 
 
 class Reranker(RanksCandidates):
-    """A cross-encoder reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates."""
+    """A cross-encoder reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates.
+
+    ``spec`` is the folder's `rerankforge.json`, None for a folder rerankforge did not write (the model then
+    carries a stand-in with FlagReranker's budgets).
+    """
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: CrossEncoderModel,
         tokenizer: PreTrainedTokenizerBase,
         lengths: PairLengths,
         device: str | torch.device | None = None,
@@ -79,16 +83,14 @@ class Reranker(RanksCandidates):
                 f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class"
             )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = load_cross_encoder(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        if spec is not None:
-            lengths = PairLengths(spec.query_max_len, spec.passage_max_len, spec.max_length)
-        else:
-            lengths = flag_reranker_lengths(DEFAULT_MAX_LENGTH, None, model, tokenizer)
+        stand_in = None if spec is not None else plain_folder_spec(path, tokenizer, trust_remote_code)
+        model = CrossEncoderModel.from_pretrained(path, dtype, trust_remote_code, spec=stand_in)
+        lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
         if backend == "torch":
             return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, spec=spec)
         if dtype not in (None, torch.float32):
             raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
-        onnx = onnx_scorer(model, tokenizer, path, backend)
+        onnx = onnx_scorer(model.backbone, tokenizer, path, backend)
         return cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, onnx=onnx)
 
     def _encoder(self, lengths: PairLengths) -> PairEncoder:
@@ -119,7 +121,7 @@ class Reranker(RanksCandidates):
             if self.onnx is not None:
                 return self.onnx(self.tokenizer.pad(chunk, return_tensors="np")).tolist()
             batch = self.tokenizer.pad(chunk, pad_to_multiple_of=pad_multiple, return_tensors="pt")
-            return score_pairs(self.model, {k: v.to(self.device) for k, v in batch.items()}).tolist()
+            return self.model.score({k: v.to(self.device) for k, v in batch.items()}).tolist()
 
         return score_longest_first(
             features, lambda f: len(f["input_ids"]), score_batch, batch_size, show_progress
@@ -156,8 +158,24 @@ class Reranker(RanksCandidates):
 
 
 def flag_reranker_lengths(
-    max_length: int, query_max_length: int | None, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    max_length: int, query_max_length: int | None, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
 ) -> PairLengths:
     """FlagReranker's budgets: query 3/4 of max_length, passage max_length, pair max_length."""
     query_max = query_max_length if query_max_length is not None else max_length * 3 // 4
     return PairLengths.for_model(query_max, max_length, model.config, tokenizer, max_length=max_length)
+
+
+def plain_folder_spec(
+    path: str, tokenizer: PreTrainedTokenizerBase, trust_remote_code: bool
+) -> CrossEncoderSpec:
+    """The stand-in spec of a folder rerankforge did not write: FlagReranker's budgets within its positions."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    lengths = PairLengths.for_model(
+        DEFAULT_MAX_LENGTH * 3 // 4, DEFAULT_MAX_LENGTH, config, tokenizer, max_length=DEFAULT_MAX_LENGTH
+    )
+    return CrossEncoderSpec(
+        query_max_len=lengths.query_max_len,
+        passage_max_len=lengths.passage_max_len,
+        max_length=lengths.max_length,
+        base_model=path,
+    )

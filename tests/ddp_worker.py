@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.trainer.cli import parse_config
-from rerankforge.trainer.families import get_family
+from rerankforge.trainer.families import build_trainer
 
 
 class FailOnRank(TrainerCallback):
@@ -30,7 +30,7 @@ class FailOnRank(TrainerCallback):
 def main() -> None:
     config = parse_config(sys.argv[1:])
     records = load_train_dataset(config.train_data, config.train_group_size)
-    trainer = get_family(config.family).build_trainer(config, records, None)
+    trainer = build_trainer(config, records, None)
     if "RERANKFORGE_TEST_FAIL_RANK" in os.environ:
         trainer.add_callback(FailOnRank(int(os.environ["RERANKFORGE_TEST_FAIL_RANK"])))
     trainer.train()
@@ -45,6 +45,8 @@ def main() -> None:
     facts = {"world_size": config.world_size, "global_step": trainer.state.global_step,
              "train_batch_size": trainer._train_batch_size * config.world_size}  # fmt: skip
     (out / f"rank{rank}.json").write_text(json.dumps(facts))
+    logs = [{k: v for k, v in entry.items() if k.startswith("loss")} for entry in trainer.state.log_history]
+    (out / f"rank{rank}_logs.json").write_text(json.dumps([entry for entry in logs if entry]))
 
 
 if __name__ == "__main__":

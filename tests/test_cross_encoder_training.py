@@ -11,7 +11,7 @@ from conftest import write_jsonl
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.inference import Reranker
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
-from rerankforge.trainer.cross_encoder_trainer import build_cross_encoder_trainer
+from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.modeling.cross_encoder import score_pairs
 
 WORDS = [
@@ -75,7 +75,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> CrossEncoderConfig:
 
 def build(config):
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    return build_cross_encoder_trainer(config, records)
+    return build_trainer(config, records)
 
 
 def test_training_changes_parameters_and_lowers_the_loss_on_a_learnable_task(tmp_path, tiny_bert_dir):
@@ -112,7 +112,7 @@ def test_loss_reshapes_by_the_batch_it_receives(tmp_path, tiny_bert_dir):
     loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
     assert outputs["scores"].shape == (3, 4)
     with torch.no_grad():  # row i of the grouped scores is group i, positive first
-        alone = [score_pairs(trainer.model, trainer.data_collator([g])).tolist() for g in groups]
+        alone = [trainer.model.score(trainer.data_collator([g])).tolist() for g in groups]
     # scores of the random tiny model differ by ~1e-5, so the tolerance must be far below that
     assert outputs["scores"].flatten().tolist() == pytest.approx(sum(alone, []), abs=1e-7)
     expected = torch.nn.functional.cross_entropy(torch.tensor(alone), torch.zeros(3, dtype=torch.long))
@@ -161,7 +161,7 @@ def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_di
     batch = trainer.data_collator(groups)
     trainer.model.eval()
     with torch.no_grad():
-        trained = score_pairs(trainer.model, {k: v for k, v in batch.items() if torch.is_tensor(v)}).tolist()
+        trained = trainer.model.score(batch).tolist()
     reranker = Reranker.from_pretrained(str(out), device="cpu")
     assert reranker.lengths == trainer.data_collator.lengths
     assert reranker.compute_score(pairs, batch_size=5) == pytest.approx(trained, abs=1e-5)
@@ -250,7 +250,7 @@ def test_length_sorted_chunks_give_the_same_scores_gradients_and_training(tmp_pa
     batch = next(iter(trainer.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max() - 8  # the batch really has rows of different lengths
-    model = trainer.model
+    model = trainer.model.backbone  # the transformers model inside the cross-encoder's model object
     whole = score_pairs(model, batch)
     (whole * torch.arange(len(whole))).sum().backward()
     expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -64,7 +64,9 @@ def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_aske
     a, b = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     trained = (
-        [k for k in a if "lora_B" in k or "heads" in k]
+        [
+            k for k in a if "lora_B" in k or ("heads" in k and "modules_to_save" in k)
+        ]  # peft's trained head copies
         if family != "cross_encoder"
         else ["classifier.weight"]
     )
@@ -72,6 +74,14 @@ def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_aske
     assert trained and all(a[k].abs().sum() > 0 for k in trained)  # and they trained (lora_B starts at zero)
     if start:
         assert not torch.equal(a["classifier.weight"], start["classifier.weight"])
+    logs = [json.loads((out / f"rank{r}_logs.json").read_text()) for r in (0, 1)]
+    assert (
+        len(logs[0]) == 8 and logs[0] == logs[1]
+    )  # every logged number is the processes' mean, not rank 0's
+    if family == "layerwise":  # each layer's share is gathered like loss, so the shares add up to it
+        for entry in logs[0]:
+            shares = [v for k, v in entry.items() if k.startswith("loss_layer")]
+            assert len(shares) == 2 and entry["loss"] == pytest.approx(sum(shares), rel=1e-5)
     weights = "model.safetensors" if family == "cross_encoder" else "adapter_model.safetensors"
     assert (out / weights).is_file() and (out / "rerankforge.json").is_file()
 

@@ -46,12 +46,12 @@ def eval_config(tmp_path, tiny_bert_dir, beir_slice, **overrides):
 
 def build_with_eval(config):
     from rerankforge.data_tools import load_train_dataset
-    from rerankforge.trainer.cross_encoder_trainer import build_cross_encoder_trainer
+    from rerankforge.trainer.families import build_trainer
     from rerankforge.trainer.train import prepare_data
 
     eval_set = prepare_data(config)
     records = load_train_dataset(config.train_data, config.train_group_size)
-    return build_cross_encoder_trainer(config, records, eval_set), eval_set
+    return build_trainer(config, records, eval_set), eval_set
 
 
 def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_dir, beir_slice):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.inference import FlagReranker, Reranker
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.spec import CrossEncoderSpec, LayerwiseSpec, LLMSpec, RerankerSpec
 
 QUERY = "what do women wear on the beach"
 PASSAGES = [
@@ -87,7 +88,7 @@ def test_flag_reranker_keeps_the_trained_budgets_of_our_checkpoints(tmp_path, ti
 
     folder = tmp_path / "ours"
     shutil.copytree(tiny_bert_dir, folder)
-    RerankerSpec("cross_encoder", 8, 16, 27).save(folder)
+    CrossEncoderSpec(query_max_len=8, passage_max_len=16, max_length=27).save(folder)
     flag = FlagReranker(str(folder), devices="cpu")
     ours = Reranker.from_pretrained(str(folder), device="cpu")
     assert flag.flag_lengths(None, None) == ours.lengths == PairLengths(8, 16, 27)
@@ -109,16 +110,50 @@ def test_a_folder_of_another_family_is_refused(tmp_path, tiny_bert_dir):
 
     folder = tmp_path / "llm"
     shutil.copytree(tiny_bert_dir, folder)
-    RerankerSpec("llm", 32, 128, 160).save(folder)
+    LLMSpec(query_max_len=32, passage_max_len=128, max_length=160, yes_token_id=5).save(folder)
     with pytest.raises(ValueError, match="holds a 'llm' reranker"):
         Reranker.from_pretrained(str(folder))
 
 
-def test_spec_round_trips_and_rejects_newer_versions(tmp_path):
-    spec = RerankerSpec("cross_encoder", 32, 224, 256, base_model="m", extra={"k": 1})
+SPECS = [
+    CrossEncoderSpec(query_max_len=32, passage_max_len=224, max_length=256, base_model="m"),
+    LLMSpec(query_max_len=32, passage_max_len=128, max_length=160, yes_token_id=5, score="yes_minus_no",
+            no_token_id=6, adapter=True, loss={"loss": {"name": "kl", "temperature": 2.0}}),
+    LayerwiseSpec(query_max_len=8, passage_max_len=16, max_length=24, yes_token_id=5, layers=[2, 3], num_layers=3),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.family for s in SPECS])
+def test_each_familys_spec_round_trips_typed(tmp_path, spec):
     spec.save(tmp_path)
-    assert RerankerSpec.load(tmp_path) == spec
-    (tmp_path / "rerankforge.json").write_text('{"version": 99, "family": "x"}')
-    with pytest.raises(ValueError, match="version 99"):
-        RerankerSpec.load(tmp_path)
+    loaded = RerankerSpec.load(tmp_path)
+    assert loaded == spec and type(loaded) is type(spec)
+    assert json.loads((tmp_path / "rerankforge.json").read_text())["version"] == 2
+
+
+def test_spec_errors_name_the_file_and_what_is_wrong(tmp_path):
+    path = tmp_path / "rerankforge.json"
+    for text, message in [
+        ('{"version": 99, "family": "x"}', "version 99"),
+        ('{"version": 2, "family": "bi_encoder"}', "unknown family 'bi_encoder'"),
+        ('{"version": 2, "family": "cross_encoder", "query_max_len": 1, "passage_max_len": 1, "max_length": 2,'
+         ' "prompt": "p"}', "unknown key\\(s\\) prompt for family 'cross_encoder'"),
+        ('{"version": 2, "family": "llm", "query_max_len": 1, "passage_max_len": 1, "max_length": 2}',
+         "yes_token_id"),
+    ]:  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            RerankerSpec.load(tmp_path)
+        assert str(path) in str(pytest.raises(ValueError, RerankerSpec.load, tmp_path).value)
     assert RerankerSpec.load(tmp_path / "missing") is None
+
+
+def test_a_version_1_spec_with_its_extra_dict_loads_into_the_typed_class(tmp_path):
+    (tmp_path / "rerankforge.json").write_text(json.dumps({
+        "version": 1, "family": "llm", "query_max_len": 32, "passage_max_len": 128, "max_length": 160,
+        "base_model": "b", "extra": {"prompt": "P", "score": "yes", "yes_token": "Yes", "yes_token_id": 9,
+                                     "no_token": "No", "no_token_id": None, "adapter": True},
+    }))  # fmt: skip
+    spec = RerankerSpec.load(tmp_path)
+    assert spec == LLMSpec(query_max_len=32, passage_max_len=128, max_length=160, base_model="b", prompt="P",
+                           yes_token_id=9, adapter=True)  # fmt: skip

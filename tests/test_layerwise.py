@@ -13,10 +13,11 @@ from rerankforge.data_tools import load_train_dataset
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.inference import LayerWiseFlagLLMReranker, LayerwiseReranker
 from rerankforge.inference.auto import load_reranker
+from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.layerwise_trainer import build_layerwise_trainer
-from rerankforge.trainer.modeling.layerwise import LayerwiseModel, decoder_layers
+from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, decoder_layers
 from rerankforge.trainer.modeling.llm import score_last_token
+from rerankforge.trainer.spec import LayerwiseSpec
 from rerankforge.trainer.train import prepare_data
 
 
@@ -42,12 +43,18 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LayerwiseRerankerConf
 def build(config, eval_set=None):
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     torch.manual_seed(0)
-    return build_layerwise_trainer(config, records, eval_set)
+    return build_trainer(config, records, eval_set)
 
 
 def encoded_batch(tokenizer, pairs):
     encoder = LLMPromptEncoder(tokenizer, 16, 32)
     return encoder.pad_left(encoder.encode([q for q, _ in pairs], [p for _, p in pairs]))
+
+
+def layerwise_model(lm, layers: list[int], yes_token_id: int) -> LayerwiseRerankerModel:
+    spec = LayerwiseSpec(query_max_len=16, passage_max_len=32, max_length=48, yes_token_id=yes_token_id,
+                         layers=layers, num_layers=len(decoder_layers(lm)))  # fmt: skip
+    return LayerwiseRerankerModel(lm, spec)
 
 
 PAIRS = [
@@ -60,7 +67,7 @@ PAIRS = [
 def test_untrained_last_layer_score_is_the_llm_familys_yes_logit(llm_tokenizer, architecture):
     lm = tiny_decoder(architecture, len(llm_tokenizer), num_layers=3)
     yes = llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
-    model = LayerwiseModel(lm, [1, 2, 3], yes_token_id=yes).eval()
+    model = layerwise_model(lm, [1, 2, 3], yes).eval()
     batch = encoded_batch(llm_tokenizer, PAIRS)
     with torch.no_grad():
         layerwise = model(batch["input_ids"], batch["attention_mask"])
@@ -71,7 +78,7 @@ def test_untrained_last_layer_score_is_the_llm_familys_yes_logit(llm_tokenizer, 
 
 def test_cutoff_k_never_calls_the_layers_above_k(llm_tokenizer):
     lm = tiny_decoder("llama", len(llm_tokenizer), num_layers=4)
-    model = LayerwiseModel(lm, [2, 3, 4], yes_token_id=5).eval()
+    model = layerwise_model(lm, [2, 3, 4], 5).eval()
     calls = [0] * 4
     for index, layer in enumerate(decoder_layers(lm)):
         layer.register_forward_pre_hook(lambda module, args, i=index: calls.__setitem__(i, calls[i] + 1))
@@ -120,7 +127,7 @@ def test_training_changes_every_selected_head_and_no_base_weight(tmp_path, four_
     trainer.train()
     changed = {k for k, h in trainer.model.heads.items() if not torch.equal(h.weight, heads_before[k])}
     assert changed == {"2", "4"}  # layer 3 has a head but is not trained
-    base_after = trainer.model.lm.get_base_model().state_dict()
+    base_after = trainer.model.get_base_model().state_dict()
     for name, tensor in base.items():
         module, leaf = name.rsplit(".", 1)
         key = name if name in base_after else f"{module}.base_layer.{leaf}"
@@ -138,10 +145,8 @@ def test_saved_model_scores_equal_the_trainers_at_every_layer(tmp_path, four_lay
     trainer.save_model(config.output_dir)
     trainer.finish_saving(config.output_dir)
     out = tmp_path / "out"
-    assert {p.name for p in out.glob("*.safetensors")} == {
-        "adapter_model.safetensors",
-        "layerwise_heads.safetensors",
-    }
+    assert {p.name for p in out.glob("*.safetensors")} == {"adapter_model.safetensors"}  # the heads inside
+    assert any(".heads.4." in key for key in load_file(out / "adapter_model.safetensors"))
     groups = [trainer.train_dataset[i] for i in range(3)]
     pairs = [[g.query, p] for g in groups for p in g.passages]
     trainer.model.eval()
@@ -220,13 +225,20 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_heads_and_adapter(
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best is not None
-    saved = load_file(f"{best}/layerwise_heads.safetensors")
+    adapter = load_file(
+        f"{best}/adapter_model.safetensors"
+    )  # the adapter and, as peft's modules_to_save, the heads
     for k, head in trainer.model.heads.items():
-        assert torch.equal(head.weight.detach(), saved[f"{k}.weight"])
-    adapter = load_file(f"{best}/adapter_model.safetensors")
-    live = dict(trainer.model.lm.named_parameters())
+        assert torch.equal(head.weight.detach(), adapter[f"base_model.model.heads.{k}.weight"])
+    live = dict(trainer.model.named_parameters())
     for name, tensor in adapter.items():
-        assert torch.equal(live[name.replace(".weight", ".default.weight")].detach(), tensor)
+        if ".heads." in name:
+            name = name.replace(".weight", ".modules_to_save.default.weight").replace(
+                ".bias", ".modules_to_save.default.bias"
+            )
+            assert torch.equal(live[name].detach(), tensor)
+        else:
+            assert torch.equal(live[name.replace(".weight", ".default.weight")].detach(), tensor)
 
 
 def test_layerwise_flag_reranker_uses_flagembeddings_budgets_for_max_length(

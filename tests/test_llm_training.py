@@ -16,10 +16,10 @@ from rerankforge.data_tools import load_train_dataset
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, pad_left
 from rerankforge.inference import FlagLLMReranker, LLMReranker
 from rerankforge.inference.auto import load_reranker
+from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.llm_trainer import build_llm_trainer
 from rerankforge.trainer.modeling.llm import score_last_token
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.train import train
 
 ARCHITECTURES = ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"]
@@ -53,7 +53,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
 
 def build(config):
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    return build_llm_trainer(config, records)
+    return build_trainer(config, records)
 
 
 def batch_scores(trainer, groups) -> list[float]:
@@ -97,7 +97,7 @@ def test_loss_is_the_grouped_cross_entropy_of_the_yes_logits(tmp_path, tiny_llm_
         trainer.model, dict(trainer.data_collator(groups)), return_outputs=True
     )
     yes = llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
-    model = trainer.model.get_base_model()
+    model = trainer.model.get_base_model().backbone  # the causal LM inside the family model
     alone = []
     with torch.no_grad():  # each pair alone, unpadded: the full logits' "Yes" column at the last position
         for group in groups:
@@ -120,8 +120,9 @@ def test_saved_adapter_and_merged_model_give_the_trainers_scores(tmp_path, tiny_
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
     spec = RerankerSpec.load(out)
-    assert spec.family == "llm" and spec.extra["adapter"] is True and spec.extra["prompt"] == DEFAULT_PROMPT
-    assert RerankerSpec.load(merged).extra["adapter"] is False
+    assert isinstance(spec, LLMSpec) and spec.adapter is True and spec.prompt == DEFAULT_PROMPT
+    assert spec.loss == {"loss": {"name": "grouped_cross_entropy"}}  # what trained it, for the model card
+    assert RerankerSpec.load(merged).adapter is False
 
     groups = [trainer.train_dataset[i] for i in range(3)]
     pairs = [[g.query, p] for g in groups for p in g.passages]
@@ -207,12 +208,12 @@ def test_yes_minus_no_is_stored_and_used_by_inference(tmp_path, tiny_llm_dirs, l
     trainer = build(config)
     trainer.train()
     trainer.save_model(config.output_dir)
-    extra = RerankerSpec.load(config.output_dir).extra
-    assert extra["yes_token_id"] == llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
-    assert extra["no_token_id"] == llm_tokenizer("No", add_special_tokens=False)["input_ids"][0]
+    spec = RerankerSpec.load(config.output_dir)
+    assert spec.yes_token_id == llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+    assert spec.no_token_id == llm_tokenizer("No", add_special_tokens=False)["input_ids"][0]
     groups = [trainer.train_dataset[0]]
     reranker = LLMReranker.from_pretrained(config.output_dir, device="cpu")
-    assert reranker.score_mode == "yes_minus_no"
+    assert reranker.spec.score == "yes_minus_no"
     scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
     assert scores == pytest.approx(batch_scores(trainer, groups), abs=1e-4)
 
@@ -274,7 +275,7 @@ def test_plain_causal_lm_folder_scores_with_the_yes_logit_and_half_precision_fal
     ids = flag_llm_reference_ids(llm_tokenizer, "what do women wear", "Some women walk.", 512)
     yes = llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
-        expected = reranker.model(input_ids=torch.tensor([ids])).logits[0, -1, yes].item()
+        expected = reranker.model.backbone(input_ids=torch.tensor([ids])).logits[0, -1, yes].item()
     assert score == pytest.approx(expected, abs=1e-5)
     assert reranker.compute_score(
         ["what do women wear", "Some women walk."], normalize=True
@@ -324,6 +325,6 @@ def test_scores_are_float32_when_the_model_runs_in_bfloat16(tiny_llm_dirs):
     assert half.model.dtype == torch.bfloat16
     sequences = half.encoder(half.lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
     with torch.no_grad():
-        raw = score_last_token(half.model, pad_left(sequences, 2), half.yes_token_id)
+        raw = score_last_token(half.model.backbone, pad_left(sequences, 2), half.yes_token_id)
     assert raw.dtype == torch.float32 and torch.isfinite(raw).all()
     assert half.compute_score(pairs) == pytest.approx(full.compute_score(pairs), abs=0.05)

@@ -101,10 +101,10 @@ def test_bad_backend_requests_get_clear_errors(cache, tiny_bert_dir):
 
 
 def test_other_families_are_refused_by_name(cache, tmp_path):
-    from rerankforge.trainer.spec import RerankerSpec
+    from rerankforge.trainer.spec import LLMSpec
 
     folder = tmp_path / "llm-like"
     folder.mkdir()
-    RerankerSpec("llm", 32, 128, 160).save(folder)
+    LLMSpec(query_max_len=32, passage_max_len=128, max_length=160, yes_token_id=5).save(folder)
     with pytest.raises(ValueError, match="for cross-encoders"):
         load_reranker(str(folder), backend="onnx")

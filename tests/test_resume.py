@@ -132,7 +132,7 @@ def test_resuming_from_an_incomplete_checkpoint_by_path_is_an_error(tmp_path, ti
 @pytest.mark.parametrize("family", ["llm", "layerwise"])
 def test_lora_families_resume_adapter_heads_and_optimizer_to_the_same_end(tmp_path, tiny_llm_dirs, family):
     from rerankforge.data_tools import load_train_dataset
-    from rerankforge.trainer.families import get_family
+    from rerankforge.trainer.families import build_trainer, get_family
 
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(12))
     extra = {"start_layer": 1, "self_distill_weight": 0.5} if family == "layerwise" else {}
@@ -164,7 +164,7 @@ def test_lora_families_resume_adapter_heads_and_optimizer_to_the_same_end(tmp_pa
         import torch
 
         torch.manual_seed(0)
-        trainer = get_family(family).build_trainer(config, load_train_dataset([str(data)], 4), None)
+        trainer = build_trainer(config, load_train_dataset([str(data)], 4), None)
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 

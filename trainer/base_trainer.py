@@ -1,4 +1,8 @@
-"""The thin base every family's Trainer shares: grouped loss, optional distillation, spec saving."""
+"""The thin base every family's Trainer shares: the model object's scores, the injected objective, spec saving.
+
+The Trainer's own save and load paths do the rest: a family model is a `PreTrainedModel` (saved through its
+`save_pretrained`, resumed through `load_state_dict`), or a peft model around one (adapter and heads).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.trainer.checkpoints import MARKER, mark_complete, rotate_complete_checkpoints
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.loss_parts import LossPartMeans
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.modeling.base import RerankerModel
+from rerankforge.trainer.modeling.lora import unwrap_adapters
 from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
 
 TRAINING_ARGS_JSON = "training_args.json"
@@ -40,10 +45,12 @@ class GroupEpochCallback(TrainerCallback):
 
 
 class RerankerTrainer(Trainer):
-    """A `transformers.Trainer` whose loss works on ``[groups, group_size]`` scores.
+    """A `transformers.Trainer` whose model returns scores and whose loss works on ``[groups, group_size]`` of them.
 
-    Subclasses only say how a batch becomes one score per pair (`score`); the group shape comes from the
-    batch the collator built, so a short last batch trains like any other.
+    The model is a family model (`RerankerModel`), or a peft model around one; ``model(**batch)`` is its score.
+    The group shape comes from the batch the collator built, so a short last batch trains like any other. The
+    objective is the config's (``loss``, ``distill_loss``); families with several scores per row combine them
+    in `make_objective`.
     """
 
     args: RerankerConfig
@@ -51,12 +58,14 @@ class RerankerTrainer(Trainer):
     def __init__(
         self,
         *args: Any,
-        spec: RerankerSpec,
         eval_data_collator: Callable[[list], dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.spec = spec
+        if not isinstance(self.reranker, RerankerModel):
+            raise TypeError(
+                f"the model must be a family model (RerankerModel), got {type(self.reranker).__name__}"
+            )
         self.eval_data_collator = eval_data_collator
         if self.args.dataloader_persistent_workers:
             raise ValueError(
@@ -66,8 +75,22 @@ class RerankerTrainer(Trainer):
         self.add_callback(TrainingCurvesCallback())
         if self.eval_dataset is not None and hasattr(self.eval_dataset, "last_scores"):
             self.add_callback(ScoreHistogramCallback(self.eval_dataset, self))
-        self.objective = self.args.build_objective()
+        self.objective = self.make_objective()
+        self.reranker.spec.loss = self.objective.get_config_dict()  # rerankforge.json records what trained it
         self.loss_parts = LossPartMeans()
+
+    @property
+    def reranker(self) -> RerankerModel:
+        """The family model inside the Trainer's wrappers (DDP, DeepSpeed, peft)."""
+        return unwrap_adapters(self.accelerator.unwrap_model(self.model))
+
+    @property
+    def spec(self):
+        return self.reranker.spec
+
+    def make_objective(self):
+        """The loss the config names, plus its distillation term."""
+        return self.args.build_objective()
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         """Evaluation batches come from ``eval_data_collator`` when there is one: evaluation scores pairs
@@ -93,9 +116,10 @@ class RerankerTrainer(Trainer):
         finally:
             self.data_collator = training_collator
 
-    def score(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One float32 score per pair, in batch order."""
-        raise NotImplementedError
+    def score(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows]`` float32 scores in batch order, or ``[rows, heads]`` for a model with several heads."""
+        inputs = {k: v for k, v in batch.items() if k in self.reranker.input_names()}
+        return as_columns(model(**inputs))
 
     def compute_loss(
         self,
@@ -106,11 +130,15 @@ class RerankerTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         group_size = int(inputs.pop("group_size"))
         teacher_scores = inputs.pop("teacher_scores", None)
-        scores = self.score(model, inputs).view(-1, group_size)
-        loss, parts = self.objective(scores, teacher_scores)
+        scores = model(**inputs)
+        if isinstance(scores, dict):  # several heads (the layerwise family): {layer: [rows]}
+            grouped = {k: s.view(-1, group_size) for k, s in scores.items()}
+        else:
+            grouped = scores.view(-1, group_size)
+        loss, parts = self.objective(grouped, teacher_scores)
         if model.training:
             self.loss_parts.add(parts)
-        return (loss, {"scores": scores}) if return_outputs else loss
+        return (loss, {"scores": grouped}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Training logs also carry each part of the loss (``loss_<part>``), averaged as ``loss`` is."""
@@ -137,7 +165,7 @@ class RerankerTrainer(Trainer):
         inputs.pop("group_size", None)
         inputs.pop("teacher_scores", None)
         with torch.no_grad():
-            scores = self.score(model, inputs)
+            scores = as_columns(model(**inputs))
         return None, scores.detach(), pair_index
 
     def _save_checkpoint(self, model: PreTrainedModel, trial: Any) -> None:
@@ -161,7 +189,8 @@ class RerankerTrainer(Trainer):
             rotate_complete_checkpoints(run_dir, limit, keep=[folder, self.state.best_model_checkpoint])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save weights and tokenizer as the Trainer does, then `rerankforge.json` beside them.
+        """Save as the Trainer does (the family model's `save_pretrained`, or peft's for an adapter and its
+        heads), with `rerankforge.json` beside the weights.
 
         The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: a saved model
         holds no pickle, so loading it never runs code.
@@ -170,12 +199,19 @@ class RerankerTrainer(Trainer):
         if not self.args.should_save:
             return
         folder = Path(output_dir or self.args.output_dir)
-        self.spec.save(folder)
+        self.spec.save(folder)  # peft's save_pretrained does not know it
         atomic_write_text(folder / TRAINING_ARGS_JSON, self.args.to_json_string())
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
 
     def finish_saving(self, output_dir: str | Path) -> None:
         """After the final model is saved: a family's extra exports (the LLM family's merged model)."""
+
+
+def as_columns(scores: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
+    """Scores as one tensor: ``[rows]`` as they are; several heads' ``{layer: [rows]}`` as ``[rows, heads]``."""
+    if isinstance(scores, dict):
+        return torch.stack([scores[k] for k in sorted(scores)], dim=-1)
+    return scores
 
 
 def data_arguments(config: RerankerConfig, records, eval_pairs) -> dict[str, Any]:

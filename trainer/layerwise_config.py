@@ -30,5 +30,7 @@ class LayerwiseRerankerConfig(LLMRerankerConfig):
             raise ValueError(
                 f"train_layers {self.train_layers} must all be >= start_layer {self.start_layer}"
             )
+        if self.score != "yes":
+            raise ValueError("the layerwise family scores with heads initialised from 'Yes': use score: yes")
         if self.self_distill_weight < 0:
             raise ValueError(f"self_distill_weight must be >= 0, got {self.self_distill_weight}")

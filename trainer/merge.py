@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from pathlib import Path
 
 import torch
@@ -11,10 +9,8 @@ from transformers import AutoTokenizer
 
 from rerankforge.data_tools.files import atomic_folder
 from rerankforge.trainer.modeling.llm import load_causal_lm
-from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter, merged_copy
+from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, merged_copy
 from rerankforge.trainer.spec import RerankerSpec
-
-MERGE_CARRIES = ("layerwise_heads.safetensors",)
 
 
 def merge_adapter_folder(
@@ -32,21 +28,29 @@ def merge_adapter_folder(
 def write_merged(
     adapter_dir: str | Path, folder: Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False
 ) -> None:
-    """The merged model, tokenizer, spec (``adapter: false``) and carried files, written into ``folder``."""
+    """The merged model (with its heads), tokenizer and spec (``adapter: false``), written into ``folder``.
+
+    A folder rerankforge wrote merges through its family's model object, so the heads come along; a plain peft
+    adapter on a causal LM merges onto that LM.
+    """
     adapter_dir = Path(adapter_dir)
     if not is_adapter_folder(adapter_dir):
         raise ValueError(f"{adapter_dir} holds no LoRA adapter (no adapter_config.json)")
     spec = RerankerSpec.load(adapter_dir)
-    base = (spec.base_model if spec is not None else None) or adapter_base_model(adapter_dir)
-    if base is None:
-        raise ValueError(f"{adapter_dir}: no base model recorded in rerankforge.json or adapter_config.json")
-    base_model = load_causal_lm(base, dtype, trust_remote_code=trust_remote_code)
-    model = merged_copy(load_adapter(base_model, adapter_dir, trainable=False))
+    if spec is not None:
+        from rerankforge.trainer.families import get_family  # the family mapping imports the trainers
+
+        model = get_family(spec.family).model_class.from_pretrained(
+            adapter_dir, dtype, trust_remote_code=trust_remote_code
+        )
+    else:
+        from rerankforge.trainer.modeling.lora import load_plain_adapter
+
+        base = adapter_base_model(adapter_dir)
+        if base is None:
+            raise ValueError(f"{adapter_dir}: no base model recorded in adapter_config.json")
+        base_model = load_causal_lm(base, dtype, trust_remote_code=trust_remote_code)
+        model = merged_copy(load_plain_adapter(base_model, adapter_dir))
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    if spec is not None:
-        dataclasses.replace(spec, extra={**spec.extra, "adapter": False}).save(folder)
-    for extra_file in MERGE_CARRIES:  # files beside the adapter that the merged model still needs
-        if (adapter_dir / extra_file).is_file():
-            shutil.copy2(adapter_dir / extra_file, folder / extra_file)

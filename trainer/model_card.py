@@ -9,13 +9,8 @@ from typing import Any
 
 import yaml
 
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.spec import LayerwiseSpec, LLMSpec, RerankerSpec
 
-FAMILY_TITLES = {
-    "cross_encoder": "cross-encoder reranker",
-    "llm": "LLM reranker",
-    "layerwise": "layerwise LLM reranker",
-}
 HYPER_PARAMETERS = (
     "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate",
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
@@ -50,72 +45,110 @@ def training_record(checkpoint: Path) -> tuple[dict[str, Any], dict[str, float],
 
 
 def loss_description(spec: RerankerSpec, args: dict[str, Any]) -> str:
-    """The objective's own description, rebuilt from the run's settings (older runs: their grouped CE and KL)."""
-    from rerankforge.trainer.losses import LayerwiseObjective, build_objective
+    """The objective's own description: from the spec's record of it, or (older checkpoints) rebuilt from the
+    run's settings, which were grouped cross-entropy and optional KL then."""
+    from rerankforge.trainer.losses import describe_objective
 
-    distill_loss = args.get("distill_loss") or ("kl" if args.get("knowledge_distillation") else None)
-    objective = build_objective(
-        args.get("loss") or "grouped_cross_entropy",
-        args.get("loss_kwargs"),
-        distill_loss,
-        float(args.get("distill_weight", 1.0)),
-        float(args.get("distill_temperature", 1.0)),
-    )
+    record = spec.loss
+    if record is None:
+        distill = args.get("distill_loss") or ("kl" if args.get("knowledge_distillation") else None)
+        record = {
+            "loss": {"name": args.get("loss") or "grouped_cross_entropy", **(args.get("loss_kwargs") or {})}
+        }
+        if distill:
+            temperature = {"temperature": args.get("distill_temperature", 1.0)} if distill == "kl" else {}
+            record.update(
+                distill_loss={"name": distill, **temperature}, distill_weight=args.get("distill_weight", 1.0)
+            )
+        if spec.family == "layerwise":
+            record = {"per_layer": record, "self_distill_weight": args.get("self_distill_weight") or 0.0}
     group = int(args.get("train_group_size", 8))
-    text = f"{objective.describe()}; each query's group is 1 positive and {group - 1} negatives"
-    if spec.family == "layerwise":
-        layered = LayerwiseObjective(objective, float(args.get("self_distill_weight") or 0.0))
-        text = f"{layered.describe()}; each query's group is 1 positive and {group - 1} negatives"
-    return text
+    return f"{describe_objective(record)}; each query's group is 1 positive and {group - 1} negatives"
+
+
+def snippet(stack: str, code: str) -> tuple[str, str]:
+    return stack, code.strip()
+
+
+PAIR = '[["what is a panda?", "The giant panda is a bear."]]'
+
+
+def cross_encoder_usage(spec: RerankerSpec, repo_id: str, adapter: bool) -> list[tuple[str, str]]:
+    """The stacks that load a one-logit sequence classifier as it is."""
+    return [
+        snippet(
+            "rerankforge",
+            f"""
+from rerankforge.inference import Reranker
+
+reranker = Reranker.from_pretrained("{repo_id}")
+scores = reranker.compute_score({PAIR}, normalize=True)""",
+        ),
+        snippet(
+            "sentence-transformers",
+            f"""
+from sentence_transformers import CrossEncoder
+
+model = CrossEncoder("{repo_id}")
+scores = model.predict([("what is a panda?", "The giant panda is a bear.")])""",
+        ),
+        snippet(
+            "FlagEmbedding",
+            f"""
+from FlagEmbedding import FlagReranker
+
+reranker = FlagReranker("{repo_id}", use_fp16=True)
+scores = reranker.compute_score({PAIR})""",
+        ),
+    ]
+
+
+def llm_usage(spec: LLMSpec, repo_id: str, adapter: bool) -> list[tuple[str, str]]:
+    """rerankforge always; FlagEmbedding for a merged (full) model, with the prompt it was trained with."""
+    blocks = [
+        snippet(
+            "rerankforge",
+            f"""
+from rerankforge.inference import LLMReranker
+
+reranker = LLMReranker.from_pretrained("{repo_id}")
+scores = reranker.compute_score({PAIR})""",
+        ),
+    ]
+    if not adapter:
+        blocks.append(
+            snippet(
+                "FlagEmbedding",
+                f"""
+from FlagEmbedding import FlagLLMReranker
+
+reranker = FlagLLMReranker("{repo_id}", use_fp16=True)
+# the prompt this model was trained with:
+prompt = {json.dumps(spec.prompt)}
+scores = reranker.compute_score({PAIR}, prompt=prompt)""",
+            )
+        )
+    return blocks
+
+
+def layerwise_usage(spec: LayerwiseSpec, repo_id: str, adapter: bool) -> list[tuple[str, str]]:
+    return [
+        snippet(
+            "rerankforge",
+            f"""
+from rerankforge.inference import LayerwiseReranker
+
+reranker = LayerwiseReranker.from_pretrained("{repo_id}")
+scores = reranker.compute_score({PAIR}, cutoff_layers=[{spec.layers[-1]}])""",
+        ),
+    ]
 
 
 def usage(spec: RerankerSpec, repo_id: str, adapter: bool) -> str:
-    """Snippets for the stacks that load this family."""
-    blocks = []
-    if spec.family == "cross_encoder":
-        blocks.append(
-            (
-                "rerankforge",
-                f'from rerankforge.inference import Reranker\n\nreranker = Reranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]], normalize=True)',
-            )
-        )  # noqa: E501
-        blocks.append(
-            (
-                "sentence-transformers",
-                f'from sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder("{repo_id}")\nscores = model.predict([("what is a panda?", "The giant panda is a bear.")])',
-            )
-        )  # noqa: E501
-        blocks.append(
-            (
-                "FlagEmbedding",
-                f'from FlagEmbedding import FlagReranker\n\nreranker = FlagReranker("{repo_id}", use_fp16=True)\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]])',
-            )
-        )  # noqa: E501
-    elif spec.family == "llm":
-        blocks.append(
-            (
-                "rerankforge",
-                f'from rerankforge.inference import LLMReranker\n\nreranker = LLMReranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]])',
-            )
-        )  # noqa: E501
-        prompt = spec.extra.get("prompt")
-        note = (
-            "" if adapter else f"\n# the prompt this model was trained with:\nprompt = {json.dumps(prompt)}"
-        )
-        if not adapter:
-            blocks.append(
-                (
-                    "FlagEmbedding",
-                    f'from FlagEmbedding import FlagLLMReranker\n\nreranker = FlagLLMReranker("{repo_id}", use_fp16=True){note}\nscores = reranker.compute_score([["what is a panda?", "The giant panda is a bear."]], prompt=prompt)',
-                )
-            )  # noqa: E501
-    else:
-        blocks.append(
-            (
-                "rerankforge",
-                f'from rerankforge.inference import LayerwiseReranker\n\nreranker = LayerwiseReranker.from_pretrained("{repo_id}")\nscores = reranker.compute_score(pairs, cutoff_layers=[{spec.extra["layers"][-1]}])',
-            )
-        )  # noqa: E501
+    """Snippets for the stacks that load this family (the family entry names them)."""
+    from rerankforge.trainer.families import get_family
+
+    blocks = get_family(spec.family).card_usage(spec, repo_id, adapter)
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks)
 
 
@@ -164,7 +197,9 @@ def model_card(
     meta = front_matter(
         spec, metrics, args.get("ir_data") or args.get("eval_data"), license_id, adapter, name
     )
-    title = FAMILY_TITLES.get(spec.family, spec.family)
+    from rerankforge.trainer.families import get_family
+
+    title = get_family(spec.family).title
     lines = [
         "---",
         yaml.safe_dump(meta, sort_keys=False).rstrip(),
@@ -180,13 +215,8 @@ def model_card(
         f"- training data: {data or 'not recorded'}",
         f"- loss: {loss_description(spec, args)}",
         f"- scoring budgets: query {spec.query_max_len} tokens, passage {spec.passage_max_len} tokens",
+        *(f"- {line}" for line in spec.card_lines()),
     ]
-    if spec.family in ("llm", "layerwise"):
-        lines.append(
-            f"- prompt: {spec.extra.get('prompt')!r}; score: logit of {spec.extra.get('yes_token')!r}"
-        )
-    if spec.family == "layerwise":
-        lines.append(f"- score heads on layers {spec.extra['layers'][0]}-{spec.extra['layers'][-1]}")
     settings = {k: args[k] for k in HYPER_PARAMETERS if k in args and args[k] is not None}
     if settings:
         lines += ["", "## Training hyper-parameters", "", "| setting | value |", "|---|---|"]

@@ -1,9 +1,11 @@
-"""`rerankforge.json`: the contract between training and inference.
+"""`rerankforge.json`: the contract between training and inference, one typed dataclass per family.
 
 Training writes it next to every checkpoint; inference reads it to rebuild exactly the preprocessing and
 scoring that the evaluation during training used. Its lengths are the scoring budgets: a cross-encoder may have
 trained on shorter passages (`inference_passage_max_len`; training's own lengths are in training_args.json).
-A small versioned dataclass, never a free-form dict.
+
+Version 2 writes every field flat and typed. Version 1 (before 2026-12) kept the LLM families' settings in a
+free-form ``extra`` dict; such files still load, into the same typed classes.
 """
 
 from __future__ import annotations
@@ -12,50 +14,127 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from rerankforge.data_tools.files import atomic_write_text
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
 
 SPEC_FILENAME = "rerankforge.json"
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RerankerSpec:
-    """What scoring needs besides the weights and the tokenizer."""
+    """What scoring needs besides the weights and the tokenizer: the family and its token budgets."""
 
-    family: str
+    family_name: ClassVar[str] = ""
+    family: str = ""
     query_max_len: int
     passage_max_len: int
     max_length: int
     base_model: str | None = None
-    # family-specific settings (prompt, token ids, layers)
-    extra: dict[str, object] = field(default_factory=dict)
+    # the training objective's get_config_dict(), for the model card; scoring never reads it
+    loss: dict[str, Any] | None = None
     version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            self.family = self.family_name
+        if self.family != self.family_name:
+            raise ValueError(
+                f"a {type(self).__name__} describes family {self.family_name!r}, not {self.family!r}"
+            )
+
+    def card_lines(self) -> list[str]:
+        """What the model card says of this family's scoring, beyond the budgets."""
+        return []
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
-    @classmethod
-    def from_json(cls, text: str, source: str = SPEC_FILENAME) -> RerankerSpec:
-        data = json.loads(text)
-        version = data.get("version")
-        if not isinstance(version, int) or version > SPEC_VERSION:
-            raise ValueError(
-                f"{source}: version {version!r} is not one this rerankforge reads (up to {SPEC_VERSION}); upgrade it"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        return cls(**data)
-
     def save(self, folder: str | Path) -> Path:
         return atomic_write_text(Path(folder) / SPEC_FILENAME, self.to_json())
 
-    @classmethod
-    def load(cls, folder: str | Path) -> RerankerSpec | None:
+    @staticmethod
+    def from_json(text: str, source: str = SPEC_FILENAME) -> RerankerSpec:
+        """The typed spec of the family the text names (versions 1 and 2)."""
+        data = json.loads(text)
+        version = data.get("version")
+        if not isinstance(version, int) or not 1 <= version <= SPEC_VERSION:
+            raise ValueError(
+                f"{source}: version {version!r} is not one this rerankforge reads (1 to {SPEC_VERSION}); upgrade it"
+            )
+        if version == 1:  # the family settings moved out of `extra` into typed fields
+            data = {**{k: v for k, v in data.items() if k != "extra"}, **(data.get("extra") or {})}
+            data["version"] = SPEC_VERSION
+        family = data.get("family")
+        if family not in SPEC_CLASSES:
+            raise ValueError(f"{source}: unknown family {family!r}; known: {', '.join(SPEC_CLASSES)}")
+        cls = SPEC_CLASSES[family]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family!r}")
+        try:
+            return cls(**data)
+        except TypeError as error:  # a required field is missing
+            raise ValueError(f"{source}: {error}") from None
+
+    @staticmethod
+    def load(folder: str | Path) -> RerankerSpec | None:
         """The spec in ``folder``, or None for a folder that rerankforge did not write."""
         path = Path(folder) / SPEC_FILENAME
         if not path.is_file():
             return None
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        return RerankerSpec.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+
+@dataclass(kw_only=True)
+class CrossEncoderSpec(RerankerSpec):
+    """A sequence classifier with one logit: nothing beyond the budgets."""
+
+    family_name: ClassVar[str] = "cross_encoder"
+
+
+@dataclass(kw_only=True)
+class LLMSpec(RerankerSpec):
+    """A decoder scored at the last position: the prompt, the score mode and the answer tokens' ids.
+
+    The ids are resolved once from the tokenizer when training starts, so training and inference read the same
+    vocabulary rows.
+    """
+
+    family_name: ClassVar[str] = "llm"
+    prompt: str = DEFAULT_PROMPT
+    score: str = "yes"
+    yes_token: str = "Yes"
+    yes_token_id: int
+    no_token: str = "No"
+    no_token_id: int | None = None
+    adapter: bool = False  # the folder holds a LoRA adapter on base_model, not full weights
+
+    def card_lines(self) -> list[str]:
+        score = f"logit of {self.yes_token!r}"
+        if self.score == "yes_minus_no":
+            score += f" minus the logit of {self.no_token!r}"
+        return [f"prompt: {self.prompt!r}; score: {score} at the last position"]
+
+
+@dataclass(kw_only=True)
+class LayerwiseSpec(LLMSpec):
+    """An LLM spec plus the layers that have score heads (1-based) and the decoder's depth."""
+
+    family_name: ClassVar[str] = "layerwise"
+    layers: list[int] = field(default_factory=list)
+    num_layers: int
+
+    def card_lines(self) -> list[str]:
+        return [
+            *super().card_lines(),
+            f"score heads on layers {self.layers[0]}-{self.layers[-1]} of {self.num_layers}",
+        ]
+
+
+SPEC_CLASSES: dict[str, type[RerankerSpec]] = {
+    cls.family_name: cls for cls in (CrossEncoderSpec, LLMSpec, LayerwiseSpec)
+}

@@ -15,7 +15,7 @@ from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.trainer.checkpoints import incomplete_reason, latest_complete_checkpoint
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
-from rerankforge.trainer.families import get_family
+from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.report import layer_table, metric_table
 
 logger = logging.getLogger(__name__)
@@ -79,13 +79,12 @@ def final_evaluation(trainer) -> dict[str, float]:
 
 def train(config: RerankerConfig) -> Path:
     """Train and save the final model into ``config.output_dir``; returns that folder."""
-    family = get_family(config.family)
     eval_set = prepare_data(config)
     # data problems surface here, before any weights are read
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     logger.info("loaded %d training queries from %s", len(records), ", ".join(config.train_data))
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
-    trainer = family.build_trainer(config, records, eval_set)
+    trainer = build_trainer(config, records, eval_set)
     rows: list[tuple[str, dict[str, float]]] = []
     if eval_set is not None and config.evaluate_before_training:
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))

@@ -86,6 +86,29 @@ def build_objective(
     return RankingObjective(main, distill, distill_weight)
 
 
+def objective_from_config(record: dict[str, Any]) -> RankingObjective | LayerwiseObjective:
+    """The objective that ``get_config_dict()`` described (as recorded in `rerankforge.json`)."""
+    if "per_layer" in record:
+        temperature = (record.get("self_distillation") or {}).get("temperature", 1.0)
+        weight = float(record.get("self_distill_weight") or 0.0)
+        return LayerwiseObjective(objective_from_config(record["per_layer"]), weight, temperature)
+    main = record["loss"]
+    distill = record.get("distill_loss")
+    return RankingObjective(
+        get_loss(main["name"], **{k: v for k, v in main.items() if k != "name"}),
+        get_loss(distill["name"], **{k: v for k, v in distill.items() if k != "name"}) if distill else None,
+        float(record.get("distill_weight", 1.0)),
+    )
+
+
+def describe_objective(record: dict[str, Any]) -> str:
+    """The losses' own description of a recorded objective; the record itself if this version lacks a loss."""
+    try:
+        return objective_from_config(record).describe()
+    except (KeyError, ValueError, TypeError):
+        return f"as recorded: {record}"
+
+
 __all__ = [
     "DEFAULT_LOSS",
     "LOSSES",
@@ -103,7 +126,9 @@ __all__ = [
     "RankingLoss",
     "RankingObjective",
     "build_objective",
+    "describe_objective",
     "distill_losses",
     "get_loss",
     "loss_settings",
+    "objective_from_config",
 ]

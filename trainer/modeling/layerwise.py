@@ -5,19 +5,30 @@ Head ``k`` reads the last token's hidden state after decoder layer ``k`` (1-base
 model's logit soft-capping, where it has one), so before training the last layer's score is the LLM family's
 "Yes" logit. Stopping early needs no copy of any architecture's forward: a hook on the deepest requested layer
 records its output and ends the pass, so the layers above it never run.
+
+The heads are this model's ``heads.<k>`` parameters: a full model saves them among its weights, and a LoRA
+adapter carries them as peft's ``modules_to_save``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 
-HEADS_FILE = "layerwise_heads.safetensors"
+from rerankforge.trainer.modeling.llm import LLMRerankerModel
+from rerankforge.trainer.spec import LayerwiseSpec
+
+if TYPE_CHECKING:
+    from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+
+LEGACY_HEADS_FILE = "layerwise_heads.safetensors"  # version 1 kept the heads beside the weights
+HEAD_PREFIX = "heads."
 
 
 class _StopForward(Exception):
@@ -40,73 +51,107 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-class LayerwiseModel(nn.Module):
-    """A causal LM (optionally with LoRA adapters) plus one ``Linear(hidden, 1)`` head per scored layer."""
+class LayerwiseRerankerModel(LLMRerankerModel):
+    """A causal LM (its LoRA adapters, if any, are peft's) plus one ``Linear(hidden, 1)`` head per scored layer.
 
-    def __init__(self, lm: nn.Module, layers: Iterable[int], yes_token_id: int | None = None):
-        super().__init__()
-        self.lm = lm
-        base = _unwrap(lm)
-        self.num_layers = len(decoder_layers(lm))
-        self.layers = sorted(set(int(k) for k in layers))
+    ``train_layers`` are the layers a training forward scores (all heads by default); in eval mode, and when
+    ``layers`` is given, the requested heads are scored.
+    """
+
+    spec_class = LayerwiseSpec
+    spec: LayerwiseSpec
+    head_prefix = HEAD_PREFIX
+
+    def __init__(
+        self, backbone: PreTrainedModel, spec: LayerwiseSpec, train_layers: Iterable[int] | None = None
+    ):
+        super().__init__(backbone, spec)
+        self.num_layers = len(decoder_layers(backbone))
+        if spec.num_layers != self.num_layers:
+            raise ValueError(f"the spec describes {spec.num_layers} layers, the model has {self.num_layers}")
+        self.layers = sorted(set(int(k) for k in spec.layers))
         bad = [k for k in self.layers if not 1 <= k <= self.num_layers]
         if bad or not self.layers:
             raise ValueError(f"layers must be within 1..{self.num_layers}, got {self.layers}")
-        hidden = base.config.hidden_size
+        hidden = backbone.config.hidden_size
         self.heads = nn.ModuleDict({str(k): nn.Linear(hidden, 1) for k in self.layers})
-        self.softcap = getattr(base.config, "final_logit_softcapping", None)
-        if yes_token_id is not None:
-            self.init_heads_from_yes_row(yes_token_id)
-        self.to(base.lm_head.weight.device)
+        self.softcap = getattr(backbone.config, "final_logit_softcapping", None)
+        self.train_layers = sorted(set(train_layers)) if train_layers is not None else list(self.layers)
+        missing = [k for k in self.train_layers if k not in self.layers]
+        if missing:
+            raise ValueError(f"train_layers {self.train_layers} must be among the head layers {self.layers}")
+        self.init_heads_from_yes_row(spec.yes_token_id)
+        self.heads.to(backbone.get_output_embeddings().weight.device)
 
-    @property
-    def config(self):
-        return _unwrap(self.lm).config
+    @classmethod
+    def build(cls, backbone: PreTrainedModel, spec: LayerwiseSpec) -> LayerwiseRerankerModel:
+        return cls(backbone, spec)
+
+    @classmethod
+    def for_training_from(
+        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LayerwiseRerankerConfig
+    ) -> LayerwiseRerankerModel:
+        """Heads on every layer from ``start_layer`` to the last, started as the "Yes" row; ``train_layers`` of
+        them train (default: all)."""
+        num_layers = len(decoder_layers(backbone))
+        if config.start_layer > num_layers:
+            raise ValueError(f"start_layer {config.start_layer} is past this model's {num_layers} layers")
+        layers = list(range(config.start_layer, num_layers + 1))
+        spec = LayerwiseSpec(**spec_fields, layers=layers, num_layers=num_layers)
+        model = cls(backbone, spec, train_layers=config.train_layers)
+        for k in model.layers:  # heads that no loss reaches stay as they are (DDP tracks no idle parameters)
+            model.heads[str(k)].requires_grad_(k in model.train_layers)
+        return model
+
+    def score_columns(self) -> list[str]:
+        """Evaluation reports each head: ``layer<k>_ndcg@10``, ...; the unprefixed metrics are the last layer's."""
+        return [f"layer{k}" for k in self.layers]
+
+    def head_module_names(self) -> list[str]:
+        """The heads that train (peft's ``modules_to_save`` names for them)."""
+        return [f"{HEAD_PREFIX}{k}" for k in self.train_layers]
 
     @torch.no_grad()
     def init_heads_from_yes_row(self, yes_token_id: int) -> None:
-        row = _unwrap(self.lm).get_output_embeddings().weight[yes_token_id].detach().float()
+        weight = self.backbone.get_output_embeddings().weight
+        with gathered(weight):  # DeepSpeed ZeRO-3 shards the LM head: gather it to read one row
+            row = weight[yes_token_id].detach().float().clone()
         for head in self.heads.values():
-            head.weight.copy_(row.unsqueeze(0))
+            head.weight.copy_(row.unsqueeze(0).to(head.weight.dtype))
             head.bias.zero_()
-
-    def activation_checkpointing_enable(self, **kwargs) -> None:
-        """For `Trainer(activation_checkpointing=True)`: checkpoint the decoder's layers."""
-        _unwrap(self.lm).activation_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
-        self.activation_checkpointing_enable(
-            activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
-        )
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Iterable[int] | None = None
     ) -> dict[int, torch.Tensor]:
-        """``{layer: float32 scores [batch]}`` for the requested layers (default: every head), rows left-padded.
+        """``{layer: float32 scores [batch]}`` for the requested layers, rows left-padded.
 
-        Only layers up to the deepest requested one run.
+        Default: ``train_layers`` in training, every head otherwise. Only layers up to the deepest requested one
+        run (under DeepSpeed ZeRO-3 every layer runs: its parameter hooks expect whole passes).
         """
-        wanted = self.layers if layers is None else sorted(set(int(k) for k in layers))
+        if layers is None:
+            layers = self.train_layers if self.training else self.layers
+        wanted = sorted(set(int(k) for k in layers))
         missing = [k for k in wanted if str(k) not in self.heads]
         if missing:
             raise ValueError(f"no score head for layer(s) {missing}; this model has heads for {self.layers}")
         deepest = wanted[-1]
+        stop_early = deepest < self.num_layers and not zero3_enabled()
         states: dict[int, torch.Tensor] = {}
         hooks = []
-        modules = decoder_layers(self.lm)
+        modules = decoder_layers(self.backbone)
 
         def recorder(layer: int):
             def hook(module, args, output):
                 hidden = output[0] if isinstance(output, tuple) else output
                 states[layer] = hidden[:, -1]
-                if layer == deepest and deepest < self.num_layers:
+                if layer == deepest and stop_early:
                     raise _StopForward
 
             return hook
 
         for k in wanted:
             hooks.append(modules[k - 1].register_forward_hook(recorder(k)))
-        decoder = _unwrap(self.lm).get_decoder()
+        decoder = self.backbone.get_decoder()
         try:
             decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:
@@ -118,20 +163,67 @@ class LayerwiseModel(nn.Module):
         scores = {}
         for k in wanted:
             head = self.heads[str(k)]
-            score = head(norm(states[k]).to(head.weight.dtype)).squeeze(-1).float()
+            score = head(norm(states[k]).to(head_dtype(head))).squeeze(-1).float()
             if self.softcap:
                 score = torch.tanh(score / self.softcap) * self.softcap
             scores[k] = score
         return scores
 
-    def save_heads(self, folder: str | Path) -> Path:
-        path = Path(folder) / HEADS_FILE
-        tensors = {f"{k}.{name}": t.detach().cpu().contiguous() for k, head in self.heads.items()
-                   for name, t in head.state_dict().items()}  # fmt: skip
-        save_file(tensors, str(path), metadata={"layers": ",".join(str(k) for k in self.layers)})
-        return path
+    def load_heads(self, folder: str | Path, legacy_only: bool = False) -> None:
+        """The heads saved in ``folder``: among a full model's weights, or (version 1) in their own file.
 
-    def load_heads(self, folder: str | Path) -> None:
-        tensors = load_file(str(Path(folder) / HEADS_FILE))
-        for k, head in self.heads.items():
-            head.load_state_dict({"weight": tensors[f"{k}.weight"], "bias": tensors[f"{k}.bias"]})
+        ``legacy_only``: an adapter folder, whose heads come with the adapter unless it is a version-1 one.
+        """
+        folder = Path(folder)
+        legacy = folder / LEGACY_HEADS_FILE
+        if legacy.is_file():
+            with safe_open(str(legacy), framework="pt") as handle:
+                self.load_head_tensors({f"{HEAD_PREFIX}{k}": handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+            return
+        if legacy_only:
+            return
+        self.load_head_tensors(read_tensors(folder, HEAD_PREFIX))
+
+    def load_head_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        expected = set(self.head_state())
+        if set(tensors) != expected:
+            raise ValueError(
+                f"score heads in the checkpoint ({sorted(tensors)[:6]}) do not match this model's ({sorted(expected)[:6]})"
+            )
+        with torch.no_grad():
+            for key, tensor in tensors.items():
+                layer, name = key[len(HEAD_PREFIX) :].split(".")
+                getattr(self.heads[layer], name).copy_(tensor)
+
+
+def head_dtype(head: nn.Module) -> torch.dtype:
+    """The dtype a head computes in (peft's wrapper keeps the trained copy inside)."""
+    return next(head.parameters()).dtype
+
+
+def read_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor whose key starts with ``prefix`` in the folder's safetensors weights (sharded or not)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("model*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                if key.startswith(prefix):
+                    tensors[key] = handle.get_tensor(key)
+    return tensors
+
+
+def zero3_enabled() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def gathered(parameter: torch.nn.Parameter):
+    """A context in which a ZeRO-3 sharded parameter is whole (a no-op otherwise)."""
+    import contextlib
+
+    if zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([parameter], modifier_rank=None)
+    return contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""LLM reranker scoring: the logit of "Yes" at the last position (or its log-odds against "No").
+"""LLM reranker: a causal LM scored by the logit of "Yes" at the last position (or its log-odds against "No").
 
 The token ids are resolved once from the tokenizer, checked to be single tokens, and stored in
 `rerankforge.json`, so training and inference read the same vocabulary row. Scores are float32 whatever
@@ -7,8 +7,22 @@ precision the model runs in.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.trainer.modeling.base import RerankerModel
+from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.spec import LLMSpec, RerankerSpec
+
+if TYPE_CHECKING:
+    from rerankforge.trainer.llm_config import LLMRerankerConfig
 
 SCORE_MODES = ("yes", "yes_minus_no")
 
@@ -55,15 +69,15 @@ ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flas
 
 def llm_scoring_fields(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: str = DEFAULT_PROMPT,
     score: str = "yes",
     yes_token: str = "Yes",
     no_token: str = "No",
-) -> dict[str, object]:
-    """What `rerankforge.json` stores for this family: the prompt, the score mode and the resolved token ids."""
+) -> dict[str, Any]:
+    """The `LLMSpec` fields of a scoring setup: the prompt, the score mode and the resolved token ids."""
     if score not in SCORE_MODES:
         raise ValueError(f"unknown score mode {score!r}; known: {', '.join(SCORE_MODES)}")
-    fields: dict[str, object] = {
+    return {
         "prompt": prompt,
         "score": score,
         "yes_token": yes_token,
@@ -71,7 +85,6 @@ def llm_scoring_fields(
         "no_token": no_token,
         "no_token_id": single_token_id(tokenizer, no_token) if score == "yes_minus_no" else None,
     }
-    return fields
 
 
 def check_attention(attn_implementation: str) -> str | None:
@@ -99,8 +112,6 @@ def load_causal_lm(
     """A decoder LLM from safetensors only, in ``dtype`` (fp32 unless asked), with the chosen attention."""
     from transformers import AutoModelForCausalLM
 
-    from rerankforge.trainer.modeling.sources import resolve_model_path
-
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     return AutoModelForCausalLM.from_pretrained(
@@ -117,3 +128,143 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     return tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A decoder's tokenizer with a pad token (padding is masked; EOS serves)."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(name_or_path), trust_remote_code=trust_remote_code
+    )
+    return ensure_pad_token(tokenizer)
+
+
+class LLMRerankerModel(RerankerModel):
+    """A causal LM whose score is the "Yes" logit at the last position (``score: yes_minus_no``: minus "No"'s).
+
+    Its "heads" are rows of the LM head, named by the token ids in its `LLMSpec`; with LoRA, peft wraps this
+    object and the adapter's keys are those of the bare causal LM.
+    """
+
+    spec_class = LLMSpec
+    spec: LLMSpec
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[rows]`` float32 scores of left-padded rows."""
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return score_last_token(
+            self.backbone, batch, self.spec.yes_token_id, self.spec.no_token_id, self.spec.score
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str = "auto",
+        adapter_path: str | Path | None = None,
+        spec: RerankerSpec | None = None,
+        **kwargs: Any,
+    ) -> LLMRerankerModel:
+        """For scoring: our full folders; our adapter folders (on the base model their spec names, merged); any
+        causal LM with a stand-in ``spec``; ``adapter_path``: an adapter saved apart, put on ``name_or_path``."""
+        from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter
+
+        path = resolve_model_path(str(name_or_path))
+        spec_folder = str(adapter_path or path)
+        spec = RerankerSpec.load(spec_folder) or spec
+        if spec is None:
+            raise ValueError(f"{spec_folder}: no rerankforge.json, and no stand-in spec was given")
+        if type(spec) is not cls.spec_class:
+            raise ValueError(
+                f"{spec_folder} holds a {spec.family!r} reranker; load it with that family's class"
+            )
+        adapter = adapter_path or (path if is_adapter_folder(path) else None)
+        base = path
+        if adapter is not None and adapter_path is None:
+            base = spec.base_model or adapter_base_model(adapter)
+            if base is None:
+                raise ValueError(f"{adapter}: the adapter names no base model")
+        backbone = load_causal_lm(base, dtype, attn_implementation, trust_remote_code)
+        model = cls.build(backbone, spec)
+        if adapter is None:
+            model.load_heads(path)
+            return model
+        model.load_heads(adapter, legacy_only=True)  # heads saved beside a version-1 adapter
+        merged = load_adapter(model, adapter, trainable=False).merge_and_unload()
+        merged.spec = dataclasses.replace(spec, adapter=False)
+        return merged
+
+    @classmethod
+    def build(cls, backbone: PreTrainedModel, spec: LLMSpec) -> LLMRerankerModel:
+        """The model object around a loaded causal LM (families with heads add them here)."""
+        return cls(backbone, spec)
+
+    def load_heads(self, folder: str | Path, legacy_only: bool = False) -> None:
+        """Heads saved with the weights (none for this family)."""
+
+    @classmethod
+    def load_tokenizer(cls, config: LLMRerankerConfig) -> PreTrainedTokenizerBase:
+        return load_tokenizer(config.tokenizer_name or config.model_name_or_path, config.trust_remote_code)
+
+    @classmethod
+    def for_training(cls, config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+        """The base LLM in the family model, with fresh adapters, a saved adapter to continue, or (no LoRA)
+        every weight trainable."""
+        backbone = load_causal_lm(
+            config.model_name_or_path,
+            config.torch_dtype,
+            config.attn_implementation,
+            config.trust_remote_code,
+        )
+        backbone.config.use_cache = False  # no generation in training; the cache only costs memory
+        model = cls.for_training_from(backbone, cls.training_spec_fields(config, tokenizer), config)
+        return prepare_for_training(model, config)
+
+    @staticmethod
+    def training_spec_fields(config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        scoring = llm_scoring_fields(
+            tokenizer, config.prompt, config.score, config.yes_token, config.no_token
+        )
+        return dict(
+            query_max_len=config.query_max_len,
+            passage_max_len=config.passage_max_len,
+            max_length=config.query_max_len + config.passage_max_len,
+            base_model=config.model_name_or_path,
+            adapter=config.use_lora,
+            **scoring,
+        )
+
+    @classmethod
+    def for_training_from(
+        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LLMRerankerConfig
+    ) -> LLMRerankerModel:
+        return cls(backbone, LLMSpec(**spec_fields))
+
+    def training_lengths(self, config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> PairLengths:
+        return PairLengths(
+            config.query_max_len, config.passage_max_len, config.query_max_len + config.passage_max_len
+        )
+
+
+def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> nn.Module:
+    """LoRA as the config asks: fresh adapters, or a saved adapter (and its heads) to continue; none: as is."""
+    from rerankforge.trainer.modeling.lora import add_lora, load_adapter
+
+    if not config.use_lora:
+        return model
+    if config.adapter_name_or_path:
+        model.load_heads(config.adapter_name_or_path, legacy_only=True)  # a version-1 adapter's heads file
+        wrapped = load_adapter(model, config.adapter_name_or_path, trainable=True)
+    else:
+        wrapped = add_lora(
+            model,
+            config.lora_rank,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.lora_target_modules,
+            config.modules_to_save,
+        )
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
+    return wrapped

@@ -43,35 +43,64 @@ def adapter_base_model(path: str | Path) -> str | None:
     return config.get("base_model_name_or_path")
 
 
+def trainable_heads(model: nn.Module) -> list[str]:
+    """The family's own head modules that train with the adapter (peft's ``modules_to_save``)."""
+    names = getattr(model, "head_module_names", None)
+    return names() if callable(names) else []
+
+
 def add_lora(
-    model: PreTrainedModel,
+    model: nn.Module,
     rank: int,
     alpha: float,
     dropout: float,
     target_modules: list[str] | None = None,
     modules_to_save: list[str] | None = None,
 ):
-    """Fresh LoRA adapters on ``model``; only they (and ``modules_to_save``) train."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    """Fresh LoRA adapters on a family model; only they, its heads and ``modules_to_save`` train.
+
+    No task type: peft wraps the family model as it is, so its forward (the score) is what the wrapper runs.
+    """
+    from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules or default_target_modules(model),
-        modules_to_save=modules_to_save,
+        modules_to_save=[*(modules_to_save or []), *trainable_heads(model)] or None,
     )
     return get_peft_model(model, config)
 
 
-def load_adapter(model: PreTrainedModel, adapter_path: str | Path, trainable: bool):
-    """A saved adapter on ``model``: trainable to continue training, frozen to score."""
+def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
+    """A saved adapter on a family model: trainable to continue training, frozen to score (then merged).
+
+    Adapters saved before the family models (task type CAUSAL_LM, heads in a file of their own) load the same
+    way: their keys are those of the bare causal LM, which the family model shares.
+    """
+    from peft import LoraConfig, PeftModel
+
+    config = LoraConfig.from_pretrained(str(adapter_path))
+    config.task_type = None
+    if trainable:  # the heads train on; to score, the adapter's own modules_to_save say what it holds
+        config.modules_to_save = sorted({*(config.modules_to_save or []), *trainable_heads(model)}) or None
+    config.inference_mode = not trainable
+    return PeftModel.from_pretrained(model, str(adapter_path), config=config, is_trainable=trainable)
+
+
+def load_plain_adapter(model: PreTrainedModel, adapter_path: str | Path):
+    """A peft adapter that rerankforge did not write, on the model it was made for, frozen."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
+    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
+
+
+def unwrap_adapters(model: nn.Module) -> nn.Module:
+    """The family model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def merged_copy(model) -> PreTrainedModel:
-    """The adapter folded into the base weights: a plain transformers model that needs no peft to load."""
+    """The adapter folded into the base weights: a plain model that needs no peft to load."""
     return model.merge_and_unload()
