@@ -10,7 +10,7 @@ from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
 from rerankforge.inference.batching import score_longest_first, sigmoid
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.reranker import Pair, is_single_pair
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
+from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, layer_name
 from rerankforge.trainer.spec import LayerwiseSpec
 
 
@@ -54,7 +54,7 @@ class LayerwiseReranker(LLMReranker):
         def score_batch(chunk: list[list[int]]) -> list[list[float]]:
             batch = {k: v.to(self.device) for k, v in pad_left(chunk, pad_id, pad_multiple).items()}
             scores = self.model(**batch, layers=layers)
-            return torch.stack([scores[k] for k in layers], dim=-1).tolist()
+            return torch.stack([scores[layer_name(k)] for k in layers], dim=-1).tolist()
 
         return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
 

@@ -82,11 +82,23 @@ def test_zero2_trains_the_llm_family_with_lora(tmp_path, tiny_llm_dirs):
     assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_zero2_trains_the_layerwise_family_and_zero3_is_refused_clearly(tmp_path, tiny_llm_dirs):
+@pytest.mark.parametrize("stage_file", ["zero2.json", "zero3.json"])
+def test_the_layerwise_family_trains_and_saves_its_heads_under_zero2_and_zero3(
+    tmp_path, tiny_llm_dirs, stage_file
+):
+    """The heads are the model's own weights (peft's modules_to_save): ZeRO-3 gathers them with the adapter."""
+    from rerankforge.inference import LayerwiseReranker
+
     settings = dict(family="layerwise", lora_rank=4, lora_alpha=8, start_layer=1, self_distill_weight=0.5)
-    out = run_zero(tmp_path / "z2", tiny_llm_dirs("llama"), "zero2.json", **settings)
-    a = load_file(out / "rank0.safetensors")
-    assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k)
-    assert (out / "layerwise_heads.safetensors").is_file()
-    with pytest.raises(AssertionError, match="does not support DeepSpeed ZeRO-3 yet"):
-        run_zero(tmp_path / "z3", tiny_llm_dirs("llama"), "zero3.json", **settings)
+    out = run_zero(tmp_path, tiny_llm_dirs("llama"), stage_file, **settings)
+    assert not (out / "model.safetensors").exists()
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [k for k in adapter if "lora_B" in k]
+    heads = sorted(k for k in adapter if ".heads." in k)
+    assert heads == [f"base_model.model.heads.{k}.{n}" for k in (1, 2) for n in ("bias", "weight")]
+    assert all(adapter[k].numel() > 0 for k in adapter)  # gathered, not a ZeRO-3 shard
+    assert any(adapter[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: it trained
+    assert all(adapter[k].abs().sum() > 0 for k in heads if k.endswith("bias"))  # biases start at zero too
+    reranker = LayerwiseReranker.from_pretrained(str(out), device="cpu")
+    scores = reranker.compute_score([["where is the apple", "the apple is here"]] * 2, cutoff_layers=[1, 2])
+    assert all(torch.isfinite(torch.tensor(s)).all() for s in scores)

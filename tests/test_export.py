@@ -143,3 +143,30 @@ def test_hub_metadata_carries_hub_ids_never_local_paths(tmp_path):
 
     assert hub_id("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_id(str(tmp_path)) is None and hub_id("../shared/data/squad-v1.1/dev-v1.1.json") is None
+
+
+def test_the_card_gives_the_losses_own_description_as_the_spec_records_it(tmp_path):
+    from rerankforge.trainer.model_card import model_card
+    from rerankforge.trainer.spec import LayerwiseSpec
+
+    objective = {
+        "per_layer": {
+            "loss": {"name": "lambda_loss", "weighting": "lambdarank", "k": 10, "sigma": 1.0, "mu": 10.0,
+                     "graded": False},
+            "distill_loss": {"name": "kl", "temperature": 2.0},
+            "distill_weight": 0.5,
+        },
+        "self_distill_weight": 0.25,
+    }  # fmt: skip
+    spec = LayerwiseSpec(query_max_len=8, passage_max_len=16, max_length=24, yes_token_id=5, layers=[6, 7, 8],
+                         num_layers=8, loss=objective)  # fmt: skip
+    (tmp_path / "training_args.json").write_text(json.dumps({"train_group_size": 4}))
+    card = model_card(spec, tmp_path, "org/model")
+    assert (
+        "- loss: LambdaLoss: pairwise logistic loss weighted by each pair's effect on NDCG (weighting="
+        in card
+    )
+    assert "k=10" in card and "plus 0.5 x KL divergence" in card and "(temperature=2.0)" in card
+    assert "self-distillation towards the last layer (weight 0.25)" in card
+    assert "score heads on layers 6-8 of 8" in card and "cutoff_layers=[8]" in card
+    assert "1 positive and 3 negatives" in card

@@ -72,8 +72,10 @@ def test_untrained_last_layer_score_is_the_llm_familys_yes_logit(llm_tokenizer, 
     with torch.no_grad():
         layerwise = model(batch["input_ids"], batch["attention_mask"])
         yes_logit = score_last_token(lm, batch, yes)
-    assert layerwise[3].tolist() == pytest.approx(yes_logit.tolist(), abs=1e-5)  # soft-capped for gemma2
-    assert not torch.allclose(layerwise[1], layerwise[3])
+    assert layerwise["layer3"].tolist() == pytest.approx(
+        yes_logit.tolist(), abs=1e-5
+    )  # soft-capped for gemma2
+    assert not torch.allclose(layerwise["layer1"], layerwise["layer3"])
 
 
 def test_cutoff_k_never_calls_the_layers_above_k(llm_tokenizer):
@@ -89,7 +91,9 @@ def test_cutoff_k_never_calls_the_layers_above_k(llm_tokenizer):
     with torch.no_grad():
         full = model(batch["input_ids"], batch["attention_mask"])
     assert calls == [2, 2, 1, 1]
-    assert early[2].tolist() == pytest.approx(full[2].tolist(), abs=1e-6)  # stopping early changes nothing
+    assert early["layer2"].tolist() == pytest.approx(
+        full["layer2"].tolist(), abs=1e-6
+    )  # stopping early changes nothing
 
 
 @pytest.mark.parametrize("self_distill_weight", [0.0, 0.5])
@@ -100,18 +104,18 @@ def test_summed_loss_equals_the_per_layer_hand_computations(tmp_path, four_layer
     batch = trainer.data_collator(groups)
     trainer.model.eval()
     loss, outputs = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
-    assert sorted(outputs["scores"]) == [2, 3, 4]
+    assert list(outputs["scores"]) == ["layer2", "layer3", "layer4"]
     with torch.no_grad():  # each group alone, every layer
         alone = [trainer.model(**{k: trainer.data_collator([g])[k] for k in ("input_ids", "attention_mask")})
                  for g in groups]  # fmt: skip
     target = torch.zeros(3, dtype=torch.long)
     expected = 0.0
-    last = torch.stack([a[4] for a in alone])
-    for layer in (2, 3, 4):
+    last = torch.stack([a["layer4"] for a in alone])
+    for layer in ("layer2", "layer3", "layer4"):
         scores = torch.stack([a[layer] for a in alone])
         assert outputs["scores"][layer].detach() == pytest.approx(scores, abs=1e-5)
         part = torch.nn.functional.cross_entropy(scores, target)
-        if self_distill_weight and layer != 4:
+        if self_distill_weight and layer != "layer4":
             part = part + self_distill_weight * torch.nn.functional.kl_div(
                 scores.log_softmax(-1), last.log_softmax(-1), log_target=True, reduction="batchmean"
             )
@@ -158,10 +162,14 @@ def test_saved_model_scores_equal_the_trainers_at_every_layer(tmp_path, four_lay
         assert isinstance(reranker, LayerwiseReranker)
         per_layer = reranker.compute_score(pairs, cutoff_layers=[2, 3, 4], batch_size=5)
         for layer, scores in zip([2, 3, 4], per_layer, strict=True):
-            assert scores == pytest.approx(trained[layer].tolist(), abs=1e-4)
-        assert reranker.compute_score(pairs) == pytest.approx(trained[4].tolist(), abs=1e-4)  # default: last
+            assert scores == pytest.approx(trained[f"layer{layer}"].tolist(), abs=1e-4)
+        assert reranker.compute_score(pairs) == pytest.approx(
+            trained["layer4"].tolist(), abs=1e-4
+        )  # default: last
     flag = LayerWiseFlagLLMReranker(str(out), devices="cpu")
-    assert flag.compute_score(pairs[0], cutoff_layers=[3]) == pytest.approx(trained[3][0].item(), abs=1e-4)
+    assert flag.compute_score(pairs[0], cutoff_layers=[3]) == pytest.approx(
+        trained["layer3"][0].item(), abs=1e-4
+    )
     with pytest.raises(ValueError, match=r"cutoff_layers \[1\] have no head"):
         flag.compute_score(pairs, cutoff_layers=[1])
 

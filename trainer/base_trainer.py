@@ -131,7 +131,7 @@ class RerankerTrainer(Trainer):
         group_size = int(inputs.pop("group_size"))
         teacher_scores = inputs.pop("teacher_scores", None)
         scores = model(**inputs)
-        if isinstance(scores, dict):  # several heads (the layerwise family): {layer: [rows]}
+        if isinstance(scores, dict):  # several heads (the layerwise family): {"layer<k>": [rows]}
             grouped = {k: s.view(-1, group_size) for k, s in scores.items()}
         else:
             grouped = scores.view(-1, group_size)
@@ -207,10 +207,11 @@ class RerankerTrainer(Trainer):
         """After the final model is saved: a family's extra exports (the LLM family's merged model)."""
 
 
-def as_columns(scores: torch.Tensor | dict[int, torch.Tensor]) -> torch.Tensor:
-    """Scores as one tensor: ``[rows]`` as they are; several heads' ``{layer: [rows]}`` as ``[rows, heads]``."""
+def as_columns(scores: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scores as one tensor: ``[rows]`` as they are; several heads' ``{name: [rows]}`` as ``[rows, heads]``, in
+    the model's order (its `score_columns`)."""
     if isinstance(scores, dict):
-        return torch.stack([scores[k] for k in sorted(scores)], dim=-1)
+        return torch.stack(list(scores.values()), dim=-1)
     return scores
 
 

@@ -30,13 +30,14 @@ class LayerwiseObjective(nn.Module):
         return self.objective.needs_teacher_scores
 
     def forward(
-        self, scores: dict[int, torch.Tensor], teacher_scores: torch.Tensor | None = None
+        self, scores: dict[str, torch.Tensor], teacher_scores: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The total loss, and its parts: each layer's share (``layer<k>``) and each term summed over layers."""
-        last = max(scores)
+        """The total loss over ``{layer name: [groups, group_size]}`` scores (shallowest first, the last one the
+        self-distillation target), and its parts: each layer's share, by its name, and each term summed."""
+        last = list(scores)[-1]
         parts: dict[str, torch.Tensor] = {}
         total = None
-        for layer in sorted(scores):
+        for layer in scores:
             loss, terms = self.objective(scores[layer], teacher_scores)
             for name, value in terms.items():
                 parts[name] = parts[name] + value if name in parts else value
@@ -46,7 +47,7 @@ class LayerwiseObjective(nn.Module):
                 parts["self_distill"] = (
                     parts["self_distill"] + self_distill if "self_distill" in parts else self_distill
                 )
-            parts[f"layer{layer}"] = loss
+            parts[layer] = loss
             total = loss if total is None else total + loss
         return total, parts
 

@@ -105,7 +105,7 @@ class LayerwiseRerankerModel(LLMRerankerModel):
 
     def score_columns(self) -> list[str]:
         """Evaluation reports each head: ``layer<k>_ndcg@10``, ...; the unprefixed metrics are the last layer's."""
-        return [f"layer{k}" for k in self.layers]
+        return [layer_name(k) for k in self.layers]
 
     def head_module_names(self) -> list[str]:
         """The heads that train (peft's ``modules_to_save`` names for them)."""
@@ -122,11 +122,12 @@ class LayerwiseRerankerModel(LLMRerankerModel):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Iterable[int] | None = None
-    ) -> dict[int, torch.Tensor]:
-        """``{layer: float32 scores [batch]}`` for the requested layers, rows left-padded.
+    ) -> dict[str, torch.Tensor]:
+        """``{"layer<k>": float32 scores [batch]}`` for the requested layers, shallowest first, rows left-padded.
 
         Default: ``train_layers`` in training, every head otherwise. Only layers up to the deepest requested one
-        run (under DeepSpeed ZeRO-3 every layer runs: its parameter hooks expect whole passes).
+        run (under DeepSpeed ZeRO-3 every layer runs: its parameter hooks expect whole passes). The keys are
+        strings because DeepSpeed's hooks read a forward's dict output by name.
         """
         if layers is None:
             layers = self.train_layers if self.training else self.layers
@@ -166,7 +167,7 @@ class LayerwiseRerankerModel(LLMRerankerModel):
             score = head(norm(states[k]).to(head_dtype(head))).squeeze(-1).float()
             if self.softcap:
                 score = torch.tanh(score / self.softcap) * self.softcap
-            scores[k] = score
+            scores[layer_name(k)] = score
         return scores
 
     def load_heads(self, folder: str | Path, legacy_only: bool = False) -> None:
@@ -194,6 +195,11 @@ class LayerwiseRerankerModel(LLMRerankerModel):
             for key, tensor in tensors.items():
                 layer, name = key[len(HEAD_PREFIX) :].split(".")
                 getattr(self.heads[layer], name).copy_(tensor)
+
+
+def layer_name(layer: int) -> str:
+    """The key of layer ``layer``'s scores (1-based, as ``cutoff_layers``) in outputs, logs and metrics."""
+    return f"layer{layer}"
 
 
 def head_dtype(head: nn.Module) -> torch.dtype:
