@@ -24,10 +24,9 @@ from machine import append_results  # noqa: E402
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT  # noqa: E402
 from rerankforge.inference import LayerwiseReranker  # noqa: E402
-from rerankforge.trainer.modeling.layerwise import LayerwiseModel, decoder_layers  # noqa: E402
-from rerankforge.trainer.modeling.llm import ensure_pad_token, llm_scoring_fields, load_causal_lm  # noqa: E402
-from rerankforge.trainer.modeling.sources import resolve_model_path  # noqa: E402
-from rerankforge.trainer.spec import RerankerSpec  # noqa: E402
+from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, decoder_layers  # noqa: E402
+from rerankforge.trainer.modeling.llm import llm_scoring_fields, load_causal_lm, load_tokenizer  # noqa: E402
+from rerankforge.trainer.spec import LayerwiseSpec  # noqa: E402
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
@@ -47,15 +46,13 @@ def squad_pairs(count: int) -> list[list[str]]:
 
 def untrained_reranker(start_layer: int, dtype: torch.dtype) -> LayerwiseReranker:
     """SmolLM2 with "Yes"-initialised heads: the cost of a pass does not depend on trained weights."""
-    from transformers import AutoTokenizer
-
     lm = load_causal_lm(SMOLLM2, dtype)
-    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2)))
-    scoring = llm_scoring_fields(tokenizer, DEFAULT_PROMPT)
-    layers = list(range(start_layer, len(decoder_layers(lm)) + 1))
-    model = LayerwiseModel(lm, layers, yes_token_id=int(scoring["yes_token_id"]))
-    spec = RerankerSpec("layerwise", 32, 192, 224, SMOLLM2, {**scoring, "layers": layers})
-    return LayerwiseReranker(model, tokenizer, spec, device="cpu")
+    tokenizer = load_tokenizer(SMOLLM2)
+    num_layers = len(decoder_layers(lm))
+    spec = LayerwiseSpec(query_max_len=32, passage_max_len=192, max_length=224, base_model=SMOLLM2,
+                         layers=list(range(start_layer, num_layers + 1)), num_layers=num_layers,
+                         **llm_scoring_fields(tokenizer, DEFAULT_PROMPT))  # fmt: skip
+    return LayerwiseReranker(LayerwiseRerankerModel(lm, spec), tokenizer, device="cpu")
 
 
 def main() -> None:

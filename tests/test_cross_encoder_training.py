@@ -145,6 +145,24 @@ def test_distillation_trains_from_teacher_scores(tmp_path, tiny_bert_dir):
         assert entry["loss"] == pytest.approx(entry["loss_ranking"] + 0.5 * entry["loss_distill"], rel=1e-4)
 
 
+def test_loss_parts_are_averaged_like_loss_under_gradient_accumulation(tmp_path, tiny_bert_dir):
+    records = toy_records(10)
+    for record in records:
+        record["pos_scores"] = [3.0]
+        record["neg_scores"] = [float(i % 3) for i in range(len(record["neg"]))]
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    # 10 queries in batches of 4, 4 and 2, two batches a step: each epoch ends with a step of one batch, and
+    # each log (every 2 steps) spans a step of two batches and one of one
+    config = make_config(tmp_path, tiny_bert_dir, data, distill_loss="margin_mse", distill_weight=0.25,
+                         gradient_accumulation_steps=2, num_train_epochs=2, logging_steps=2)  # fmt: skip
+    trainer = build(config)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        assert entry["loss"] == pytest.approx(entry["loss_ranking"] + 0.25 * entry["loss_distill"], rel=1e-4)
+
+
 def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_dir):
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
     config = make_config(tmp_path, tiny_bert_dir, data, num_train_epochs=2)

@@ -266,3 +266,61 @@ def test_layerwise_flag_reranker_uses_flagembeddings_budgets_for_max_length(
     flag.score_layers = lambda s, *a, **k: built.extend(s) or original(s, *a, **k)
     flag.compute_score(pairs, max_length=48)
     assert built == [flag_llm_reference_ids(llm_tokenizer, *pairs[0], 48)]
+
+
+def test_the_layerwise_objective_and_its_temperature_are_checked_with_the_config(tmp_path, four_layer_llama):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
+    with pytest.raises(
+        ValueError, match="temperature must be > 0"
+    ):  # self-distillation's, before any weights
+        make_config(tmp_path, four_layer_llama, data, self_distill_weight=0.5, distill_temperature=0.0)
+    # the temperature sets self-distillation even when the teacher term is margin_mse, which takes none
+    config = make_config(tmp_path, four_layer_llama, data, self_distill_weight=0.5, distill_loss="margin_mse",
+                         distill_temperature=2.0)  # fmt: skip
+    objective = config.build_objective()
+    assert objective.self_distillation.temperature == 2.0 and objective.objective.distill.name == "margin_mse"
+
+
+def test_full_fine_tuning_keeps_the_heads_among_the_weights_and_resumes_them(
+    tmp_path, four_layer_llama, capfd
+):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
+    settings = dict(use_lora=False, train_layers=[2, 3], per_device_train_batch_size=2, save_strategy="steps",
+                    save_steps=2, learning_rate=1e-3)  # fmt: skip
+    straight = build(make_config(tmp_path, four_layer_llama, data, **settings))
+    straight.train()
+    out = tmp_path / "out"
+    straight.save_model(str(out))
+    saved = load_file(out / "model.safetensors")
+    assert {k for k in saved if k.startswith("heads.")} == {
+        f"heads.{k}.{n}" for k in (2, 3, 4) for n in ("weight", "bias")
+    }
+    assert not (out / "adapter_config.json").exists()
+    base = load_file(four_layer_llama / "model.safetensors")
+    for name in (
+        "lm_head.weight",
+        "model.layers.3.mlp.down_proj.weight",
+    ):  # no loss reaches them: left as they were
+        assert torch.equal(saved[name], base[name])
+    assert not torch.equal(
+        saved["model.layers.1.mlp.down_proj.weight"], base["model.layers.1.mlp.down_proj.weight"]
+    )
+
+    straight.model.eval()
+    batch = straight.data_collator([straight.train_dataset[0]])
+    with torch.no_grad():
+        trained = straight.model(batch["input_ids"], batch["attention_mask"])
+    pairs = [[straight.train_dataset[0].query, p] for p in straight.train_dataset[0].passages]
+    capfd.readouterr()
+    reranker = LayerwiseReranker.from_pretrained(str(out), device="cpu")
+    assert (
+        "UNEXPECTED" not in capfd.readouterr().err
+    )  # the heads are ours to load: no transformers report of them
+    for layer, scores in zip([2, 3], reranker.compute_score(pairs, cutoff_layers=[2, 3]), strict=True):
+        assert scores == pytest.approx(trained[f"layer{layer}"].tolist(), abs=1e-5)
+
+    # the Trainer resumes it through load_state_dict: the heads come back with the weights
+    resumed = build(make_config(tmp_path, four_layer_llama, data, **settings))
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.allclose(resumed.model.state_dict()[name], tensor, atol=1e-6), name

@@ -301,16 +301,20 @@ def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs)
     assert (out / "adapter_model.safetensors").is_file() and (out / "rerankforge.json").is_file()
 
 
-def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tiny_llm_dirs):
+@pytest.mark.parametrize("module", ["norm", "lm_head"])
+def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tiny_llm_dirs, module):
+    # lm_head is a top-level child of the causal LM: peft's wrapper must reach the backbone's forward too
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
-    config = make_config(tmp_path, tiny_llm_dirs("llama"), data, modules_to_save=["norm"])
+    config = make_config(tmp_path, tiny_llm_dirs("llama"), data, modules_to_save=[module])
     trainer = build(config)
     trainer.train()
     trainer.save_model(config.output_dir)
     saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
-    norm = [name for name in saved if name.endswith("model.norm.weight")]
-    assert norm, sorted(saved)
-    assert not torch.equal(saved[norm[0]], torch.ones_like(saved[norm[0]]))  # RMSNorm starts at ones
+    name = "model.norm.weight" if module == "norm" else "lm_head.weight"
+    found = [key for key in saved if key.endswith(name)]
+    assert found, sorted(saved)
+    base = load_file(tiny_llm_dirs("llama") / "model.safetensors")[name]
+    assert not torch.equal(saved[found[0]], base)  # it trained
     groups = [trainer.train_dataset[0]]
     reranker = load_reranker(config.output_dir, device="cpu")
     assert isinstance(reranker, LLMReranker)

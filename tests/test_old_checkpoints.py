@@ -33,3 +33,50 @@ def test_a_version_1_layerwise_lora_checkpoint_scores_as_it_did(tmp_path):
         assert layer_scores == pytest.approx(layer_expected, abs=1e-5)
     last = load_reranker(str(checkpoint), device="cpu").compute_score(expected["pairs"])
     assert last == pytest.approx(expected["scores"][-1], abs=1e-5)
+
+
+def test_a_version_1_layerwise_checkpoint_continues_by_adapter_but_refuses_to_resume(tmp_path):
+    from rerankforge.trainer.train import refuse_legacy_heads
+
+    checkpoint, _ = copy_fixture("v1-layerwise-lora", tmp_path)
+    with pytest.raises(
+        ValueError, match="cannot resume, but a new run continues from it with adapter_name_or_path"
+    ):
+        refuse_legacy_heads(str(checkpoint))
+
+
+def test_a_new_run_continues_from_a_version_1_layerwise_adapter_heads_included(tmp_path):
+    import torch
+    from conftest import write_jsonl
+    from test_cross_encoder_training import toy_records
+
+    from rerankforge.data_tools import load_train_dataset
+    from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
+    from rerankforge.trainer.families import build_trainer
+    from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+
+    checkpoint, expected = copy_fixture("v1-layerwise-lora", tmp_path)
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
+    config = LayerwiseRerankerConfig(
+        model_name_or_path=str(checkpoint.parent / "base"), adapter_name_or_path=str(checkpoint),
+        train_data=[str(data)], output_dir=str(tmp_path / "out"), start_layer=2, train_group_size=4,
+        query_max_len=16, passage_max_len=32, lora_rank=2, lora_alpha=4, report_to="none", use_cpu=True,
+    )  # fmt: skip
+    trainer = build_trainer(config, load_train_dataset(config.train_data, 4))
+    trainer.model.eval()
+    encoder = LLMPromptEncoder(trainer.processing_class, 16, 32)
+    pairs = expected["pairs"]
+    batch = encoder.pad_left(encoder.encode([q for q, _ in pairs], [p for _, p in pairs]), None)
+    with torch.no_grad():
+        scores = trainer.model(**batch)
+    for layer, layer_expected in zip(expected["cutoff_layers"], expected["scores"], strict=True):
+        assert scores[f"layer{layer}"].tolist() == pytest.approx(layer_expected, abs=1e-5)
+    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if "modules_to_save" in n)
+    trainer.save_model(config.output_dir)  # saved in today's layout: the heads inside the adapter
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert {k for k in saved if ".heads." in k} == {f"base_model.model.heads.{k}.{n}" for k in (2, 3)
+                                                    for n in ("weight", "bias")}  # fmt: skip
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["modules_to_save"] == [
+        "heads.2", "heads.3"]  # fmt: skip

@@ -155,6 +155,12 @@ def test_loss_settings_come_from_the_recipe_or_as_json_on_the_command_line(tmp_p
     assert config.distill_loss == "kl" and config.needs_teacher_scores
     config = parse_config([str(TOY_RECIPE), "--distill_loss", "margin_mse", "--distill_weight", "0.1"])
     assert config.knowledge_distillation and config.build_objective().distill_weight == 0.1
+    with pytest.raises(ValueError, match="knowledge_distillation is false but distill_loss is 'kl'"):
+        parse_config([str(TOY_RECIPE), "--distill_loss", "kl", "--knowledge_distillation", "false"])
+    with pytest.raises(ValueError, match="distill_weight 0.5 would change nothing: no distill_loss is set"):
+        parse_config([str(TOY_RECIPE), "--distill_weight", "0.5"])
+    with pytest.raises(ValueError, match="distill_temperature 2.0 would change nothing"):
+        parse_config([str(TOY_RECIPE), "--distill_loss", "margin_mse", "--distill_temperature", "2"])
 
 
 DEEPSPEED_CONFIGS = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))

@@ -49,8 +49,8 @@ class RerankerTrainer(Trainer):
 
     The model is a family model (`RerankerModel`), or a peft model around one; ``model(**batch)`` is its score.
     The group shape comes from the batch the collator built, so a short last batch trains like any other. The
-    objective is the config's (``loss``, ``distill_loss``); families with several scores per row combine them
-    in `make_objective`.
+    objective is the config's `build_objective` (``loss``, ``distill_loss``; the layerwise family's sums it over
+    layers).
     """
 
     args: RerankerConfig
@@ -75,9 +75,10 @@ class RerankerTrainer(Trainer):
         self.add_callback(TrainingCurvesCallback())
         if self.eval_dataset is not None and hasattr(self.eval_dataset, "last_scores"):
             self.add_callback(ScoreHistogramCallback(self.eval_dataset, self))
-        self.objective = self.make_objective()
+        self.objective = self.args.build_objective()
         self.reranker.spec.loss = self.objective.get_config_dict()  # rerankforge.json records what trained it
         self.loss_parts = LossPartMeans()
+        self.add_callback(self.loss_parts)
 
     @property
     def reranker(self) -> RerankerModel:
@@ -87,10 +88,6 @@ class RerankerTrainer(Trainer):
     @property
     def spec(self):
         return self.reranker.spec
-
-    def make_objective(self):
-        """The loss the config names, plus its distillation term."""
-        return self.args.build_objective()
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         """Evaluation batches come from ``eval_data_collator`` when there is one: evaluation scores pairs
@@ -137,13 +134,13 @@ class RerankerTrainer(Trainer):
             grouped = scores.view(-1, group_size)
         loss, parts = self.objective(grouped, teacher_scores)
         if model.training:
-            self.loss_parts.add(parts)
+            self.loss_parts.add(parts, getattr(self, "current_gradient_accumulation_steps", 1))
         return (loss, {"scores": grouped}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Training logs also carry each part of the loss (``loss_<part>``), averaged as ``loss`` is."""
         if "loss" in logs:
-            logs.update(self.loss_parts.pop_means(self.args.parallel_mode))
+            logs.update(self.loss_parts.pop_means(self.args.parallel_mode, self.state.global_step))
         super().log(logs, *args, **kwargs)
 
     def prediction_step(

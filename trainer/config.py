@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rerankforge.trainer.losses import DEFAULT_LOSS, LOSSES, RankingObjective, build_objective
+from rerankforge.trainer.losses import (
+    DEFAULT_LOSS,
+    LOSSES,
+    LayerwiseObjective,
+    RankingObjective,
+    build_objective,
+)
 
 
 @dataclass
@@ -54,12 +60,18 @@ class RerankerConfig(TrainingArguments):
             "kl, margin_mse or mse (default none; kl when knowledge_distillation is on)."
         },
     )
-    knowledge_distillation: bool = field(
-        default=False,
-        metadata={"help": "FlagEmbedding's switch: add the distillation term (distill_loss, kl by default)."},
+    knowledge_distillation: bool | None = field(
+        default=None,
+        metadata={
+            "help": "FlagEmbedding's switch: true adds the distillation term (distill_loss, kl by default); "
+            "unset follows distill_loss."
+        },
     )
     distill_temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature of the kl distillation term."}
+        default=1.0,
+        metadata={
+            "help": "Softmax temperature of the kl distillation term (and of layerwise self-distillation)."
+        },
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
     ir_data: str | None = field(
@@ -108,10 +120,23 @@ class RerankerConfig(TrainingArguments):
                 ) from None
         if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
             raise ValueError(f"loss_kwargs must be a mapping of setting to value, got {self.loss_kwargs!r}")
+        if self.knowledge_distillation is False and self.distill_loss is not None:
+            raise ValueError(
+                f"knowledge_distillation is false but distill_loss is {self.distill_loss!r}: set one of them"
+            )
         if self.knowledge_distillation and self.distill_loss is None:
             self.distill_loss = "kl"
         self.knowledge_distillation = self.distill_loss is not None
         self.build_objective()  # an unknown loss, setting or value fails here, before any data or model is read
+        if self.distill_weight != 1.0 and self.distill_loss is None:
+            raise ValueError(
+                f"distill_weight {self.distill_weight} would change nothing: no distill_loss is set (kl, margin_mse, mse)"
+            )
+        if self.distill_temperature != 1.0 and not self.temperature_users():
+            raise ValueError(
+                f"distill_temperature {self.distill_temperature} would change nothing: it is the temperature of the "
+                "kl distillation term (and of the layerwise family's self-distillation), and this run has neither"
+            )
         super().__post_init__()
         if self.model_name_or_path is None:
             raise ValueError("model_name_or_path is required (in the recipe or as --model_name_or_path)")
@@ -140,11 +165,15 @@ class RerankerConfig(TrainingArguments):
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")
 
-    def build_objective(self) -> RankingObjective:
+    def build_objective(self) -> RankingObjective | LayerwiseObjective:
         """The loss and distillation term this run trains with (a fresh module each call)."""
         return build_objective(
             self.loss, self.loss_kwargs, self.distill_loss, self.distill_weight, self.distill_temperature
         )
+
+    def temperature_users(self) -> list[str]:
+        """The terms that ``distill_temperature`` sets."""
+        return ["distill_loss kl"] if self.distill_loss == "kl" else []
 
     @property
     def needs_teacher_scores(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.losses import LayerwiseObjective
 
 
 @dataclass
@@ -21,6 +22,18 @@ class LayerwiseRerankerConfig(LLMRerankerConfig):
         default=0.0,
         metadata={"help": "Weight of every earlier layer learning the last layer's softmax (0: off)."},
     )
+
+    def build_objective(self) -> LayerwiseObjective:
+        """The ranking objective at every trained layer, summed, with self-distillation towards the last."""
+        return LayerwiseObjective(
+            super().build_objective(), self.self_distill_weight, self.distill_temperature
+        )
+
+    def temperature_users(self) -> list[str]:
+        return [
+            *super().temperature_users(),
+            *(["self-distillation"] if self.self_distill_weight > 0 else []),
+        ]
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,7 +6,6 @@ from typing import Any
 
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
 from rerankforge.trainer.llm_trainer import LLMRerankerTrainer
-from rerankforge.trainer.losses import LayerwiseObjective
 
 
 class LayerwiseRerankerTrainer(LLMRerankerTrainer):
@@ -22,8 +21,3 @@ class LayerwiseRerankerTrainer(LLMRerankerTrainer):
                 f"{self.args.n_gpu} GPUs in one process (DataParallel): launch one process per GPU instead, "
                 "with `accelerate launch` or `torchrun`"
             )
-
-    def make_objective(self) -> LayerwiseObjective:
-        return LayerwiseObjective(
-            self.args.build_objective(), self.args.self_distill_weight, self.args.distill_temperature
-        )

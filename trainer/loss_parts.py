@@ -1,42 +1,47 @@
 """The parts of a loss (its ranking and distillation terms, a layerwise model's layers), logged like ``loss``.
 
-The Trainer logs ``loss`` as the mean over the steps since the last log, gathered from every process. The
-parts are kept the same way: detached sums on the device (no host sync per step), averaged over the steps
-since the last log and over processes only when a log is written.
+The Trainer logs ``loss`` as the mean over the optimizer steps since the last log of each step's loss (the mean
+over its accumulated micro-batches), gathered from every process. The parts are kept the same way: detached sums
+on the device (no host sync per step), each micro-batch's part divided by the step's accumulation count, then
+divided by the steps since the last log and averaged over processes only when a log is written.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 
 
-class LossPartMeans:
-    """Running sums of named loss parts between two logs."""
+class LossPartMeans(TrainerCallback):
+    """Running sums of named loss parts between two logs (a callback: each ``train()`` starts them afresh)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.last_step = 0
 
-    def add(self, parts: dict[str, torch.Tensor]) -> None:
-        """One forward's parts (every training forward, micro-batches included, as ``loss`` counts them)."""
-        if not parts:
-            return
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.sums.clear()
+        self.last_step = state.global_step  # a resumed run starts from its checkpoint's step
+
+    def add(self, parts: dict[str, torch.Tensor], accumulation_steps: int = 1) -> None:
+        """One training forward's parts; ``accumulation_steps``: micro-batches in its optimizer step."""
         for name, value in parts.items():
-            value = value.detach().float()
+            value = value.detach().float() / accumulation_steps
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
 
-    def pop_means(self, parallel_mode) -> dict[str, float]:
-        """``{"loss_<part>": mean}`` over forwards and processes since the last call; then start again.
+    def pop_means(self, parallel_mode, global_step: int) -> dict[str, float]:
+        """``{"loss_<part>": mean}`` over the steps and processes since the last call; then start again.
 
         Every process must call this at the same log (the gather is collective), as the Trainer does for loss.
         """
-        if not self.count:
+        steps = global_step - self.last_step
+        self.last_step = global_step
+        if not self.sums or steps <= 0:
+            self.sums.clear()
             return {}
         names = sorted(self.sums)
-        local = torch.stack([self.sums[name] for name in names]) / self.count
+        local = torch.stack([self.sums[name] for name in names]) / steps
         gathered = nested_gather(local, parallel_mode).reshape(-1, len(names)).mean(dim=0)
         self.sums.clear()
-        self.count = 0
         return {f"loss_{name}": value for name, value in zip(names, gathered.tolist(), strict=True)}

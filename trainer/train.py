@@ -16,6 +16,7 @@ from rerankforge.trainer.checkpoints import incomplete_reason, latest_complete_c
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
+from rerankforge.trainer.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.trainer.report import layer_table, metric_table
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,23 @@ def resolve_resume(config: RerankerConfig) -> str | None:
         latest = latest_complete_checkpoint(config.output_dir)
         if latest is not None:
             logger.info("resuming from %s", latest)
-        return str(latest) if latest is not None else None
+        return refuse_legacy_heads(str(latest)) if latest is not None else None
     reason = incomplete_reason(config.resume_from_checkpoint)
     if reason is not None:
         raise ValueError(f"resume_from_checkpoint {config.resume_from_checkpoint}: {reason}")
-    return config.resume_from_checkpoint
+    return refuse_legacy_heads(config.resume_from_checkpoint)
+
+
+def refuse_legacy_heads(checkpoint: str) -> str:
+    """A layerwise checkpoint from before the heads moved into the weights cannot resume: the Trainer restores
+    the weights alone, so the heads (and their optimizer state) would silently start again."""
+    if (Path(checkpoint) / LEGACY_HEADS_FILE).is_file():
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint}: a layerwise checkpoint written by an earlier rerankforge (its heads "
+            f"are in {LEGACY_HEADS_FILE}); it cannot resume, but a new run continues from it with "
+            f"adapter_name_or_path: {checkpoint} (adapter and heads)"
+        )
+    return checkpoint
 
 
 def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:

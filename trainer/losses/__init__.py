@@ -67,7 +67,7 @@ def build_objective(
     distill_weight: float = 1.0,
     distill_temperature: float = 1.0,
 ) -> RankingObjective:
-    """The objective a config asks for. ``distill_temperature`` is the ``kl`` term's (the others have none)."""
+    """The objective a config asks for. ``distill_temperature`` is the ``kl`` term's (the others take none)."""
     main = get_loss(loss, **(loss_kwargs or {}))
     distill = None
     if distill_loss is not None:
@@ -75,14 +75,11 @@ def build_objective(
             raise ValueError(
                 f"unknown distill_loss {distill_loss!r}; choose one of: {', '.join(distill_losses())}"
             )
-        if distill_loss == "kl":
-            distill = get_loss("kl", temperature=distill_temperature)
-        else:
-            if distill_temperature != 1.0:
-                raise ValueError(
-                    f"distill_temperature is a setting of distill_loss kl, not of {distill_loss!r}"
-                )
-            distill = get_loss(distill_loss)
+        distill = (
+            get_loss("kl", temperature=distill_temperature)
+            if distill_loss == "kl"
+            else get_loss(distill_loss)
+        )
     return RankingObjective(main, distill, distill_weight)
 
 

@@ -16,7 +16,11 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,8 +46,8 @@ class RerankerModel(PreTrainedModel):
     head_prefix: ClassVar[str | None] = None  # state-dict prefix of the family's own heads, if it has any
 
     def __init__(self, backbone: PreTrainedModel, spec: RerankerSpec):
-        # a copy: PreTrainedModel's attention checks must not rewrite the backbone's live config
-        super().__init__(copy.copy(backbone.config))
+        # a copy: PreTrainedModel's attention checks must not rewrite the backbone's live config (or a sub-config)
+        super().__init__(copy.deepcopy(backbone.config))
         self.config = backbone.config
         if list(backbone.parameters(recurse=False)) or list(backbone.buffers(recurse=False)):
             raise ValueError(f"{type(backbone).__name__} keeps weights outside its modules: not supported")
@@ -53,6 +57,14 @@ class RerankerModel(PreTrainedModel):
         self.training = backbone.training  # transformers loads models in eval mode; so is this one then
         self.name_or_path = backbone.name_or_path
         self.spec = spec
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A module that replaces one of the backbone's children (peft wrapping ``lm_head``, say) replaces it in the
+        backbone too, since the backbone's forward is what runs."""
+        super().__setattr__(name, value)
+        backbone = self.__dict__.get("backbone")
+        if backbone is not None and isinstance(value, nn.Module) and name in backbone._modules:
+            setattr(backbone, name, value)
 
     # the backbone is not a registered submodule, so what nn.Module would propagate to it is passed on here
     def train(self, mode: bool = True) -> RerankerModel:
@@ -108,3 +120,42 @@ class RerankerModel(PreTrainedModel):
         )
         if is_main_process:
             self.spec.save(save_directory)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REPORT_ROW = re.compile(r"^\s*(.+?)\s*\|\s*([A-Z_]+)\s*\|")
+
+
+class _OwnKeysOnly(logging.Filter):
+    """Drops transformers' load report when all it lists are unexpected keys under ``prefix``: a family's heads,
+    saved among the backbone's weights, which the family model loads itself."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _ANSI.sub("", record.getMessage())  # a terminal gets the report in colour
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [
+            m.groups() for line in message.splitlines() if (m := _REPORT_ROW.match(line)) and m[1] != "Key"
+        ]
+        return not rows or not all(
+            key.startswith(self.prefix) and status == "UNEXPECTED" for key, status in rows
+        )
+
+
+@contextlib.contextmanager
+def quiet_about(prefix: str | None) -> Iterator[None]:
+    """While loading a backbone from a family's full folder: no report about the family's own head keys."""
+    if prefix is None:
+        yield
+        return
+    log = logging.getLogger("transformers.modeling_utils")
+    only = _OwnKeysOnly(prefix)
+    log.addFilter(only)
+    try:
+        yield
+    finally:
+        log.removeFilter(only)

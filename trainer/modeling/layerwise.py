@@ -84,10 +84,6 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         self.heads.to(backbone.get_output_embeddings().weight.device)
 
     @classmethod
-    def build(cls, backbone: PreTrainedModel, spec: LayerwiseSpec) -> LayerwiseRerankerModel:
-        return cls(backbone, spec)
-
-    @classmethod
     def for_training_from(
         cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LayerwiseRerankerConfig
     ) -> LayerwiseRerankerModel:
@@ -101,6 +97,15 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         model = cls(backbone, spec, train_layers=config.train_layers)
         for k in model.layers:  # heads that no loss reaches stay as they are (DDP tracks no idle parameters)
             model.heads[str(k)].requires_grad_(k in model.train_layers)
+        if not config.use_lora:  # in full fine-tuning, weights that no loss reaches stay as they are too
+            unused = list(decoder_layers(backbone))[
+                max(model.train_layers) :
+            ]  # above the deepest trained head
+            output, inputs = backbone.get_output_embeddings(), backbone.get_input_embeddings()
+            if output is not None and output.weight is not inputs.weight:  # the LM head (not when tied)
+                unused.append(output)
+            for module in unused:
+                module.requires_grad_(False)
         return model
 
     def score_columns(self) -> list[str]:

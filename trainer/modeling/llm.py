@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
 from rerankforge.data_tools.pair_encoding import PairLengths
-from rerankforge.trainer.modeling.base import RerankerModel
+from rerankforge.trainer.modeling.base import RerankerModel, quiet_about
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 
@@ -185,8 +185,9 @@ class LLMRerankerModel(RerankerModel):
             base = spec.base_model or adapter_base_model(adapter)
             if base is None:
                 raise ValueError(f"{adapter}: the adapter names no base model")
-        backbone = load_causal_lm(base, dtype, attn_implementation, trust_remote_code)
-        model = cls.build(backbone, spec)
+        with quiet_about(cls.head_prefix if adapter is None else None):  # heads among a full folder's weights
+            backbone = load_causal_lm(base, dtype, attn_implementation, trust_remote_code)
+        model = cls(backbone, spec)
         if adapter is None:
             model.load_heads(path)
             return model
@@ -194,11 +195,6 @@ class LLMRerankerModel(RerankerModel):
         merged = load_adapter(model, adapter, trainable=False).merge_and_unload()
         merged.spec = dataclasses.replace(spec, adapter=False)
         return merged
-
-    @classmethod
-    def build(cls, backbone: PreTrainedModel, spec: LLMSpec) -> LLMRerankerModel:
-        """The model object around a loaded causal LM (families with heads add them here)."""
-        return cls(backbone, spec)
 
     def load_heads(self, folder: str | Path, legacy_only: bool = False) -> None:
         """Heads saved with the weights (none for this family)."""

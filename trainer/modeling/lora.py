@@ -6,6 +6,7 @@ An adapter folder (``adapter_config.json``) names its base model; rerankforge al
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,16 +78,27 @@ def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
     """A saved adapter on a family model: trainable to continue training, frozen to score (then merged).
 
     Adapters saved before the family models (task type CAUSAL_LM, heads in a file of their own) load the same
-    way: their keys are those of the bare causal LM, which the family model shares.
+    way: their keys are those of the bare causal LM, which the family model shares. To continue training, heads
+    the adapter does not hold yet (a version-1 adapter's, loaded from their file before this) join its
+    ``modules_to_save``, so they train and are saved with it from now on.
     """
     from peft import LoraConfig, PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
+    from peft.utils.other import set_additional_trainable_modules
 
     config = LoraConfig.from_pretrained(str(adapter_path))
     config.task_type = None
-    if trainable:  # the heads train on; to score, the adapter's own modules_to_save say what it holds
-        config.modules_to_save = sorted({*(config.modules_to_save or []), *trainable_heads(model)}) or None
     config.inference_mode = not trainable
-    return PeftModel.from_pretrained(model, str(adapter_path), config=config, is_trainable=trainable)
+    wrapped = PeftModel.from_pretrained(model, str(adapter_path), config=config, is_trainable=trainable)
+    held = set(config.modules_to_save or [])
+    missing = [name for name in trainable_heads(model) if name not in held] if trainable else []
+    if missing:
+        config.modules_to_save = sorted(held | set(missing))
+        extra = dataclasses.replace(config, modules_to_save=missing)
+        set_additional_trainable_modules(
+            wrapped.base_model, extra, BaseTuner.get_model_config(wrapped), "default"
+        )
+    return wrapped
 
 
 def load_plain_adapter(model: PreTrainedModel, adapter_path: str | Path):
