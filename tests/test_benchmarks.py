@@ -99,3 +99,27 @@ def test_training_results_table_gives_ratios_and_losses_side_by_side():
     assert "| rerankforge | 2.00 | 1000 | 1.00x |" in table  # 4 groups per 2 s
     assert "| flagembedding | 1.00 | 1000 | 2.00x |" in table
     assert "| 1 (warm-up) | 2.0800 | 2.0900 |" in table and "| 3 | 2.0500 | 2.0400 |" in table
+
+
+def test_the_loss_comparison_table_gives_every_run_bm25_and_the_seed_spread(tmp_path):
+    import json
+
+    import loss_comparison
+
+    runs = [loss_comparison.Run("ce", "grouped_cross_entropy"), loss_comparison.Run("ce43", "grouped_cross_entropy", seed=43),
+            loss_comparison.Run("kl", "kl", teacher=True)]  # fmt: skip
+    for i, run in enumerate(runs):
+        folder = tmp_path / run.label
+        (folder / "cisi").mkdir(parents=True)
+        (folder / "eval_results.json").write_text(json.dumps({"eval_ndcg@10": 0.80 + i / 100}))
+        (folder / "eval_before_after.json").write_text(json.dumps({"BM25 (first stage)": {"ndcg@10": 0.7}}))
+        metrics = {"reranker_metrics": {"ndcg@10": 0.30 + i / 100}, "first_stage_metrics": {"ndcg@10": 0.4}}
+        (folder / "cisi" / "metrics.json").write_text(json.dumps(metrics))
+    rows, spread = loss_comparison.table(runs, tmp_path)
+    assert "| ce | `grouped_cross_entropy` | - | 42 | 0.8000 | 0.3000 |" in rows
+    assert "| kl | `kl` | teacher: the first run's model | 42 | 0.8200 | 0.3200 |" in rows
+    assert "| BM25 (first stage) | - | - | - | 0.7000 | 0.4000 |" in rows
+    assert (
+        "`grouped_cross_entropy`, 2 seeds (42, 43), held-out SQuAD: 0.8000, 0.8100; mean 0.8050, range 0.0100"
+        in spread
+    )
