@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test test-slow bench lint format clean
+.PHONY: install train test test-slow bench bench-losses lint format clean
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ bench: install $(FLAG_VENV)/.installed $(BENCH_MODEL)/rerankforge.json
 		--model $(BENCH_MODEL) --llm HuggingFaceTB/SmolLM2-135M-Instruct
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/training_speed.py --flag-python $(FLAG_VENV)/bin/python --rounds 2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/layerwise_cutoff.py --pairs 64 --rounds 3
+
+# ranking quality of every loss on the default recipe (about 15 min a run on 2 cores, 14 runs; resumable):
+# the table goes to benchmarks/RESULTS.md
+bench-losses: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/loss_comparison.py --out outputs/losses
 
 lint: install
 	$(VENV)/bin/ruff check .
