@@ -3,9 +3,12 @@
 Each run is `make train`'s recipe (recipes/minilm/cross_encoder/squad.yaml) unchanged but for ``--loss`` (and
 its settings), the output folder and, for the spread, the seed: the same mined data, steps, schedule and
 evaluation. The teacher losses (margin_mse, mse, kl) need teacher scores, which the default data lacks: the first
-run's model (the default loss, seed 42) scores the mined training file (``rerankforge-data score``, bf16, at the
-training length), and those runs train on the scored file. Their teacher is thus a model of the same size trained
-on the same data: the table says what these losses make of such a teacher, not of a stronger one.
+run's model (the default loss, seed 42) scores the first 2,880 questions of the mined training file
+(``rerankforge-data score``, bf16, at the training length), and those runs train on the scored file. 2,880
+questions are what the budget reads (360 steps x 8); every other run reads a random 2,880 of the 8,378 drawn by
+its seed, so the teacher runs differ from them as one seed differs from another, and scoring the rest (134,000
+pairs, ~3x the time) would buy nothing. Their teacher is a model of the same size trained on the same data: the
+table says what these losses make of such a teacher, not of a stronger one.
 
 Held-out SQuAD: the run's own final evaluation (200 questions, BM25 top 20 reranked, the README's table).
 CISI: ``rerankforge-eval`` (76 judged queries, BM25 top 100, bf16), no training on it.
@@ -20,6 +23,7 @@ benchmarks/RESULTS.md and printed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -38,6 +42,7 @@ CISI = REPO.parent / "shared" / "data" / "cisi"
 DEFAULT_SEED = 42
 TEACHER_RUN = "grouped_cross_entropy"
 TEACHER_MAX_LENGTH = 224  # the recipe's training budget: 32 query + 192 passage tokens
+TEACHER_QUESTIONS = 2880  # what the recipe's 360 steps x 8 questions read
 EVAL_MAIN = "import sys; from rerankforge.trainer.eval_cli import main; sys.exit(main())"
 
 
@@ -80,12 +85,16 @@ def run_command(command: list[str], log: Path) -> float:
 
 
 def teacher_file(out: Path) -> Path:
-    """The mined training file scored by the first run's model (made once)."""
+    """The budget's worth of the mined training file, scored by the first run's model (made once)."""
     scored = out / "teacher_scored_train.jsonl"
     if not scored.is_file():
         model = out / TEACHER_RUN
-        command = [sys.executable, "-m", "rerankforge.data_tools", "score", str(model / "data" / "train.jsonl"),
-                   str(scored), "--teacher", str(model), "--dtype", "bfloat16", "--batch-size", "64",
+        questions = out / "teacher_questions.jsonl"
+        with (model / "data" / "train.jsonl").open(encoding="utf-8") as mined:
+            head = list(itertools.islice(mined, TEACHER_QUESTIONS))
+        questions.write_text("".join(head), encoding="utf-8")
+        command = [sys.executable, "-m", "rerankforge.data_tools", "score", str(questions), str(scored),
+                   "--teacher", str(model), "--dtype", "bfloat16", "--batch-size", "64",
                    "--max-length", str(TEACHER_MAX_LENGTH), "--device", "cpu"]  # fmt: skip
         seconds = run_command(command, out / "teacher_scoring.log")
         print(f"teacher scores written to {scored} in {seconds / 60:.1f} min", flush=True)
@@ -139,6 +148,7 @@ def table(runs: list[Run], out: Path) -> tuple[str, str]:
         settings = ", ".join(f"{k}={v}" for k, v in run.loss_kwargs.items()) or "-"
         if run.teacher:
             settings = (settings + "; " if settings != "-" else "") + "teacher: the first run's model"
+            settings += f" on {TEACHER_QUESTIONS:,} questions"
         rows.append(
             f"| {run.label} | `{run.loss}` | {settings} | {run.seed} | {squad(run, out)['eval_ndcg@10']:.4f} | "
             f"{reranker_ndcg(cisi(run, out)):.4f} |"

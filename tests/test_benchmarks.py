@@ -117,7 +117,7 @@ def test_the_loss_comparison_table_gives_every_run_bm25_and_the_seed_spread(tmp_
         (folder / "cisi" / "metrics.json").write_text(json.dumps(metrics))
     rows, spread = loss_comparison.table(runs, tmp_path)
     assert "| ce | `grouped_cross_entropy` | - | 42 | 0.8000 | 0.3000 |" in rows
-    assert "| kl | `kl` | teacher: the first run's model | 42 | 0.8200 | 0.3200 |" in rows
+    assert "| kl | `kl` | teacher: the first run's model on 2,880 questions | 42 | 0.8200 | 0.3200 |" in rows
     assert "| BM25 (first stage) | - | - | - | 0.7000 | 0.4000 |" in rows
     assert (
         "`grouped_cross_entropy`, 2 seeds (42, 43), held-out SQuAD: 0.8000, 0.8100; mean 0.8050, range 0.0100"
