@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -41,8 +43,10 @@ RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"
 CISI = REPO.parent / "shared" / "data" / "cisi"
 DEFAULT_SEED = 42
 TEACHER_RUN = "grouped_cross_entropy"
-TEACHER_MAX_LENGTH = 224  # the recipe's training budget: 32 query + 192 passage tokens
-TEACHER_QUESTIONS = 2880  # what the recipe's 360 steps x 8 questions read
+_RECIPE = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
+# the teacher scores at the recipe's training budget, the questions its steps read (224 tokens, 2,880 questions)
+TEACHER_MAX_LENGTH = _RECIPE["query_max_len"] + _RECIPE["passage_max_len"]
+TEACHER_QUESTIONS = _RECIPE["max_steps"] * _RECIPE["per_device_train_batch_size"]
 EVAL_MAIN = "import sys; from rerankforge.trainer.eval_cli import main; sys.exit(main())"
 
 

@@ -132,7 +132,7 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(
                 f"distill_weight {self.distill_weight} would change nothing: no distill_loss is set (kl, margin_mse, mse)"
             )
-        if self.distill_temperature != 1.0 and not self.temperature_users():
+        if self.distill_temperature != 1.0 and not self.uses_distill_temperature():
             raise ValueError(
                 f"distill_temperature {self.distill_temperature} would change nothing: it is the temperature of the "
                 "kl distillation term (and of the layerwise family's self-distillation), and this run has neither"
@@ -171,9 +171,9 @@ class RerankerConfig(TrainingArguments):
             self.loss, self.loss_kwargs, self.distill_loss, self.distill_weight, self.distill_temperature
         )
 
-    def temperature_users(self) -> list[str]:
-        """The terms that ``distill_temperature`` sets."""
-        return ["distill_loss kl"] if self.distill_loss == "kl" else []
+    def uses_distill_temperature(self) -> bool:
+        """Whether a term of this run's objective reads ``distill_temperature``."""
+        return self.distill_loss == "kl"
 
     @property
     def needs_teacher_scores(self) -> bool:

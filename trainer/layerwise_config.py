@@ -29,11 +29,8 @@ class LayerwiseRerankerConfig(LLMRerankerConfig):
             super().build_objective(), self.self_distill_weight, self.distill_temperature
         )
 
-    def temperature_users(self) -> list[str]:
-        return [
-            *super().temperature_users(),
-            *(["self-distillation"] if self.self_distill_weight > 0 else []),
-        ]
+    def uses_distill_temperature(self) -> bool:
+        return super().uses_distill_temperature() or self.self_distill_weight > 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
