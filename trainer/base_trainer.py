@@ -6,6 +6,7 @@ The Trainer's own save and load paths do the rest: a family model is a `PreTrain
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +19,21 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rerankforge.data_tools.files import atomic_write_text
-from rerankforge.trainer.checkpoints import MARKER, mark_complete, rotate_complete_checkpoints
+from rerankforge.trainer.checkpoints import (
+    MARKER,
+    WRITE_ERRORS,
+    CheckpointWriteError,
+    latest_complete_checkpoint,
+    mark_complete,
+    rotate_complete_checkpoints,
+    write_failure_message,
+)
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.loss_parts import LossPartMeans
 from rerankforge.trainer.modeling.base import RerankerModel
 from rerankforge.trainer.modeling.lora import unwrap_adapters
+from rerankforge.trainer.nan_guard import NanGuard, RunFacts
+from rerankforge.trainer.preemption import PreemptionCallback
 from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
 
 TRAINING_ARGS_JSON = "training_args.json"
@@ -79,6 +90,51 @@ class RerankerTrainer(Trainer):
         self.reranker.spec.loss = self.objective.get_config_dict()  # rerankforge.json records what trained it
         self.loss_parts = LossPartMeans()
         self.add_callback(self.loss_parts)
+        self.nan_guard = self._build_nan_guard()
+        self.preemption = PreemptionCallback(self)
+        self.add_callback(self.preemption)
+
+    def _build_nan_guard(self) -> NanGuard:
+        args = self.args
+        facts = RunFacts(
+            learning_rate=args.learning_rate,
+            max_grad_norm=args.max_grad_norm,
+            fp16=args.fp16,
+            bf16=args.bf16,
+            total_steps=lambda: self.state.max_steps,
+            newest_checkpoint=lambda: str(latest_complete_checkpoint(args.output_dir) or "") or None,
+        )
+        scaler = self.accelerator.scaler is not None or bool(args.deepspeed and args.fp16)
+        return NanGuard(args.nan_policy, args.nan_max_consecutive_skips, facts, uses_loss_scaler=scaler)
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch=None
+    ) -> torch.Tensor:
+        """The Trainer's step; then the micro-batch's loss goes to the NaN guard (read where the Trainer's own
+        NaN filter reads it)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        steps = getattr(
+            self, "current_gradient_accumulation_steps", 1
+        )  # the loss is divided by it for backward
+        self.nan_guard.after_micro_batch(loss * steps, self.state.global_step + 1)
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm=None):
+        """The Trainer's gradient norm (computed every step), seen by the NaN guard before the optimizer step."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.nan_guard.after_gradients(
+            grad_norm,
+            self.state.global_step + 1,
+            drop_gradients=lambda: model.zero_grad(set_to_none=True),
+            any_process=self._true_on_any_process,
+        )
+        return grad_norm
+
+    def _true_on_any_process(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        found = torch.tensor([1.0 if flag else 0.0], device=self.args.device)
+        return bool(self.accelerator.reduce(found, reduction="sum").item() > 0)
 
     @property
     def reranker(self) -> RerankerModel:
@@ -140,7 +196,10 @@ class RerankerTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Training logs also carry each part of the loss (``loss_<part>``), averaged as ``loss`` is."""
         if "loss" in logs:
+            self.nan_guard.raise_if_pending()  # before a NaN is logged as a number
             logs.update(self.loss_parts.pop_means(self.args.parallel_mode, self.state.global_step))
+            if self.nan_guard.skipped_steps:
+                logs["nan_skipped_steps"] = self.nan_guard.skipped_steps
         super().log(logs, *args, **kwargs)
 
     def prediction_step(
@@ -166,7 +225,11 @@ class RerankerTrainer(Trainer):
         return None, scores.detach(), pair_index
 
     def _save_checkpoint(self, model: PreTrainedModel, trial: Any) -> None:
-        """The Trainer's checkpoint, then its completion marker, and only then the rotation of older ones."""
+        """The Trainer's checkpoint, then its completion marker, and only then the rotation of older ones.
+
+        Weights that went non-finite are never saved (the NaN guard raises first).
+        """
+        self.nan_guard.raise_if_pending()
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if (
@@ -178,6 +241,10 @@ class RerankerTrainer(Trainer):
         self.args.save_total_limit = None  # the Trainer would delete older checkpoints before ours is marked
         try:
             super()._save_checkpoint(model, trial)
+        except WRITE_ERRORS as error:  # a full disk, a quota: the half-written folder goes, older ones stay
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise CheckpointWriteError(write_failure_message(folder, error, run_dir)) from error
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process's files (RNG states, shards) are written

@@ -15,11 +15,39 @@ import re
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from rerankforge.data_tools.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 MARKER = "rerankforge_checkpoint.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+# what a failed write raises: OSError from Python's files, RuntimeError from torch.save, SafetensorError from Rust
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint or the final model failed (a full disk, a quota); older checkpoints are intact."""
+
+
+def write_failure_message(target: str | Path, error: BaseException, output_dir: str | Path) -> str:
+    """What failed, how much room is left there, and what survived."""
+    target = Path(target)
+    try:
+        free = f"{shutil.disk_usage(target.parent if target.parent.exists() else output_dir).free / 2**20:,.0f} MiB"
+    except OSError:
+        free = "unknown space"
+    newest = latest_complete_checkpoint(output_dir)
+    survived = (
+        f"the newest complete checkpoint, {newest}, is intact: free some space, then rerun with "
+        "--resume_from_checkpoint auto"
+        if newest is not None
+        else "there is no complete checkpoint yet: free some space and start again"
+    )
+    return (
+        f"writing {target} failed: {type(error).__name__}: {error} ({free} free there); the partial files were "
+        f"removed; {survived}"
+    )
 
 
 def mark_complete(folder: str | Path, step: int) -> Path:

@@ -17,6 +17,11 @@ from rerankforge.data_tools.schema import DataValidationError
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.families import get_family
 
+EXIT_BAD_INPUT = 2  # a recipe, option or data file that cannot be used as written
+EXIT_NON_FINITE = 3  # the loss or gradient norm went NaN/inf (trainer/nan_guard.py)
+EXIT_OUT_OF_MEMORY = 4  # one step will not fit in memory (trainer/memory_check.py)
+EXIT_WRITE_FAILED = 5  # a checkpoint or the final model could not be written (a full disk)
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used as written: its message names the file and the key."""
@@ -77,14 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # RecipeError and the config's own checks
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    from rerankforge.trainer.checkpoints import CheckpointWriteError
+    from rerankforge.trainer.nan_guard import NonFiniteTrainingError
+    from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
     from rerankforge.trainer.train import train
 
+    exit_codes = {
+        DataValidationError: EXIT_BAD_INPUT,
+        FileNotFoundError: EXIT_BAD_INPUT,
+        NonFiniteTrainingError: EXIT_NON_FINITE,
+        CheckpointWriteError: EXIT_WRITE_FAILED,
+        TrainingPreempted: EXIT_PREEMPTED,
+    }
     try:
         train(config)
-    except (DataValidationError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except tuple(exit_codes) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return next(code for kind, code in exit_codes.items() if isinstance(error, kind))
     return 0
 
 

@@ -17,6 +17,7 @@ from rerankforge.trainer.losses import (
     RankingObjective,
     build_objective,
 )
+from rerankforge.trainer.nan_guard import NAN_POLICIES
 
 
 @dataclass
@@ -107,6 +108,24 @@ class RerankerConfig(TrainingArguments):
         default=False,
         metadata={"help": "Kept False: groups are not a `datasets` table the Trainer can prune."},
     )
+    nan_policy: str = field(
+        default="stop",
+        metadata={
+            "help": f"A non-finite loss or gradient norm: {' or '.join(NAN_POLICIES)} (stop: end the run there, "
+            "saving nothing from the bad weights; skip: drop that step's update and go on)."
+        },
+    )
+    nan_max_consecutive_skips: int = field(
+        default=8,
+        metadata={"help": "With nan_policy skip: stop after this many non-finite steps in a row."},
+    )
+    memory_check: bool = field(
+        default=True,
+        metadata={
+            "help": "Before the first step, measure one step's peak memory on a probe batch and stop when it "
+            "will not fit in what this machine has free."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.train_data, str):
@@ -164,6 +183,15 @@ class RerankerConfig(TrainingArguments):
                 )
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}")
+        if self.nan_max_consecutive_skips < 1:
+            raise ValueError(f"nan_max_consecutive_skips must be >= 1, got {self.nan_max_consecutive_skips}")
+        if self.nan_policy == "skip" and self.deepspeed:
+            raise ValueError(
+                "nan_policy skip cannot drop an update under DeepSpeed (its engine steps inside backward); use "
+                "nan_policy stop, or DeepSpeed's own fp16 loss scaler, which skips overflowing steps"
+            )
 
     def build_objective(self) -> RankingObjective | LayerwiseObjective:
         """The loss and distillation term this run trains with (a fresh module each call)."""

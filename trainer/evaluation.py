@@ -6,6 +6,7 @@ report the same numbers for the same model.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from rerankforge.data_tools.grouping import TrainGroup
 from rerankforge.data_tools.ir_data import IRDataset
 from rerankforge.data_tools.ir_metrics import ranking_metrics
 from rerankforge.data_tools.retrieval import BM25Index, Run, ranked
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,7 +75,25 @@ class RerankEvalSet:
         return run
 
     def metrics(self, run: Run) -> dict[str, float]:
-        return ranking_metrics(self.qrels, run, recall_at=self.top_k)
+        """Ranking metrics, plus how healthy the scores are: ``nonfinite_scores`` (a count; when above 0 every
+        ranking metric is NaN, not a misleadingly low number) and ``collapsed_queries`` (the share of queries
+        whose candidates all got the same score), both logged when they signal trouble."""
+        health = score_health(run)
+        if health["nonfinite_scores"]:
+            logger.error(
+                "evaluation: %d of %d scores are NaN or infinite: the model's outputs are not finite, so no "
+                "ranking metric is reported (they are NaN)",
+                health["nonfinite_scores"], sum(len(docs) for docs in run.values()),
+            )  # fmt: skip
+            zeros = {q: dict.fromkeys(docs, 0.0) for q, docs in run.items()}  # only for the metric names
+            return {**dict.fromkeys(ranking_metrics(self.qrels, zeros, self.top_k), math.nan), **health}
+        if health["collapsed_queries"] > COLLAPSE_WARNING:
+            logger.warning(
+                "evaluation: score collapse: %.0f%% of queries have every candidate scored the same, so their "
+                "order is arbitrary (a saturated or dead score head? check the learning rate and the loss)",
+                100 * health["collapsed_queries"],
+            )
+        return {**ranking_metrics(self.qrels, run, recall_at=self.top_k), **health}
 
     def first_stage_metrics(self) -> dict[str, float]:
         return self.metrics(self.candidates)
@@ -89,6 +110,22 @@ class RerankEvalSet:
             positive = torch.tensor([docs[d] for d in relevant], dtype=torch.float64)
             losses.append((torch.logsumexp(scores, 0) - torch.logsumexp(positive, 0)).item())
         return sum(losses) / len(losses) if losses else math.nan
+
+
+COLLAPSE_WARNING = 0.5  # share of queries with all-equal scores above which the log warns
+
+
+def score_health(run: Run) -> dict[str, float]:
+    """``nonfinite_scores``: how many scores are NaN or inf; ``collapsed_queries``: the share of queries with two
+    or more candidates whose scores are all equal (to a relative 1e-6)."""
+    nonfinite = sum(not math.isfinite(s) for docs in run.values() for s in docs.values())
+    several = [list(docs.values()) for docs in run.values() if len(docs) > 1]
+    collapsed = sum(
+        max(scores) - min(scores) <= 1e-6 * max(1.0, abs(max(scores)))
+        for scores in several
+        if all(math.isfinite(s) for s in scores)
+    )
+    return {"nonfinite_scores": nonfinite, "collapsed_queries": collapsed / len(several) if several else 0.0}
 
 
 class EvalPairs(torch.utils.data.Dataset):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from transformers import set_seed
@@ -12,12 +14,19 @@ from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
 from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.sources import load_train_dataset
-from rerankforge.trainer.checkpoints import incomplete_reason, latest_complete_checkpoint
+from rerankforge.trainer.checkpoints import (
+    WRITE_ERRORS,
+    CheckpointWriteError,
+    incomplete_reason,
+    latest_complete_checkpoint,
+    write_failure_message,
+)
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.trainer.report import layer_table, metric_table
+from rerankforge.trainer.spec import SPEC_FILENAME
 
 logger = logging.getLogger(__name__)
 MINED_TRAIN_FILE = Path("data") / "train.jsonl"
@@ -90,6 +99,41 @@ def final_evaluation(trainer) -> dict[str, float]:
     return trainer.evaluate()
 
 
+STAGING_DIR = ".final-model-partial"
+
+
+def save_final_model(trainer, output_dir: str | Path) -> None:
+    """Write the final model into a staging folder, then move its files into ``output_dir``, `rerankforge.json`
+    last: a kill or a full disk while writing leaves no half-written model there (a folder holding
+    `rerankforge.json` is complete), and a failure removes the staging folder."""
+    output_dir = Path(output_dir)
+    staging = output_dir / STAGING_DIR
+    if trainer.args.should_save:
+        shutil.rmtree(staging, ignore_errors=True)
+    try:
+        trainer.save_model(str(staging))
+        trainer.finish_saving(staging)
+    except WRITE_ERRORS as error:
+        if trainer.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointWriteError(write_failure_message(output_dir, error, output_dir)) from error
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        publish(staging, output_dir)
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Move every entry of ``staging`` into ``output_dir`` (same filesystem: each move is a rename)."""
+    (output_dir / SPEC_FILENAME).unlink(missing_ok=True)  # the folder is incomplete until the new one lands
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == SPEC_FILENAME)
+    for entry in entries:
+        target = output_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
 def train(config: RerankerConfig) -> Path:
     """Train and save the final model into ``config.output_dir``; returns that folder."""
     eval_set = prepare_data(config)
@@ -103,8 +147,10 @@ def train(config: RerankerConfig) -> Path:
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
         rows.append(("reranker before training", trainer.evaluate()))
     result = trainer.train(resume_from_checkpoint=resolve_resume(config))
-    trainer.save_model(config.output_dir)
-    trainer.finish_saving(config.output_dir)
+    if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
+        raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))
+    trainer.nan_guard.raise_if_pending()  # no final model from non-finite weights
+    save_final_model(trainer, config.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if eval_set is not None:
