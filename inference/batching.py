@@ -1,4 +1,5 @@
-"""Length-sorted batching: the longest items go first, so each batch pads little; scores come back in order."""
+"""Scoring in chunks of pairs, longest first within each: memory stays flat however many pairs are scored, each
+batch pads little, and scores come back in input order."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from rerankforge.inference.pairs import Pair, to_passages
+
 Item = TypeVar("Item")
 Score = TypeVar("Score")
+
+CHUNK_PAIRS = 4096  # pairs encoded at a time: their token ids are the memory that would grow with the input
+AUTO_PROGRESS_BATCHES = 10  # show_progress=None shows a bar when a call has more batches than this
 
 
 def score_longest_first(
@@ -17,19 +23,44 @@ def score_longest_first(
     length: Callable[[Item], int],
     score_batch: Callable[[list[Item]], list[Score]],
     batch_size: int,
-    show_progress: bool = False,
+    progress: tqdm | None = None,
 ) -> list[Score]:
     """``score_batch`` on batches of items sorted longest first; one score per item, in input order.
 
-    Longest first also means an out-of-memory error shows on the first batch, not after minutes.
+    Longest first also means an out-of-memory error shows on the first batch, not after minutes. ``progress``,
+    when given, is advanced by the number of items of each batch.
     """
     order = sorted(range(len(items)), key=lambda i: -length(items[i]))
     scores: list = [None] * len(items)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="scoring", disable=not show_progress, unit="batch"):
-        chunk = order[start : start + batch_size]
-        for index, score in zip(chunk, score_batch([items[i] for i in chunk]), strict=True):
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        for index, score in zip(batch, score_batch([items[i] for i in batch]), strict=True):
             scores[index] = score
+        if progress is not None:
+            progress.update(len(batch))
+    return scores
+
+
+def progress_bar(pairs: int, batch_size: int, show_progress: bool | None) -> tqdm:
+    """One bar counting pairs: shown when asked, or (``None``) when there are more than 10 batches."""
+    show = show_progress if show_progress is not None else pairs > AUTO_PROGRESS_BATCHES * batch_size
+    return tqdm(total=pairs, desc="scoring", unit="pair", disable=not show)
+
+
+def score_in_chunks(
+    pairs: Sequence[Pair],
+    score_chunk: Callable[[Sequence[Pair], tqdm], list[Score]],
+    batch_size: int,
+    chunk_size: int = CHUNK_PAIRS,
+    show_progress: bool | None = None,
+) -> list[Score]:
+    """``score_chunk`` (encode, then score longest first) on consecutive chunks of whole batches; scores in
+    input order, one progress bar across all chunks."""
+    step = max(batch_size, chunk_size - chunk_size % batch_size)
+    scores: list[Score] = []
+    with progress_bar(len(pairs), batch_size, show_progress) as bar:
+        for start in range(0, len(pairs), step):
+            scores.extend(score_chunk(pairs[start : start + step], bar))
     return scores
 
 
@@ -40,10 +71,20 @@ def sigmoid(scores: list[float]) -> list[float]:
 class RanksCandidates:
     """``rank`` for any reranker that has ``_score(pairs, lengths, batch_size)`` and ``lengths``."""
 
+    chunk_size: int = CHUNK_PAIRS  # pairs encoded at a time (rounded to whole batches)
+
     def rank(
-        self, query: str, passages: Sequence[str], top_k: int | None = None, batch_size: int | None = None
+        self,
+        query: str,
+        passages: Sequence[str],
+        top_k: int | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
     ) -> list[dict[str, object]]:
         """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
-        scores = self._score([[query, p] for p in passages], self.lengths, batch_size)
+        passages = to_passages(query, passages)
+        scores = self._score(
+            [(query, p) for p in passages], self.lengths, batch_size, show_progress=show_progress
+        )
         ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
         return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]

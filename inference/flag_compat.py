@@ -17,13 +17,8 @@ from rerankforge.inference.llm_reranker import (
     flag_llm_lengths,
     separator_and_prompt_length,
 )
-from rerankforge.inference.reranker import (
-    DEFAULT_MAX_LENGTH,
-    Pair,
-    Reranker,
-    flag_reranker_lengths,
-    is_single_pair,
-)
+from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.reranker import DEFAULT_MAX_LENGTH, Pair, Reranker, flag_reranker_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +56,9 @@ def instructed_pairs(
     passage_instruction: tuple[str | None, str],
 ) -> list[tuple[str, str]]:
     """FlagEmbedding's ``*_instruction_for_rerank`` / ``*_instruction_format`` applied to one pair or a list."""
-    pairs = [sentence_pairs] if is_single_pair(sentence_pairs) else list(sentence_pairs)
+    pairs, _ = to_pairs(sentence_pairs)
+    if query_instruction[0] is None and passage_instruction[0] is None:
+        return pairs
     return [
         (with_instruction(q, query_instruction), with_instruction(p, passage_instruction)) for q, p in pairs
     ]
@@ -273,8 +270,7 @@ class LayerWiseFlagLLMReranker(LayerwiseReranker):
         """As FlagEmbedding: a ``max_length`` gives its budgets (query 3/4 of it, passage max_length, the pair
         max_length plus separator and prompt); without one, the trained budgets."""
         layers = self.resolve_layers(cutoff_layers if cutoff_layers is not None else self.cutoff_layers)
-        single = is_single_pair(sentence_pairs)
-        pairs = [sentence_pairs] if single else list(sentence_pairs)
+        pairs, single = to_pairs(sentence_pairs)
         prompt = prompt or self.default_prompt
         max_length = max_length if max_length is not None else self.max_length
         lengths = self.lengths

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
-from rerankforge.inference.batching import score_longest_first, sigmoid
+from rerankforge.inference.batching import score_in_chunks, score_longest_first, sigmoid
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
-from rerankforge.inference.reranker import Pair, is_single_pair
+from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.reranker import Pair
 from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, layer_name
 from rerankforge.trainer.spec import LayerwiseSpec
 
@@ -45,7 +47,7 @@ class LayerwiseReranker(LLMReranker):
 
     @torch.inference_mode()
     def score_layers(
-        self, sequences: list[list[int]], layers: list[int], batch_size: int, show_progress: bool = False
+        self, sequences: list[list[int]], layers: list[int], batch_size: int, progress: tqdm | None = None
     ) -> list[list[float]]:
         """``[pair][layer]`` scores for already-built input ids; the model stops at the deepest layer."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -56,7 +58,7 @@ class LayerwiseReranker(LLMReranker):
             scores = self.model(**batch, layers=layers)
             return torch.stack([scores[layer_name(k)] for k in layers], dim=-1).tolist()
 
-        return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
+        return score_longest_first(sequences, len, score_batch, batch_size, progress)
 
     def compute_score(
         self,
@@ -65,14 +67,13 @@ class LayerwiseReranker(LLMReranker):
         max_length: int | None = None,
         normalize: bool = False,
         prompt: str | None = None,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
         cutoff_layers: Sequence[int] | int | None = None,
     ):
         """One list of scores per requested layer (the last layer's when none is asked); a single requested
         layer gives a single list, and a single pair gives floats instead of lists."""
         layers = self.resolve_layers(cutoff_layers)
-        single = is_single_pair(pairs)
-        pair_list = [pairs] if single else list(pairs)
+        pair_list, single = to_pairs(pairs)
         per_layer = self._score_layers(pair_list, self.lengths_for(max_length), layers, batch_size, normalize,
                                        prompt, show_progress)  # fmt: skip
         if single:
@@ -87,18 +88,20 @@ class LayerwiseReranker(LLMReranker):
         batch_size: int | None = None,
         normalize: bool = False,
         prompt: str | None = None,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[list[float]]:
-        if not pairs:
-            return [[] for _ in layers]
-        sequences = self.encoder(lengths).encode(
-            [q for q, _ in pairs], [p for _, p in pairs], [prompt] * len(pairs)
-        )
-        rows = self.score_layers(sequences, layers, batch_size or self.batch_size, show_progress)
+        """``[layer][pair]`` scores, encoded and scored a chunk of pairs at a time."""
+        batch_size = batch_size or self.batch_size
+        encode = self.chunk_encoder(lengths, prompt)
+
+        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[list[float]]:
+            return self.score_layers(encode(chunk), layers, batch_size, progress)
+
+        rows = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
         per_layer = [[row[i] for row in rows] for i in range(len(layers))]
         return [sigmoid(scores) if normalize else scores for scores in per_layer]
 
-    def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=False):
+    def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=None):
         """The last layer's scores: what `rank`, `rerankforge-eval` and teacher scoring use."""
         return self._score_layers(
             pairs, lengths, [self.layers[-1]], batch_size, normalize, prompt, show_progress

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
-from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
-from rerankforge.inference.reranker import Pair, default_device, is_single_pair
+from rerankforge.inference.batching import RanksCandidates, score_in_chunks, score_longest_first, sigmoid
+from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.reranker import Pair, default_device
 from rerankforge.trainer.modeling.llm import (
     LLMRerankerModel,
     ensure_pad_token,
@@ -107,6 +109,10 @@ class LLMReranker(RanksCandidates):
             raise ValueError(
                 f"backend={backend!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
             )
+        from rerankforge.trainer.modeling.file_checks import check_model_folder
+
+        # missing, damaged or mismatched files, by name (an adapter saved apart: its base is name_or_path)
+        check_model_folder(spec_folder, family, cls.__name__, base=path if adapter_path else None)
         if spec is not None and spec.family != family:
             found = f"a {spec.family!r} reranker"
             raise ValueError(
@@ -148,7 +154,7 @@ class LLMReranker(RanksCandidates):
 
     @torch.inference_mode()
     def score_sequences(
-        self, sequences: list[list[int]], batch_size: int, show_progress: bool = False
+        self, sequences: list[list[int]], batch_size: int, progress: tqdm | None = None
     ) -> list[float]:
         """Scores for already-built input ids, in their order (float32 whatever the model's precision)."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -158,7 +164,7 @@ class LLMReranker(RanksCandidates):
             batch = pad_left(chunk, pad_id, pad_multiple)
             return self.model(**{k: v.to(self.device) for k, v in batch.items()}).tolist()
 
-        return score_longest_first(sequences, len, score_batch, batch_size, show_progress)
+        return score_longest_first(sequences, len, score_batch, batch_size, progress)
 
     def compute_score(
         self,
@@ -167,11 +173,11 @@ class LLMReranker(RanksCandidates):
         max_length: int | None = None,
         normalize: bool = False,
         prompt: str | None = None,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> float | list[float]:
-        """One pair gives a float, a list of pairs a list in input order; ``normalize`` applies a sigmoid."""
-        single = is_single_pair(pairs)
-        pair_list = [pairs] if single else list(pairs)
+        """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
+        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches."""
+        pair_list, single = to_pairs(pairs)
         scores = self._score(
             pair_list, self.lengths_for(max_length), batch_size, normalize, prompt, show_progress
         )
@@ -184,15 +190,28 @@ class LLMReranker(RanksCandidates):
         batch_size: int | None = None,
         normalize: bool = False,
         prompt: str | None = None,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[float]:
-        if not pairs:
-            return []
-        sequences = self.encoder(lengths).encode(
-            [q for q, _ in pairs], [p for _, p in pairs], [prompt] * len(pairs)
-        )
-        scores = self.score_sequences(sequences, batch_size or self.batch_size, show_progress)
+        """The one scoring path: encode a chunk with ``lengths`` and ``prompt``, score it longest first."""
+        batch_size = batch_size or self.batch_size
+        encode = self.chunk_encoder(lengths, prompt)
+
+        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:
+            return self.score_sequences(encode(chunk), batch_size, progress)
+
+        scores = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
         return sigmoid(scores) if normalize else scores
+
+    def chunk_encoder(
+        self, lengths: LLMLengths, prompt: str | None
+    ) -> Callable[[Sequence[Pair]], list[list[int]]]:
+        """Input ids for a chunk of pairs, with ``lengths`` and ``prompt``."""
+        encoder = self.encoder(lengths)
+
+        def encode(chunk: Sequence[Pair]) -> list[list[int]]:
+            return encoder.encode([q for q, _ in chunk], [p for _, p in chunk], [prompt] * len(chunk))
+
+        return encode
 
 
 def separator_and_prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:

@@ -6,11 +6,13 @@ import logging
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
-from rerankforge.inference.batching import RanksCandidates, score_longest_first, sigmoid
+from rerankforge.inference.batching import RanksCandidates, score_in_chunks, score_longest_first, sigmoid
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
+from rerankforge.inference.pairs import to_pairs
 from rerankforge.trainer.modeling.cross_encoder import CrossEncoderModel
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import CrossEncoderSpec, RerankerSpec
@@ -19,10 +21,6 @@ logger = logging.getLogger(__name__)
 
 Pair = Sequence[str]
 DEFAULT_MAX_LENGTH = 512  # FlagReranker's default for folders that rerankforge did not write
-
-
-def is_single_pair(pairs: Pair | Sequence[Pair]) -> bool:
-    return len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
 
 
 def default_device() -> torch.device:
@@ -76,7 +74,10 @@ class Reranker(RanksCandidates):
             raise ValueError(
                 f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
             )
+        from rerankforge.trainer.modeling.file_checks import check_model_folder
+
         path = resolve_model_path(name_or_path)
+        check_model_folder(path, "cross_encoder", cls.__name__)  # missing, damaged or mismatched files
         spec = RerankerSpec.load(path)  # None for a folder (or Hub name) rerankforge did not write
         if spec is not None and spec.family != "cross_encoder":
             raise ValueError(
@@ -112,7 +113,7 @@ class Reranker(RanksCandidates):
 
     @torch.inference_mode()
     def score_encoded(
-        self, features: list[dict[str, list[int]]], batch_size: int, show_progress: bool = False
+        self, features: list[dict[str, list[int]]], batch_size: int, progress: tqdm | None = None
     ) -> list[float]:
         """Scores for already-encoded pairs, in their order; batches are formed longest first."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -123,9 +124,7 @@ class Reranker(RanksCandidates):
             batch = self.tokenizer.pad(chunk, pad_to_multiple_of=pad_multiple, return_tensors="pt")
             return self.model.score({k: v.to(self.device) for k, v in batch.items()}).tolist()
 
-        return score_longest_first(
-            features, lambda f: len(f["input_ids"]), score_batch, batch_size, show_progress
-        )
+        return score_longest_first(features, lambda f: len(f["input_ids"]), score_batch, batch_size, progress)
 
     def compute_score(
         self,
@@ -133,11 +132,11 @@ class Reranker(RanksCandidates):
         batch_size: int | None = None,
         max_length: int | None = None,
         normalize: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> float | list[float]:
-        """One pair gives a float, a list of pairs a list in input order; ``normalize`` applies a sigmoid."""
-        single = is_single_pair(pairs)
-        pair_list = [pairs] if single else list(pairs)
+        """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
+        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches."""
+        pair_list, single = to_pairs(pairs)
         scores = self._score(pair_list, self.lengths_for(max_length), batch_size, normalize, show_progress)
         return scores[0] if single else scores
 
@@ -147,13 +146,17 @@ class Reranker(RanksCandidates):
         lengths: PairLengths,
         batch_size: int | None = None,
         normalize: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[float]:
-        """The one scoring path: encode with ``lengths``, score longest-first, return in input order."""
-        if not pairs:
-            return []
-        features = self._encoder(lengths).encode([q for q, _ in pairs], [p for _, p in pairs])
-        scores = self.score_encoded(features, batch_size or self.batch_size, show_progress)
+        """The one scoring path: encode a chunk with ``lengths``, score it longest first; input order."""
+        batch_size = batch_size or self.batch_size
+        encoder = self._encoder(lengths)
+
+        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:
+            features = encoder.encode([q for q, _ in chunk], [p for _, p in chunk])
+            return self.score_encoded(features, batch_size, progress)
+
+        scores = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
         return sigmoid(scores) if normalize else scores
 
 

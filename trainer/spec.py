@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+from rerankforge.trainer.modeling.file_checks import ModelFilesError
 
 SPEC_FILENAME = "rerankforge.json"
 SPEC_VERSION = 2
@@ -57,28 +58,38 @@ class RerankerSpec:
 
     @staticmethod
     def from_json(text: str, source: str = SPEC_FILENAME) -> RerankerSpec:
-        """The typed spec of the family the text names (versions 1 and 2)."""
-        data = json.loads(text)
+        """The typed spec of the family the text names (versions 1 and 2); errors name ``source``."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ModelFilesError(f"{source} is not valid JSON ({error}): the file is damaged") from None
+        if not isinstance(data, dict):
+            raise ModelFilesError(f"{source} is not a JSON object: the file is damaged")
         version = data.get("version")
-        if not isinstance(version, int) or not 1 <= version <= SPEC_VERSION:
-            raise ValueError(
-                f"{source}: version {version!r} is not one this rerankforge reads (1 to {SPEC_VERSION}); upgrade it"
+        if isinstance(version, int) and version > SPEC_VERSION:
+            raise ModelFilesError(
+                f"{source}: version {version} is newer than this rerankforge reads (1 to {SPEC_VERSION}): "
+                "upgrade rerankforge"
+            )
+        if not isinstance(version, int) or version < 1:
+            raise ModelFilesError(
+                f"{source}: version {version!r} is not a rerankforge.json version (1 to {SPEC_VERSION})"
             )
         if version == 1:  # the family settings moved out of `extra` into typed fields
             data = {**{k: v for k, v in data.items() if k != "extra"}, **(data.get("extra") or {})}
             data["version"] = SPEC_VERSION
         family = data.get("family")
         if family not in SPEC_CLASSES:
-            raise ValueError(f"{source}: unknown family {family!r}; known: {', '.join(SPEC_CLASSES)}")
+            raise ModelFilesError(f"{source}: unknown family {family!r}; known: {', '.join(SPEC_CLASSES)}")
         cls = SPEC_CLASSES[family]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family!r}")
+            raise ModelFilesError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family!r}")
         try:
             return cls(**data)
         except TypeError as error:  # a required field is missing
-            raise ValueError(f"{source}: {error}") from None
+            raise ModelFilesError(f"{source}: {error}") from None
 
     @staticmethod
     def load(folder: str | Path) -> RerankerSpec | None:
