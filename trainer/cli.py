@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from rerankforge.trainer.checkpoints import CheckpointWriteError
+    from rerankforge.trainer.modeling.file_checks import ModelFilesError
     from rerankforge.trainer.nan_guard import NonFiniteTrainingError
     from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
     from rerankforge.trainer.train import train
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_codes = {
         DataValidationError: EXIT_BAD_INPUT,
         FileNotFoundError: EXIT_BAD_INPUT,
+        ModelFilesError: EXIT_BAD_INPUT,
         NonFiniteTrainingError: EXIT_NON_FINITE,
         CheckpointWriteError: EXIT_WRITE_FAILED,
         TrainingPreempted: EXIT_PREEMPTED,

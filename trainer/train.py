@@ -24,7 +24,9 @@ from rerankforge.trainer.checkpoints import (
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
+from rerankforge.trainer.modeling.file_checks import check_model_folder
 from rerankforge.trainer.modeling.layerwise import LEGACY_HEADS_FILE
+from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.report import layer_table, metric_table
 from rerankforge.trainer.spec import SPEC_FILENAME
 
@@ -38,12 +40,15 @@ def resolve_resume(config: RerankerConfig) -> str | None:
         return None
     if config.resume_from_checkpoint == "auto":
         latest = latest_complete_checkpoint(config.output_dir)
-        if latest is not None:
-            logger.info("resuming from %s", latest)
-        return refuse_legacy_heads(str(latest)) if latest is not None else None
+        if latest is None:
+            return None
+        logger.info("resuming from %s", latest)
+        check_model_folder(latest)  # sizes match the marker; a damaged header still shows here
+        return refuse_legacy_heads(str(latest))
     reason = incomplete_reason(config.resume_from_checkpoint)
     if reason is not None:
         raise ValueError(f"resume_from_checkpoint {config.resume_from_checkpoint}: {reason}")
+    check_model_folder(config.resume_from_checkpoint)
     return refuse_legacy_heads(config.resume_from_checkpoint)
 
 
@@ -140,13 +145,16 @@ def train(config: RerankerConfig) -> Path:
     # data problems surface here, before any weights are read
     records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
     logger.info("loaded %d training queries from %s", len(records), ", ".join(config.train_data))
+    if config.tokenizer_name is None:  # a damaged base model folder is named before anything loads it
+        check_model_folder(resolve_model_path(config.model_name_or_path))
+    resume = resolve_resume(config)
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
     trainer = build_trainer(config, records, eval_set)
     rows: list[tuple[str, dict[str, float]]] = []
     if eval_set is not None and config.evaluate_before_training:
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
         rows.append(("reranker before training", trainer.evaluate()))
-    result = trainer.train(resume_from_checkpoint=resolve_resume(config))
+    result = trainer.train(resume_from_checkpoint=resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
         raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))
     trainer.nan_guard.raise_if_pending()  # no final model from non-finite weights
