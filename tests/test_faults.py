@@ -316,3 +316,13 @@ def test_a_full_disk_while_writing_the_final_model_leaves_no_partial_model(tmp_p
     assert not os.path.exists(os.path.join(output_dir, "model.safetensors"))
     assert not os.path.exists(os.path.join(output_dir, "rerankforge.json"))
     assert not os.path.exists(os.path.join(output_dir, ".final-model-partial"))
+
+
+def test_signal_handlers_are_restored_when_training_raises(tmp_path, tiny_bert_dir):
+    from rerankforge.trainer.nan_guard import NonFiniteTrainingError
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    trainer, _ = skip_trainer(tmp_path, tiny_bert_dir, bad_steps={2}, nan_policy="stop")
+    with pytest.raises(NonFiniteTrainingError, match="step 2 has loss nan"):
+        trainer.train()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

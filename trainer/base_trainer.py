@@ -136,6 +136,13 @@ class RerankerTrainer(Trainer):
         found = torch.tensor([1.0 if flag else 0.0], device=self.args.device)
         return bool(self.accelerator.reduce(found, reduction="sum").item() > 0)
 
+    def train(self, *args: Any, **kwargs: Any):
+        """The Trainer's loop; SIGTERM's handler (installed when training begins) goes away however it ends."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.preemption.restore_handlers()
+
     @property
     def reranker(self) -> RerankerModel:
         """The family model inside the Trainer's wrappers (DDP, DeepSpeed, peft)."""

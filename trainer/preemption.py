@@ -48,6 +48,10 @@ class PreemptionCallback(TrainerCallback):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore_handlers()
+
+    def restore_handlers(self) -> None:
+        """The handlers from before training (also when training raised: the trainer calls this in finally)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
