@@ -206,9 +206,13 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_ends_as_the_uninterrupted_ru
     run = launch(recipe)
     seen = wait_for_log_lines(run, 7)
     run.send_signal(signal.SIGTERM)
+    time.sleep(0.005)
+    run.send_signal(
+        signal.SIGTERM
+    )  # the same request delivered twice (Slurm signals it, torchrun forwards it)
     output = "".join(seen) + run.communicate(timeout=300)[0]
     assert run.returncode == EXIT_PREEMPTED, output
-    assert "SIGTERM: finishing this step, saving a checkpoint" in output
+    assert "SIGTERM: saving a checkpoint after step" in output
     checkpoint = latest_complete_checkpoint(output_dir)
     assert checkpoint is not None and f"a complete checkpoint is in {checkpoint}" in output
     assert 7 <= int(checkpoint.name.split("-")[1]) < MAX_STEPS
@@ -222,16 +226,20 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_ends_as_the_uninterrupted_ru
     assert_same_losses(straight_run, output_dir)
 
 
-def test_a_second_sigterm_ends_at_once_and_the_newest_complete_checkpoint_survives(tmp_path, tiny_bert_dir):
+def test_ctrl_c_after_sigterm_ends_at_once_and_the_newest_complete_checkpoint_survives(
+    tmp_path, tiny_bert_dir
+):
     recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, "twice")
     edit_recipe(recipe, save_steps=1)  # a checkpoint is being written at almost every moment
     run = launch(recipe)
     wait_for_log_lines(run, 6)
     run.send_signal(signal.SIGTERM)
     time.sleep(0.02)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(
+        signal.SIGINT
+    )  # Ctrl-C after SIGTERM: now (a SIGTERM a second after the first would be too)
     run.communicate(timeout=120)
-    assert run.returncode == -signal.SIGTERM
+    assert run.returncode == -signal.SIGINT
     newest = latest_complete_checkpoint(output_dir)
     assert newest is not None and incomplete_reason(newest) is None
     resumed = launch(recipe, "--resume_from_checkpoint", "auto")
@@ -326,3 +334,43 @@ def test_signal_handlers_are_restored_when_training_raises(tmp_path, tiny_bert_d
     with pytest.raises(NonFiniteTrainingError, match="step 2 has loss nan"):
         trainer.train()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_only_a_refused_write_counts_as_a_full_disk():
+    import errno
+
+    from safetensors import SafetensorError
+
+    from rerankforge.trainer.checkpoints import is_write_failure
+
+    assert is_write_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_write_failure(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: file write failed"))  # fmt: skip
+    assert is_write_failure(
+        SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+    )
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert is_write_failure(wrapped)
+    assert not is_write_failure(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not is_write_failure(RuntimeError("NCCL communicator was aborted"))
+    assert not is_write_failure(OSError(errno.ENOENT, "No such file or directory"))
+
+
+def test_a_checkpoint_of_overflowed_weights_is_refused_even_with_a_finite_loss(tmp_path, tiny_bert_dir):
+    from transformers import TrainerCallback
+
+    from rerankforge.trainer.nan_guard import NonFiniteTrainingError
+
+    trainer, _ = skip_trainer(tmp_path, tiny_bert_dir, bad_steps=set(), nan_policy="stop", save_strategy="steps",
+                              save_steps=3)  # fmt: skip
+
+    class OverflowAWeight(TrainerCallback):  # as an fp16 weight overflowing after a finite update
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    next(p for p in trainer.model.parameters() if p.requires_grad).view(-1)[0] = float("inf")
+
+    trainer.add_callback(OverflowAWeight())
+    with pytest.raises(NonFiniteTrainingError, match="after step 3 some weights are NaN or infinite"):
+        trainer.train()
+    assert latest_complete_checkpoint(tmp_path / "out") is None

@@ -23,6 +23,7 @@ from rerankforge.trainer.checkpoints import (
     MARKER,
     WRITE_ERRORS,
     CheckpointWriteError,
+    is_write_failure,
     latest_complete_checkpoint,
     mark_complete,
     rotate_complete_checkpoints,
@@ -90,6 +91,13 @@ class RerankerTrainer(Trainer):
         self.reranker.spec.loss = self.objective.get_config_dict()  # rerankforge.json records what trained it
         self.loss_parts = LossPartMeans()
         self.add_callback(self.loss_parts)
+        if (
+            self.args.nan_policy == "skip" and self.is_deepspeed_enabled
+        ):  # also when set in the accelerate config
+            raise ValueError(
+                "nan_policy skip cannot drop an update under DeepSpeed (its engine steps inside backward); use "
+                "nan_policy stop, or DeepSpeed's own fp16 loss scaler, which skips overflowing steps"
+            )
         self.nan_guard = self._build_nan_guard()
         self.preemption = PreemptionCallback(self)
         self.add_callback(self.preemption)
@@ -104,7 +112,7 @@ class RerankerTrainer(Trainer):
             total_steps=lambda: self.state.max_steps,
             newest_checkpoint=lambda: str(latest_complete_checkpoint(args.output_dir) or "") or None,
         )
-        scaler = self.accelerator.scaler is not None or bool(args.deepspeed and args.fp16)
+        scaler = self.accelerator.scaler is not None or bool(self.is_deepspeed_enabled and args.fp16)
         return NanGuard(args.nan_policy, args.nan_max_consecutive_skips, facts, uses_loss_scaler=scaler)
 
     def training_step(
@@ -129,6 +137,23 @@ class RerankerTrainer(Trainer):
             any_process=self._true_on_any_process,
         )
         return grad_norm
+
+    def check_weights_finite(self) -> None:
+        """No checkpoint or final model of non-finite weights (trainable ones: the rest cannot have changed)."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.nan_guard.check_weights(trainable, self.state.global_step)
+
+    def _finalize_training(self, trial: Any, num_train_samples: int, start_time: float):
+        """After a SIGTERM stop, the Trainer's end must not load the best model (time the grace period lacks) nor,
+        with save_total_limit 1, delete the checkpoint just written."""
+        if self.preemption.stopped_at_step is None:
+            return super()._finalize_training(trial, num_train_samples, start_time)
+        saved = self.args.load_best_model_at_end, self.state.best_model_checkpoint
+        self.args.load_best_model_at_end, self.state.best_model_checkpoint = False, None
+        try:
+            return super()._finalize_training(trial, num_train_samples, start_time)
+        finally:
+            self.args.load_best_model_at_end, self.state.best_model_checkpoint = saved
 
     def _true_on_any_process(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:
@@ -237,6 +262,7 @@ class RerankerTrainer(Trainer):
         Weights that went non-finite are never saved (the NaN guard raises first).
         """
         self.nan_guard.raise_if_pending()
+        self.check_weights_finite()
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if (
@@ -248,15 +274,18 @@ class RerankerTrainer(Trainer):
         self.args.save_total_limit = None  # the Trainer would delete older checkpoints before ours is marked
         try:
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every process's files (RNG states, shards) are written
+            if self.args.should_save:
+                mark_complete(folder, self.state.global_step)
         except WRITE_ERRORS as error:  # a full disk, a quota: the half-written folder goes, older ones stay
+            if not is_write_failure(error):
+                raise
             if self.args.should_save:
                 shutil.rmtree(folder, ignore_errors=True)
             raise CheckpointWriteError(write_failure_message(folder, error, run_dir)) from error
         finally:
             self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process's files (RNG states, shards) are written
         if self.args.should_save:
-            mark_complete(folder, self.state.global_step)
             rotate_complete_checkpoints(run_dir, limit, keep=[folder, self.state.best_model_checkpoint])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -9,12 +9,14 @@ newer folders it skipped and why.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 
 from rerankforge.data_tools.files import atomic_write_text
@@ -24,6 +26,33 @@ MARKER = "rerankforge_checkpoint.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # what a failed write raises: OSError from Python's files, RuntimeError from torch.save, SafetensorError from Rust
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+# how torch.save ("file write failed") and safetensors ("IoError(Os { code: 28, ...") word the same failures
+FULL_DISK_WORDS = (
+    "file write failed",
+    "no space left",
+    "file too large",
+    "disk quota",
+    "read-only file system",
+)
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is the disk refusing a write; other errors (out of memory, a lost
+    process group) must not be reported as a full disk, nor cost a checkpoint."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
+            return True
+        if isinstance(error, (RuntimeError, SafetensorError)) and not isinstance(
+            error, torch.OutOfMemoryError
+        ):
+            text = str(error).lower()
+            if any(words in text for words in FULL_DISK_WORDS) or re.search(
+                r"code: (28|27|122|30|5)\b", text
+            ):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class CheckpointWriteError(RuntimeError):

@@ -35,6 +35,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 NAN_POLICIES = ("stop", "skip")
+# an fp16 scaler starts at 2**16 and halves on each overflow: a healthy run may overflow a few times in a row at
+# the start, 24 in a row leave a scale below 2**-8 (collapsed)
+SCALER_OVERFLOWS_IN_A_ROW = 24
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -104,6 +107,8 @@ class NanGuard:
                 self._stop(int(pending_step), self._last_loss.get(int(pending_step)), pending_norm)
         else:
             loss_value = loss.detach().float().item()
+        if step in self._last_loss and not math.isfinite(self._last_loss[step]):
+            loss_value = self._last_loss[step]  # the step's first non-finite micro-batch is the one to report
         self._last_loss = {step: loss_value}
         if math.isfinite(loss_value):
             return
@@ -126,13 +131,14 @@ class NanGuard:
         if not read_now:
             norm = grad_norm.detach().float().reshape(1)
             bad = ~torch.isfinite(norm)
-            record = torch.cat([torch.tensor([float(step)], device=norm.device), norm])
+            record = torch.cat([norm.new_full((1,), float(step)), norm])  # a fill kernel: no host copy
             if self._pending is None:
-                self._pending = torch.tensor([-1.0, 0.0], device=norm.device)
+                self._pending = norm.new_full((2,), -1.0)
             self._pending = torch.where(bad & (self._pending[0] < 0), record, self._pending)
             return
         norm_value = float(grad_norm)
-        bad_loss = any_process(self._bad_loss_step == step)
+        # under stop a non-finite loss has raised already; under skip every process must decide alike
+        bad_loss = any_process(self._bad_loss_step == step) if self.policy == "skip" else False
         self._bad_loss_step = None
         if math.isfinite(norm_value) and not bad_loss:
             self.consecutive_skips = 0
@@ -153,8 +159,24 @@ class NanGuard:
             self.consecutive_skips,
             self.skipped_steps,
         )
-        if self.consecutive_skips >= self.max_consecutive_skips:
+        limit = (
+            max(self.max_consecutive_skips, SCALER_OVERFLOWS_IN_A_ROW)
+            if scaler_overflow
+            else self.max_consecutive_skips
+        )
+        if self.consecutive_skips >= limit:
             self._stop(step, self._last_loss.get(step), norm_value, in_a_row=self.consecutive_skips)
+
+    def check_weights(self, parameters: list[torch.Tensor], step: int) -> None:
+        """Before a checkpoint or the final model: every weight is finite (an update can overflow the weights
+        while the loss and gradient norm were still finite). One norm per tensor, one host copy."""
+        tensors = [p.detach() for p in parameters if p.numel()]
+        if not tensors:
+            return
+        norms = torch._foreach_norm(tensors)
+        if bool(torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).all()):
+            return
+        self._stop(step, self._last_loss.get(step), None, weights=True)
 
     def raise_if_pending(self) -> None:
         """Read the device record (stop mode); called where the Trainer syncs anyway: logs, saves, the end."""
@@ -166,7 +188,9 @@ class NanGuard:
 
     # --- the message ---
 
-    def _stop(self, step: int, loss: float | None, grad_norm: float | None, in_a_row: int = 0) -> None:
+    def _stop(
+        self, step: int, loss: float | None, grad_norm: float | None, in_a_row: int = 0, weights: bool = False
+    ) -> None:
         what = (
             f"{in_a_row} steps in a row had a non-finite loss or gradient norm (nan_max_consecutive_skips "
             f"{self.max_consecutive_skips}); the last, step {step}, had"
@@ -174,9 +198,14 @@ class NanGuard:
             else f"step {step} has"
         )
         norm = "not yet computed" if grad_norm is None else format_number(grad_norm)
+        first = (
+            f"training stopped: after step {step} some weights are NaN or infinite (the last loss was "
+            f"{format_number(loss)})"
+            if weights
+            else f"training stopped: {what} loss {format_number(loss)} and gradient norm {norm}"
+        )
         lines = [
-            f"training stopped: {what} loss {format_number(loss)} and gradient norm {norm} "
-            f"(of {self.facts.total_steps()} steps)",
+            f"{first} (of {self.facts.total_steps()} steps)",
             "likely causes:",
             *(f"  - {cause}" for cause in likely_causes(self.facts)),
         ]

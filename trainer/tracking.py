@@ -8,6 +8,7 @@ logged by the Trainer's own W&B and TensorBoard callbacks; these callbacks add w
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -27,8 +28,13 @@ class ScoreHistogramCallback(TrainerCallback):
         scores = getattr(self.eval_pairs, "last_scores", None)
         if not state.is_world_process_zero or not scores:
             return
-        positives = [s for s, relevant in scores if relevant]
-        negatives = [s for s, relevant in scores if not relevant]
+        finite = [
+            (s, relevant) for s, relevant in scores if math.isfinite(s)
+        ]  # NaN scores are in the metrics
+        positives = [s for s, relevant in finite if relevant]
+        negatives = [s for s, relevant in finite if not relevant]
+        if not positives and not negatives:
+            return
         if "wandb" in args.report_to:
             import wandb
 

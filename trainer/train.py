@@ -18,6 +18,7 @@ from rerankforge.trainer.checkpoints import (
     WRITE_ERRORS,
     CheckpointWriteError,
     incomplete_reason,
+    is_write_failure,
     latest_complete_checkpoint,
     write_failure_message,
 )
@@ -116,15 +117,19 @@ def save_final_model(trainer, output_dir: str | Path) -> None:
     if trainer.args.should_save:
         shutil.rmtree(staging, ignore_errors=True)
     try:
-        trainer.save_model(str(staging))
+        trainer.save_model(str(staging), _internal_call=True)  # no Hub push from the staging folder
         trainer.finish_saving(staging)
     except WRITE_ERRORS as error:
+        if not is_write_failure(error):
+            raise
         if trainer.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(write_failure_message(output_dir, error, output_dir)) from error
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         publish(staging, output_dir)
+    if trainer.args.push_to_hub:  # what the Trainer's save_model would have pushed, from the complete folder
+        trainer.push_to_hub()
 
 
 def publish(staging: Path, output_dir: Path) -> None:
@@ -158,6 +163,7 @@ def train(config: RerankerConfig) -> Path:
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
         raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))
     trainer.nan_guard.raise_if_pending()  # no final model from non-finite weights
+    trainer.check_weights_finite()
     save_final_model(trainer, config.output_dir)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
