@@ -36,7 +36,7 @@ def run_zero(tmp_path, model_dir, stage_file: str, family: str = "cross_encoder"
     recipe = dict(
         family=family, model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(out),
         train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2, max_steps=4,
-        learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        gradient_accumulation_steps=1, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         disable_tqdm=True, dataloader_pin_memory=False, seed=0,
         deepspeed=str(REPO / "recipes" / "deepspeed" / stage_file), **extra,
     )  # fmt: skip

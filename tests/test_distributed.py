@@ -21,8 +21,15 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 FAMILY_SETTINGS = {
     "cross_encoder": {},
-    "llm": dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0),
-    "layerwise": dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0, start_layer=1, self_distill_weight=0.5),
+    "llm": dict(gradient_accumulation_steps=1, lora_rank=4, lora_alpha=8, lora_dropout=0.0),
+    "layerwise": dict(
+        gradient_accumulation_steps=1,
+        lora_rank=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        start_layer=1,
+        self_distill_weight=0.5,
+    ),
 }
 
 

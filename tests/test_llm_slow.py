@@ -31,6 +31,8 @@ def test_a_short_lora_run_ranks_held_out_squad_better(tmp_path, smollm2_availabl
         ir_data=str(SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"),
         mine_rank_range=[1, 30],
         train_group_size=4,
+        gradient_accumulation_steps=1,  # the SmolLM2 recipe's settings, not the family's 1 x 16 default
+        activation_checkpointing=False,
         query_max_len=32,
         passage_max_len=128,
         lora_rank=8,

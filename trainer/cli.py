@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from rerankforge.trainer.checkpoints import CheckpointWriteError
+    from rerankforge.trainer.memory_check import MemoryEstimateError
     from rerankforge.trainer.modeling.file_checks import ModelFilesError
     from rerankforge.trainer.nan_guard import NonFiniteTrainingError
     from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ModelFilesError: EXIT_BAD_INPUT,
         NonFiniteTrainingError: EXIT_NON_FINITE,
         CheckpointWriteError: EXIT_WRITE_FAILED,
+        MemoryEstimateError: EXIT_OUT_OF_MEMORY,
         TrainingPreempted: EXIT_PREEMPTED,
     }
     try:

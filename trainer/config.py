@@ -126,6 +126,13 @@ class RerankerConfig(TrainingArguments):
             "will not fit in what this machine has free."
         },
     )
+    memory_limit_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "The memory check's budget for all of this run's processes on one device, in GiB (default: "
+            "what the device has free)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.train_data, str):

@@ -16,6 +16,23 @@ class LLMRerankerConfig(RerankerConfig):
     family: str = field(default="llm", metadata={"help": "Reranker family (fixed: llm)."})
     passage_max_len: int = field(default=192, metadata={"help": "Tokens kept from each passage."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    # FlagEmbedding's LLM reranker recipes (bge-reranker-v2-gemma, -minicpm-layerwise): one query per device per
+    # micro-batch, 16 accumulated, gradient checkpointing on. A decoder's activations for 8 queries x 8 passages
+    # do not fit a 24 GB machine (SmolLM2-135M on CPU: ~49 GiB per process, measured by the memory check)
+    per_device_train_batch_size: int = field(
+        default=1,
+        metadata={"help": "Queries per device in one micro-batch (each with train_group_size passages)."},
+    )
+    gradient_accumulation_steps: int = field(
+        default=16, metadata={"help": "Micro-batches accumulated into one optimizer step."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute each layer's activations in the backward pass instead of keeping them "
+            "(default for this family: true, unless gradient_checkpointing says otherwise)."
+        },
+    )
     prompt: str = field(
         default=DEFAULT_PROMPT,
         metadata={"help": "Prompt after the pair; a record's own `prompt` overrides it."},
@@ -57,6 +74,9 @@ class LLMRerankerConfig(RerankerConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            # on by default; not a field default, or transformers would ignore gradient_checkpointing (its alias)
+            self.activation_checkpointing = True
         super().__post_init__()
         if self.score not in SCORE_MODES:
             raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {self.score!r}")

@@ -25,6 +25,7 @@ from rerankforge.trainer.checkpoints import (
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
+from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
 from rerankforge.trainer.modeling.file_checks import check_model_folder
 from rerankforge.trainer.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.trainer.modeling.sources import resolve_model_path
@@ -155,11 +156,13 @@ def train(config: RerankerConfig) -> Path:
     resume = resolve_resume(config)
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
     trainer = build_trainer(config, records, eval_set)
+    check_step_memory(trainer)  # before any compute: one step must fit in what the device has free
     rows: list[tuple[str, dict[str, float]]] = []
     if eval_set is not None and config.evaluate_before_training:
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
         rows.append(("reranker before training", trainer.evaluate()))
-    result = trainer.train(resume_from_checkpoint=resume)
+    with out_of_memory_explained(trainer):  # a CUDA OOM says what to change, not only a traceback
+        result = trainer.train(resume_from_checkpoint=resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
         raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))
     trainer.nan_guard.raise_if_pending()  # no final model from non-finite weights
