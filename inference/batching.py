@@ -3,6 +3,7 @@ batch pads little, and scores come back in input order."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -14,30 +15,79 @@ from rerankforge.inference.pairs import Pair, to_passages
 Item = TypeVar("Item")
 Score = TypeVar("Score")
 
+logger = logging.getLogger(__name__)
 CHUNK_PAIRS = 4096  # pairs encoded at a time: their token ids are the memory that would grow with the input
 AUTO_PROGRESS_BATCHES = 10  # show_progress=None shows a bar when a call has more batches than this
+
+
+class BatchSize:
+    """The batch size of one scoring call: a CUDA out-of-memory error shrinks it (to 3/4 of the failed batch, as
+    FlagReranker does) for the rest of the call, chunks included; logged once per call."""
+
+    def __init__(self, value: int):
+        if int(value) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {value}")
+        self.value = int(value)
+        self.requested = self.value
+        self.logged = False
+
+    def shrink(self, failed: int) -> None:
+        self.value = min(self.value, max(1, failed * 3 // 4))
+        if not self.logged:
+            logger.warning(
+                "out of memory at a batch of %d: scoring goes on with batches of %d (and smaller if needed); "
+                "pass batch_size=%d to start there",
+                failed, self.value, self.value,
+            )  # fmt: skip
+            self.logged = True
+
+
+def as_batch_size(batch_size: int | BatchSize) -> BatchSize:
+    return batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
+
+
+def release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def score_longest_first(
     items: Sequence[Item],
     length: Callable[[Item], int],
     score_batch: Callable[[list[Item]], list[Score]],
-    batch_size: int,
+    batch_size: int | BatchSize,
     progress: tqdm | None = None,
 ) -> list[Score]:
     """``score_batch`` on batches of items sorted longest first; one score per item, in input order.
 
-    Longest first also means an out-of-memory error shows on the first batch, not after minutes. ``progress``,
-    when given, is advanced by the number of items of each batch.
+    Longest first also means an out-of-memory error shows on the first batch, not after minutes. Such an error
+    (torch.OutOfMemoryError) splits the batch and retries it: nothing is lost or reordered, and the smaller size
+    holds for the rest of the call (a ``BatchSize`` shared by its chunks). A single item that does not fit
+    raises. ``progress``, when given, is advanced by the number of items of each batch.
     """
+    size = as_batch_size(batch_size)
     order = sorted(range(len(items)), key=lambda i: -length(items[i]))
     scores: list = [None] * len(items)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        for index, score in zip(batch, score_batch([items[i] for i in batch]), strict=True):
+    start = 0
+    while start < len(order):
+        batch = order[start : start + size.value]
+        try:
+            batch_scores = score_batch([items[i] for i in batch])
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            failed = True  # handled below, once the error's frames (and their tensors) are released
+        else:
+            failed = False
+        if failed:
+            release_cached_memory()
+            size.shrink(len(batch))
+            continue
+        for index, score in zip(batch, batch_scores, strict=True):
             scores[index] = score
         if progress is not None:
             progress.update(len(batch))
+        start += len(batch)
     return scores
 
 
@@ -50,12 +100,13 @@ def progress_bar(pairs: int, batch_size: int, show_progress: bool | None) -> tqd
 def score_in_chunks(
     pairs: Sequence[Pair],
     score_chunk: Callable[[Sequence[Pair], tqdm], list[Score]],
-    batch_size: int,
+    batch_size: int | BatchSize,
     chunk_size: int = CHUNK_PAIRS,
     show_progress: bool | None = None,
 ) -> list[Score]:
     """``score_chunk`` (encode, then score longest first) on consecutive chunks of whole batches; scores in
     input order, one progress bar across all chunks."""
+    batch_size = as_batch_size(batch_size).requested
     step = max(batch_size, chunk_size - chunk_size % batch_size)
     scores: list[Score] = []
     with progress_bar(len(pairs), batch_size, show_progress) as bar:

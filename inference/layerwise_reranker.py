@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
-from rerankforge.inference.batching import score_in_chunks, score_longest_first, sigmoid
+from rerankforge.inference.batching import BatchSize, score_in_chunks, score_longest_first, sigmoid
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair
@@ -47,7 +47,11 @@ class LayerwiseReranker(LLMReranker):
 
     @torch.inference_mode()
     def score_layers(
-        self, sequences: list[list[int]], layers: list[int], batch_size: int, progress: tqdm | None = None
+        self,
+        sequences: list[list[int]],
+        layers: list[int],
+        batch_size: int | BatchSize,
+        progress: tqdm | None = None,
     ) -> list[list[float]]:
         """``[pair][layer]`` scores for already-built input ids; the model stops at the deepest layer."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -91,7 +95,7 @@ class LayerwiseReranker(LLMReranker):
         show_progress: bool | None = None,
     ) -> list[list[float]]:
         """``[layer][pair]`` scores, encoded and scored a chunk of pairs at a time."""
-        batch_size = batch_size or self.batch_size
+        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encode = self.chunk_encoder(lengths, prompt)
 
         def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[list[float]]:

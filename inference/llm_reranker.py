@@ -12,7 +12,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
-from rerankforge.inference.batching import RanksCandidates, score_in_chunks, score_longest_first, sigmoid
+from rerankforge.inference.batching import (
+    BatchSize,
+    RanksCandidates,
+    score_in_chunks,
+    score_longest_first,
+    sigmoid,
+)
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair, default_device
 from rerankforge.trainer.modeling.llm import (
@@ -154,7 +160,7 @@ class LLMReranker(RanksCandidates):
 
     @torch.inference_mode()
     def score_sequences(
-        self, sequences: list[list[int]], batch_size: int, progress: tqdm | None = None
+        self, sequences: list[list[int]], batch_size: int | BatchSize, progress: tqdm | None = None
     ) -> list[float]:
         """Scores for already-built input ids, in their order (float32 whatever the model's precision)."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -193,7 +199,7 @@ class LLMReranker(RanksCandidates):
         show_progress: bool | None = None,
     ) -> list[float]:
         """The one scoring path: encode a chunk with ``lengths`` and ``prompt``, score it longest first."""
-        batch_size = batch_size or self.batch_size
+        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encode = self.chunk_encoder(lengths, prompt)
 
         def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:

@@ -10,7 +10,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
-from rerankforge.inference.batching import RanksCandidates, score_in_chunks, score_longest_first, sigmoid
+from rerankforge.inference.batching import (
+    BatchSize,
+    RanksCandidates,
+    score_in_chunks,
+    score_longest_first,
+    sigmoid,
+)
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.trainer.modeling.cross_encoder import CrossEncoderModel
@@ -113,7 +119,7 @@ class Reranker(RanksCandidates):
 
     @torch.inference_mode()
     def score_encoded(
-        self, features: list[dict[str, list[int]]], batch_size: int, progress: tqdm | None = None
+        self, features: list[dict[str, list[int]]], batch_size: int | BatchSize, progress: tqdm | None = None
     ) -> list[float]:
         """Scores for already-encoded pairs, in their order; batches are formed longest first."""
         pad_multiple = 8 if self.device.type == "cuda" else None
@@ -149,7 +155,7 @@ class Reranker(RanksCandidates):
         show_progress: bool | None = None,
     ) -> list[float]:
         """The one scoring path: encode a chunk with ``lengths``, score it longest first; input order."""
-        batch_size = batch_size or self.batch_size
+        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encoder = self._encoder(lengths)
 
         def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:

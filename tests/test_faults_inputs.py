@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_decoder
 
 from rerankforge.inference import FlagLLMReranker, FlagReranker, LayerwiseReranker, LLMReranker, Reranker
@@ -323,3 +324,45 @@ def test_a_hundred_thousand_pairs_score_in_bounded_memory_with_a_bar(tiny_bert_d
     assert result["scores"] == 100_000
     assert result["peak_growth_mb"] < 250
     assert "100000/100000" in done.stderr  # the progress bar, on by itself for 782 batches
+
+
+# --- out of memory while scoring: split and retried, nothing lost or reordered ---
+
+
+class OutOfMemoryAbove:
+    """A fault injector: a forward pre-hook that raises CUDA's out-of-memory error for batches above ``rows``,
+    recording the batch sizes it saw."""
+
+    def __init__(self, rows: int):
+        self.rows, self.seen = rows, []
+
+    def __call__(self, module, args, kwargs):
+        batch = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0]
+        self.seen.append(batch)
+        if batch > self.rows:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {batch} rows)")
+
+
+def test_batches_split_on_out_of_memory_and_keep_the_smaller_size(request, monkeypatch, caplog, reranker):
+    expected = reranker.compute_score(PAIRS * 5, batch_size=16)
+    monkeypatch.setattr(reranker, "chunk_size", 16)  # several chunks: the smaller size must carry over
+    injector = OutOfMemoryAbove(rows=5)
+    handle = reranker.model.register_forward_pre_hook(injector, with_kwargs=True)
+    try:
+        with caplog.at_level("WARNING"):
+            scores = reranker.compute_score(PAIRS * 5, batch_size=16)
+    finally:
+        handle.remove()
+    assert scores == pytest.approx(expected, abs=1e-5)  # all 40 pairs, in input order
+    assert injector.seen[:5] == [16, 12, 9, 6, 4] and max(injector.seen[5:]) <= 4  # 3/4 each time, then kept
+    assert sum(b for b in injector.seen if b <= 5) == len(PAIRS) * 5
+    assert caplog.text.count("out of memory at a batch of 16") == 1
+
+
+def test_a_single_pair_that_does_not_fit_raises(cross_encoder):
+    handle = cross_encoder.model.register_forward_pre_hook(OutOfMemoryAbove(rows=0), with_kwargs=True)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            cross_encoder.compute_score(PAIRS, batch_size=4)
+    finally:
+        handle.remove()
