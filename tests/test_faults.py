@@ -8,7 +8,6 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 from conftest import write_jsonl
 from safetensors.torch import load_file
 from test_cross_encoder_training import toy_records
-from test_resume import MAX_STEPS, launch, losses, write_recipe
+from test_resume import MAX_STEPS, launch, losses, wait_for_file, write_recipe
 
 from rerankforge.trainer.checkpoints import (
     MARKER,
@@ -256,10 +255,7 @@ def test_kill_9_at_five_random_points_each_resumes_to_the_uninterrupted_weights(
         recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, f"killed{attempt}")
         after_step, delay = chooser.randrange(2, MAX_STEPS - 4, 2), chooser.uniform(0.0, 0.3)
         run = launch(recipe)
-        marker = os.path.join(output_dir, f"checkpoint-{after_step}", MARKER)
-        deadline = time.time() + 300
-        while not os.path.exists(marker) and run.poll() is None and time.time() < deadline:
-            time.sleep(0.002)
+        wait_for_file(run, os.path.join(output_dir, f"checkpoint-{after_step}", MARKER))
         time.sleep(delay)  # anywhere in the next steps: mid-step, mid-save, mid-rotation
         run.send_signal(signal.SIGKILL)
         assert run.wait(timeout=60) == -signal.SIGKILL, f"attempt {attempt}: the run ended before the kill"
@@ -283,21 +279,10 @@ def ignore_sigxfsz() -> None:
     )  # a write past the limit then fails with EFBIG, as ENOSPC would
 
 
-def launch_limited(recipe: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rerankforge.trainer", recipe, *extra], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigxfsz,
-    )  # fmt: skip
-
-
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_bert_dir):
     recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, "full")
-    run = launch_limited(recipe)
-    first = os.path.join(output_dir, "checkpoint-2", MARKER)
-    deadline = time.time() + 300
-    while not os.path.exists(first) and run.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
+    run = launch(recipe, preexec_fn=ignore_sigxfsz)
+    wait_for_file(run, os.path.join(output_dir, "checkpoint-2", MARKER))
     limit_file_size(run.pid, 64 * 1024)  # the next model.safetensors (~4 MB) cannot be written
     output = run.communicate(timeout=300)[0]
     assert run.returncode == EXIT_WRITE_FAILED, output
@@ -316,7 +301,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 def test_a_full_disk_while_writing_the_final_model_leaves_no_partial_model(tmp_path, tiny_bert_dir):
     recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, "final")
     edit_recipe(recipe, save_strategy="no", max_steps=3)
-    run = launch_limited(recipe)
+    run = launch(recipe, preexec_fn=ignore_sigxfsz)
     limit_file_size(run.pid, 64 * 1024)  # before it writes anything big: the final model is the first
     output = run.communicate(timeout=300)[0]
     assert run.returncode == EXIT_WRITE_FAILED, output

@@ -18,18 +18,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_decoder
+from test_inference import PASSAGES as INFERENCE_PASSAGES
+from test_inference import QUERY
 
 from rerankforge.inference import FlagLLMReranker, FlagReranker, LayerwiseReranker, LLMReranker, Reranker
 from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
 from rerankforge.trainer.spec import LayerwiseSpec
 
-QUERY = "what do women wear on the beach"
 PASSAGES = [
-    "flip flops",
-    "Some women with flip-flops on are walking along the beach, " * 6,
-    "a reform",
-    "The 4 women are sitting on the beach in the sun and they wear hats and sandals",
-    "sandals",
+    *INFERENCE_PASSAGES,
     "",
     "the apple is here, river indeed; the stone is there, cloud maybe",
 ]

@@ -50,12 +50,19 @@ def write_recipe(tmp_path, model_dir, name: str) -> tuple[str, str]:
     return str(path), output_dir
 
 
-def launch(recipe: str, *extra: str) -> subprocess.Popen:
+def launch(recipe: str, *extra: str, preexec_fn=None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "rerankforge.trainer", recipe, *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn,
     )  # fmt: skip
+
+
+def wait_for_file(run: subprocess.Popen, path: str, timeout: float = 300) -> None:
+    """Until ``path`` exists (a checkpoint's marker, say), the run ends, or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
 
 
 def losses(output_dir: str) -> list[tuple[int, float]]:
@@ -71,10 +78,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_losses(tmp_path, tiny_bert
 
     recipe, killed_dir = write_recipe(tmp_path, tiny_bert_dir, "killed")
     run = launch(recipe)
-    second = os.path.join(killed_dir, "checkpoint-4", MARKER)
-    deadline = time.time() + 300
-    while not os.path.exists(second) and run.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    wait_for_file(run, os.path.join(killed_dir, "checkpoint-4", MARKER))
     run.send_signal(signal.SIGKILL)
     assert run.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     assert not os.path.exists(os.path.join(killed_dir, "model.safetensors"))  # it was cut off mid-way

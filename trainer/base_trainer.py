@@ -33,7 +33,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.loss_parts import LossPartMeans
 from rerankforge.trainer.modeling.base import RerankerModel
 from rerankforge.trainer.modeling.lora import unwrap_adapters
-from rerankforge.trainer.nan_guard import NanGuard, RunFacts
+from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED, NanGuard, RunFacts
 from rerankforge.trainer.preemption import PreemptionCallback
 from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
 
@@ -94,10 +94,7 @@ class RerankerTrainer(Trainer):
         if (
             self.args.nan_policy == "skip" and self.is_deepspeed_enabled
         ):  # also when set in the accelerate config
-            raise ValueError(
-                "nan_policy skip cannot drop an update under DeepSpeed (its engine steps inside backward); use "
-                "nan_policy stop, or DeepSpeed's own fp16 loss scaler, which skips overflowing steps"
-            )
+            raise ValueError(SKIP_UNDER_DEEPSPEED)
         self.nan_guard = self._build_nan_guard()
         self.preemption = PreemptionCallback(self)
         self.add_callback(self.preemption)
@@ -134,7 +131,7 @@ class RerankerTrainer(Trainer):
             grad_norm,
             self.state.global_step + 1,
             drop_gradients=lambda: model.zero_grad(set_to_none=True),
-            any_process=self._true_on_any_process,
+            any_process=self.true_on_any_process,
         )
         return grad_norm
 
@@ -155,7 +152,7 @@ class RerankerTrainer(Trainer):
         finally:
             self.args.load_best_model_at_end, self.state.best_model_checkpoint = saved
 
-    def _true_on_any_process(self, flag: bool) -> bool:
+    def true_on_any_process(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:
             return flag
         found = torch.tensor([1.0 if flag else 0.0], device=self.args.device)

@@ -17,7 +17,7 @@ from rerankforge.trainer.losses import (
     RankingObjective,
     build_objective,
 )
-from rerankforge.trainer.nan_guard import NAN_POLICIES
+from rerankforge.trainer.nan_guard import NAN_POLICIES, SKIP_UNDER_DEEPSPEED
 
 
 @dataclass
@@ -195,10 +195,7 @@ class RerankerConfig(TrainingArguments):
         if self.nan_max_consecutive_skips < 1:
             raise ValueError(f"nan_max_consecutive_skips must be >= 1, got {self.nan_max_consecutive_skips}")
         if self.nan_policy == "skip" and self.deepspeed:
-            raise ValueError(
-                "nan_policy skip cannot drop an update under DeepSpeed (its engine steps inside backward); use "
-                "nan_policy stop, or DeepSpeed's own fp16 loss scaler, which skips overflowing steps"
-            )
+            raise ValueError(SKIP_UNDER_DEEPSPEED)
 
     def build_objective(self) -> RankingObjective | LayerwiseObjective:
         """The loss and distillation term this run trains with (a fresh module each call)."""

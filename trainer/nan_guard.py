@@ -38,6 +38,10 @@ NAN_POLICIES = ("stop", "skip")
 # an fp16 scaler starts at 2**16 and halves on each overflow: a healthy run may overflow a few times in a row at
 # the start, 24 in a row leave a scale below 2**-8 (collapsed)
 SCALER_OVERFLOWS_IN_A_ROW = 24
+SKIP_UNDER_DEEPSPEED = (
+    "nan_policy skip cannot drop an update under DeepSpeed (its engine steps inside backward); use "
+    "nan_policy stop, or DeepSpeed's own fp16 loss scaler, which skips overflowing steps"
+)
 
 
 class NonFiniteTrainingError(RuntimeError):

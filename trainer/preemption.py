@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class PreemptionCallback(TrainerCallback):
         os.kill(os.getpid(), signum)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not self._requested_anywhere():
+        if not self.trainer.true_on_any_process(self.requested):
             return
         if not self.announced:
             logger.warning(
@@ -111,13 +110,6 @@ class PreemptionCallback(TrainerCallback):
         if self.stopped_at_step is not None:
             control.should_save = False
             control.should_evaluate = False
-
-    def _requested_anywhere(self) -> bool:
-        accelerator = self.trainer.accelerator
-        if accelerator.num_processes == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.trainer.args.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def preempted_error(self, checkpoint: str | None) -> TrainingPreempted:
         where = (
