@@ -57,7 +57,12 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("output", help="training JSONL to write, with teacher scores")
     score.add_argument("--teacher", required=True, help="any reranker rerankforge.inference loads")
     score.add_argument("--batch-size", type=int, default=64)
-    score.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    score.add_argument(
+        "--device",
+        help="cpu, cuda, ... (default: cuda when available); under `accelerate launch` with N processes each "
+        "process scores its shard on its own device (cuda:LOCAL_RANK, or cpu with --cpu) and --device is "
+        "ignored with a warning",
+    )
     score.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
@@ -89,31 +94,37 @@ def mine(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
+    """Every process of a launch validates, loads the teacher and scores its shard; the main one writes."""
     import json
 
     from rerankforge.data_tools.mining import write_jsonl
     from rerankforge.data_tools.schema import DataValidationError
     from rerankforge.data_tools.sources import load_train_dataset
     from rerankforge.inference.auto import load_reranker
+    from rerankforge.inference.sharded_scoring import compute_score_sharded, current_launch, process_device
 
     files = resolve_data_files(args.input)
     try:
-        load_train_dataset(files)  # validate every line before the teacher is loaded
+        load_train_dataset(files)  # validate every line before the teacher is loaded (on every process)
     except DataValidationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
     import torch
 
-    teacher = load_reranker(args.teacher, device=args.device, dtype=getattr(torch, args.dtype))
+    launch = current_launch()
+    device = process_device(launch, args.device)
+    teacher = load_reranker(args.teacher, device=device, dtype=getattr(torch, args.dtype))
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:
-        return teacher.compute_score(
-            pairs, batch_size=args.batch_size, max_length=args.max_length, show_progress=True
-        )
+        return compute_score_sharded(teacher, pairs, launch, args.batch_size, args.max_length)
 
-    write_jsonl(add_teacher_scores(records, score_pairs), args.output)
-    print(f"{args.output}: {len(records)} queries scored by {args.teacher}")
+    scored = add_teacher_scores(records, score_pairs)
+    if not launch.is_main_process:
+        return 0
+    write_jsonl(scored, args.output)
+    processes = f" ({launch.num_processes} processes)" if launch.distributed else ""
+    print(f"{args.output}: {len(records)} queries scored by {args.teacher}{processes}")
     return 0
 
 

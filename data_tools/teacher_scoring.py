@@ -9,7 +9,7 @@ ScoreFn = Callable[[list[list[str]]], list[float]]
 
 def add_teacher_scores(records: Sequence[dict], score: ScoreFn) -> list[dict]:
     """New records with the teacher's score for every positive and negative (all pairs scored in one call,
-    so the reranker can batch them by length)."""
+    so the reranker can batch them by length and a launch can split them across its processes)."""
     pairs = [[r["query"], p] for r in records for p in r["pos"] + r.get("neg", [])]
     scores = iter(score(pairs))
     scored = []

@@ -15,6 +15,12 @@ from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
+from rerankforge.inference.sharded_scoring import (
+    Launch,
+    compute_score_sharded,
+    current_launch,
+    process_device,
+)
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.report import metric_table
 
@@ -34,7 +40,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
     parser.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1 ... (default: cuda when available); under `accelerate launch` with N processes "
+        "each process reranks its shard of the pairs on its own device (cuda:LOCAL_RANK, or cpu with --cpu) "
+        "and --device is ignored with a warning; the main process alone writes the output",
+    )
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -53,16 +64,21 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
+def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> dict[str, object]:
+    """Every process of a launch builds the same first stage (BM25 is deterministic and cheap next to the
+    reranker) and scores its shard of the pairs; every process gets all scores back."""
     from rerankforge.inference.auto import load_reranker
 
+    launch = launch or Launch()
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     first_stage = read_trec_run(args.run, list(dataset.queries)) if args.run else None
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
-    reranker = load_reranker(args.model, args.backend, device=args.device, dtype=DTYPES[args.dtype])
+    # ONNX backends score on the CPU whatever the launch: only the torch backend takes the process's device
+    device = process_device(launch, args.device) if args.backend == "torch" else args.device
+    reranker = load_reranker(args.model, args.backend, device=device, dtype=DTYPES[args.dtype])
     pairs = eval_set.pairs()
     start = time.perf_counter()
-    scores = reranker.compute_score(eval_set.texts(pairs), batch_size=args.batch_size, show_progress=True)
+    scores = compute_score_sharded(reranker, eval_set.texts(pairs), launch, args.batch_size)
     seconds = time.perf_counter() - start
     run = eval_set.run_from_scores(pairs, scores)
     reranked = {**eval_set.metrics(run), "queries_per_second": len(eval_set.candidates) / seconds}
@@ -75,6 +91,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, object]:
         "dtype": args.dtype,
         "backend": args.backend,
         "pairs": len(pairs),
+        "processes": launch.num_processes,
         "first_stage": "run file " + args.run if args.run else "BM25",
         "first_stage_metrics": eval_set.first_stage_metrics(),
         "reranker_metrics": reranked,
@@ -93,10 +110,13 @@ def default_output(args: argparse.Namespace) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        result = evaluate_model(args)
+        launch = current_launch()
+        result = evaluate_model(args, launch)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not launch.is_main_process:
+        return 0
     first_run, reranked_run = result.pop("_runs")
     output = Path(args.output) if args.output else default_output(args)
     write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
@@ -119,3 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":  # `accelerate launch -m rerankforge.trainer.eval_cli ...`
+    run()
