@@ -91,26 +91,42 @@ class PairEncoder:
         self.with_token_type_ids = "token_type_ids" in tokenizer.model_input_names
 
     def _encode_side(self, texts: Sequence[str], limit: int) -> list[Encoding]:
-        encodings = self._rust.encode_batch(list(texts), add_special_tokens=False)
+        """One encoding per text, cut to ``limit``; a text that repeats (a query over its candidates, a passage
+        over several queries) is tokenized once and shares its encoding."""
+        unique = list(dict.fromkeys(texts))
+        encode = getattr(self._rust, "encode_batch_fast", self._rust.encode_batch)  # no offsets: we need none
+        encodings = encode(unique, add_special_tokens=False)
         for encoding in encodings:
             if len(encoding) > limit:
                 encoding.truncate(limit)
-        return encodings
+        if len(unique) == len(texts):
+            return encodings
+        by_text = dict(zip(unique, encodings, strict=True))
+        return [by_text[text] for text in texts]
 
-    def encode(self, queries: Sequence[str], passages: Sequence[str]) -> list[dict[str, list[int]]]:
-        """Token ids (and token types where the model uses them) for each pair, unpadded."""
+    def encode_encodings(self, queries: Sequence[str], passages: Sequence[str]) -> list[Encoding]:
+        """The pairs as `tokenizers` encodings (ids, type ids), unpadded: the form inference pads straight into
+        arrays, without a Python dict per pair."""
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
         query_encodings = self._encode_side(queries, self.lengths.query_max_len)
         passage_encodings = self._encode_side(passages, self.lengths.passage_max_len)
         budget = self.lengths.max_length - self.pair_special_tokens
-        features = []
+        pairs = []
         for query, passage in zip(query_encodings, passage_encodings, strict=True):
-            if len(query) + len(passage) > budget:
+            if len(query) + len(passage) > budget:  # cut copies: a shared encoding serves other pairs as it is
                 if len(query) >= budget:  # only when the query alone fills the pair
+                    query = Encoding.merge([query], growing_offsets=False)
                     query.truncate(budget - 1)
+                passage = Encoding.merge([passage], growing_offsets=False)
                 passage.truncate(budget - len(query))
-            pair = self._rust.post_process(query, passage, add_special_tokens=True)
+            pairs.append(self._rust.post_process(query, passage, add_special_tokens=True))
+        return pairs
+
+    def encode(self, queries: Sequence[str], passages: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Token ids (and token types where the model uses them) for each pair, unpadded."""
+        features = []
+        for pair in self.encode_encodings(queries, passages):
             feature = {"input_ids": pair.ids, "attention_mask": pair.attention_mask}
             if self.with_token_type_ids:
                 feature["token_type_ids"] = pair.type_ids

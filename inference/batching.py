@@ -46,6 +46,23 @@ def as_batch_size(batch_size: int | BatchSize) -> BatchSize:
     return batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
 
 
+def check_token_budget(max_batch_tokens: int | None, max_length: int) -> None:
+    """A budget below one full-length pair could not hold every pair: refused before anything is encoded."""
+    if max_batch_tokens is not None and max_batch_tokens < max_length:
+        raise ValueError(
+            f"max_batch_tokens={max_batch_tokens} is less than one pair of max_length={max_length} tokens; "
+            f"pass at least {max_length} (or max_length={max_batch_tokens})"
+        )
+
+
+def batch_rows(longest: int, rows: int, max_batch_tokens: int | None) -> int:
+    """Rows of a batch whose longest (first, in longest-first order) row has ``longest`` tokens: at most
+    ``rows``, and at most ``max_batch_tokens`` padded tokens in all (as text-embeddings-inference batches)."""
+    if max_batch_tokens is None:
+        return rows
+    return max(1, min(rows, max_batch_tokens // max(1, longest)))
+
+
 def release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -57,8 +74,11 @@ def score_longest_first(
     score_batch: Callable[[list[Item]], list[Score]],
     batch_size: int | BatchSize,
     progress: tqdm | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[Score]:
     """``score_batch`` on batches of items sorted longest first; one score per item, in input order.
+
+    A batch holds at most ``batch_size`` items and, when given, ``max_batch_tokens`` padded tokens.
 
     Longest first also means an out-of-memory error shows on the first batch, not after minutes. Such an error
     (torch.OutOfMemoryError) splits the batch and retries it: nothing is lost or reordered, and the smaller size
@@ -70,7 +90,8 @@ def score_longest_first(
     scores: list = [None] * len(items)
     start = 0
     while start < len(order):
-        batch = order[start : start + size.value]
+        rows = batch_rows(length(items[order[start]]), size.value, max_batch_tokens)
+        batch = order[start : start + rows]
         try:
             batch_scores = score_batch([items[i] for i in batch])
         except torch.OutOfMemoryError:
@@ -123,6 +144,8 @@ class RanksCandidates:
     """``rank`` for any reranker that has ``_score(pairs, lengths, batch_size)`` and ``lengths``."""
 
     chunk_size: int = CHUNK_PAIRS  # pairs encoded at a time (rounded to whole batches)
+    max_batch_tokens: int | None = None  # padded tokens a batch may hold, besides its pair count
+    prefetch: bool | None = None  # encode and pad ahead in a thread; None: on CUDA only (cross-encoders)
 
     def rank(
         self,

@@ -9,6 +9,7 @@ import torch
 
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.inference.device_pool import several_devices
 from rerankforge.inference.layerwise_reranker import LayerwiseReranker
 from rerankforge.inference.llm_reranker import FLAG_MAX_LENGTH as FLAG_LLM_MAX_LENGTH
 from rerankforge.inference.llm_reranker import (
@@ -88,13 +89,19 @@ class FlagReranker(Reranker):
         """``backend`` is rerankforge's addition ("onnx", "onnx-int8": see `Reranker.from_pretrained`)."""
         if unused:
             logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
-        device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
+        device, dtype = pick_device_and_dtype(
+            pool_devices[0] if pool_devices else devices, use_fp16, use_bf16
+        )
         loaded = Reranker.from_pretrained(
             model_name_or_path,
-            device=device if backend == "torch" or devices else None,  # onnx: the CPU unless told otherwise
+            # onnx: the CPU unless told otherwise; several devices: the workers' (this process holds no weights)
+            device=device if (backend == "torch" or devices) and not pool_devices else None,
             dtype=dtype if backend == "torch" else None,  # ONNX runs fp32 (as FlagEmbedding does on a CPU)
             trust_remote_code=trust_remote_code,
+            batch_size=batch_size,
             backend=backend,
+            devices=pool_devices,
         )
         super().__init__(
             loaded.model,
@@ -104,6 +111,7 @@ class FlagReranker(Reranker):
             batch_size=batch_size,
             spec=loaded.spec,
             onnx=loaded.onnx,
+            pool=loaded.pool,
         )
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)

@@ -6,19 +6,22 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.batching import (
     BatchSize,
     RanksCandidates,
-    score_in_chunks,
-    score_longest_first,
+    check_token_budget,
+    progress_bar,
     sigmoid,
 )
+from rerankforge.inference.collate import PairCollator, as_tensors
+from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
+from rerankforge.inference.onnx_backend import input_names as encoder_input_names
 from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.pipeline import Stages, run_pipeline
 from rerankforge.trainer.modeling.cross_encoder import CrossEncoderModel
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.spec import CrossEncoderSpec, RerankerSpec
@@ -49,9 +52,11 @@ class Reranker(RanksCandidates):
         batch_size: int = 128,
         spec: RerankerSpec | None = None,
         onnx: OnnxScorer | None = None,
+        pool: DevicePool | None = None,
     ):
         self.spec = spec
         self.onnx = onnx  # scores on ONNX Runtime instead of the torch model (CPU only)
+        self.pool = pool  # several devices: worker processes hold the weights and score (`DevicePool`)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -68,14 +73,20 @@ class Reranker(RanksCandidates):
         trust_remote_code: bool = False,
         batch_size: int = 128,
         backend: str = "torch",
+        devices: str | Sequence[str] | None = None,
     ) -> Reranker:
         """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder.
+
+        ``devices``: two or more ("cuda:0", "cuda:1", ...) score with one worker process per device, each
+        loading the weights (this process keeps only the config and tokenizer); ``reranker.pool.close()`` stops
+        them (so do garbage collection and exit).
 
         ``backend``: "torch"; "onnx" (CPU, ONNX Runtime, the same fp32 scores within 1e-4, faster); or
         "onnx-int8" (CPU, int8 weights: faster again, scores differ; opt-in, see benchmarks/RESULTS.md).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        pool_devices, device = several_devices(devices), one_device(device, devices)
         if backend != "torch" and device is not None and torch.device(device).type != "cpu":
             raise ValueError(
                 f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
@@ -89,8 +100,19 @@ class Reranker(RanksCandidates):
             raise ValueError(
                 f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class"
             )
+        if pool_devices:  # the workers load while this process reads the tokenizer
+            pool = DevicePool(
+                path, pool_devices, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size,
+                backend=backend,
+            )  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         stand_in = None if spec is not None else plain_folder_spec(path, tokenizer, trust_remote_code)
+        if pool_devices:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = ConfigOnlyModel(spec or stand_in, config)
+            lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
+            pool.wait_ready()
+            return cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, pool=pool)
         model = CrossEncoderModel.from_pretrained(path, dtype, trust_remote_code, spec=stand_in)
         lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
         if backend == "torch":
@@ -117,20 +139,27 @@ class Reranker(RanksCandidates):
             max_length,
         )
 
-    @torch.inference_mode()
-    def score_encoded(
-        self, features: list[dict[str, list[int]]], batch_size: int | BatchSize, progress: tqdm | None = None
-    ) -> list[float]:
-        """Scores for already-encoded pairs, in their order; batches are formed longest first."""
-        pad_multiple = 8 if self.device.type == "cuda" else None
+    def pipeline_stages(self, lengths: PairLengths) -> Stages:
+        """Encode with ``lengths``, pad into arrays (page-locked on CUDA), run the torch model or ONNX graph."""
+        encoder = self._encoder(lengths)
+        cuda = self.device.type == "cuda"
+        multiple = 8 if cuda and lengths.max_length % 8 == 0 else None  # never past the model's positions
+        collate = PairCollator(self.tokenizer, encoder_input_names(self.tokenizer), multiple)
 
-        def score_batch(chunk: list[dict[str, list[int]]]) -> list[float]:
-            if self.onnx is not None:
-                return self.onnx(self.tokenizer.pad(chunk, return_tensors="np")).tolist()
-            batch = self.tokenizer.pad(chunk, pad_to_multiple_of=pad_multiple, return_tensors="pt")
-            return self.model.score({k: v.to(self.device) for k, v in batch.items()}).tolist()
+        def encode(chunk: Sequence[Pair]) -> list:
+            return encoder.encode_encodings([q for q, _ in chunk], [p for _, p in chunk])
 
-        return score_longest_first(features, lambda f: len(f["input_ids"]), score_batch, batch_size, progress)
+        if self.onnx is not None:
+            return Stages(encode, collate, self.onnx, collate.padded_length)
+
+        def to_tensors(encodings: list) -> dict[str, torch.Tensor]:
+            return as_tensors(collate(encodings), pin=cuda)
+
+        @torch.inference_mode()
+        def forward(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.model.score({k: v.to(self.device, non_blocking=cuda) for k, v in inputs.items()})
+
+        return Stages(encode, to_tensors, forward, collate.padded_length)
 
     def compute_score(
         self,
@@ -139,11 +168,15 @@ class Reranker(RanksCandidates):
         max_length: int | None = None,
         normalize: bool = False,
         show_progress: bool | None = None,
+        max_batch_tokens: int | None = None,
     ) -> float | list[float]:
         """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
-        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches."""
+        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches;
+        ``max_batch_tokens`` caps a batch's padded tokens as well as its pairs (the reranker's own when None)."""
         pair_list, single = to_pairs(pairs)
-        scores = self._score(pair_list, self.lengths_for(max_length), batch_size, normalize, show_progress)
+        scores = self._score(
+            pair_list, self.lengths_for(max_length), batch_size, normalize, show_progress, max_batch_tokens
+        )
         return scores[0] if single else scores
 
     def _score(
@@ -153,16 +186,25 @@ class Reranker(RanksCandidates):
         batch_size: int | None = None,
         normalize: bool = False,
         show_progress: bool | None = None,
+        max_batch_tokens: int | None = None,
     ) -> list[float]:
-        """The one scoring path: encode a chunk with ``lengths``, score it longest first; input order."""
+        """The one scoring path (`run_pipeline`): chunks encoded with ``lengths``, scored longest first in
+        batches of at most ``batch_size`` pairs and ``max_batch_tokens`` tokens; scores in input order."""
+        if self.pool is not None:  # several devices: each worker process scores a share
+            budget = max_batch_tokens if max_batch_tokens is not None else self.max_batch_tokens
+            return self.pool.score(
+                pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
+                normalize=normalize, max_batch_tokens=budget,
+            )  # fmt: skip
         batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
-        encoder = self._encoder(lengths)
-
-        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:
-            features = encoder.encode([q for q, _ in chunk], [p for _, p in chunk])
-            return self.score_encoded(features, batch_size, progress)
-
-        scores = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
+        budget = max_batch_tokens if max_batch_tokens is not None else self.max_batch_tokens
+        check_token_budget(budget, lengths.max_length)
+        prefetch = self.prefetch if self.prefetch is not None else self.device.type == "cuda"
+        chunk = max(batch_size.value, self.chunk_size - self.chunk_size % batch_size.value)
+        with progress_bar(len(pairs), batch_size.value, show_progress) as bar:
+            scores = run_pipeline(
+                pairs, self.pipeline_stages(lengths), batch_size, budget, chunk, prefetch, bar
+            )
         return sigmoid(scores) if normalize else scores
 
 

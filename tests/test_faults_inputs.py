@@ -21,6 +21,7 @@ from conftest import tiny_decoder
 from test_inference import PASSAGES as INFERENCE_PASSAGES
 from test_inference import QUERY
 
+from rerankforge.data_tools.pair_encoding import PairEncoder
 from rerankforge.inference import FlagLLMReranker, FlagReranker, LayerwiseReranker, LLMReranker, Reranker
 from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
 from rerankforge.trainer.spec import LayerwiseSpec
@@ -212,12 +213,16 @@ def test_chunked_scores_equal_unchunked_in_input_order(request, monkeypatch, fam
     reranker = request.getfixturevalue(family)
     pairs = PAIRS * 2 + [["q", "p"]]  # 17 pairs
     whole = reranker.compute_score(pairs, batch_size=2)
-    encode_method = {"cross_encoder": "score_encoded", "llm": "score_sequences", "layerwise": "score_layers"}
-    original = getattr(reranker, encode_method[family])
     sizes = []
-    monkeypatch.setattr(
-        reranker, encode_method[family], lambda s, *a: sizes.append(len(s)) or original(s, *a)
-    )
+    if family == "cross_encoder":  # the pipeline's encode stage, one call per chunk
+        original = PairEncoder.encode_encodings
+        monkeypatch.setattr(
+            PairEncoder, "encode_encodings", lambda self, q, p: sizes.append(len(q)) or original(self, q, p)
+        )
+    else:
+        method = {"llm": "score_sequences", "layerwise": "score_layers"}[family]
+        original = getattr(reranker, method)
+        monkeypatch.setattr(reranker, method, lambda s, *a: sizes.append(len(s)) or original(s, *a))
     monkeypatch.setattr(reranker, "chunk_size", 5)  # rounded down to whole batches of 2: chunks of 4
     chunked = reranker.compute_score(pairs, batch_size=2)
     assert sizes == [4, 4, 4, 4, 1]  # never more than one chunk of pairs encoded at a time
