@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test test-slow bench bench-losses lint format clean
+.PHONY: install train test test-slow bench bench-losses bench-gpu lint format clean
 
 install: $(STAMP)
 
@@ -63,6 +63,32 @@ bench: install $(FLAG_VENV)/.installed $(BENCH_MODEL)/rerankforge.json
 # the table goes to benchmarks/RESULTS.md
 bench-losses: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/loss_comparison.py --out outputs/losses
+
+# GPU speed (benchmarks/gpu_bench.py: scoring, cross-encoder training, LLM LoRA; about 6 min on an H100/H200) with
+# that machine's own python3 and packages: it reaches no registry, so nothing is installed from one. The wheels
+# `bash benchmarks/gpu_wheels.sh` put in .whl here (carry .whl) go into GPU_SITE, and rerankforge's three folders
+# are linked there as the rerankforge package (setup.cfg's package_dir; no build). Without a CUDA device it stops
+# and says so; `make bench-gpu SMOKE=1` runs the same code on this CPU with tiny models. Options go in
+# GPU_BENCH_ARGS, e.g. GPU_BENCH_ARGS="--out $OUT/bench-gpu.json --results $OUT/RESULTS-gpu.md".
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/site
+GPU_BENCH_ARGS ?=
+bench-gpu:
+ifeq ($(SMOKE),1)
+	$(MAKE) install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_bench.py --smoke $(GPU_BENCH_ARGS)
+else
+	@if ! nvidia-smi -L >/dev/null 2>&1 || ! $(GPU_PYTHON) -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then \
+		echo "bench-gpu: no CUDA device here (nvidia-smi, or $(GPU_PYTHON)'s torch, sees none): run it on a GPU machine, or 'make bench-gpu SMOKE=1' for the CPU check" >&2; \
+		exit 1; \
+	fi
+	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	version=$$(sed -n 's/^version = //p' setup.cfg); mkdir -p $(GPU_SITE)/rerankforge $(GPU_SITE)/rerankforge-$$version.dist-info && \
+		printf 'Metadata-Version: 2.1\nName: rerankforge\nVersion: %s\n' $$version > $(GPU_SITE)/rerankforge-$$version.dist-info/METADATA
+	for part in trainer data_tools inference; do ln -sfn $(CURDIR)/$$part $(GPU_SITE)/rerankforge/$$part; done
+	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+		$(GPU_PYTHON) benchmarks/gpu_bench.py $(GPU_BENCH_ARGS)
+endif
 
 lint: install
 	$(VENV)/bin/ruff check .

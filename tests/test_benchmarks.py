@@ -123,3 +123,50 @@ def test_the_loss_comparison_table_gives_every_run_bm25_and_the_seed_spread(tmp_
         "`grouped_cross_entropy`, 2 seeds (42, 43), held-out SQuAD: 0.8000, 0.8100; mean 0.8050, range 0.0100"
         in spread
     )
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")
+def test_the_gpu_benchmark_smoke_run_fills_every_section_and_table(tmp_path):
+    """`gpu_bench.py --smoke`: the GPU benchmark's own code on the CPU with tiny models (about 20 s), so the
+    script that runs on a lent GPU cannot rot here."""
+    import json
+    import os
+    import subprocess
+
+    import gpu_scoring
+
+    out, results = tmp_path / "bench-gpu.json", tmp_path / "RESULTS-gpu.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--smoke", "--out", str(out),
+               "--results", str(results)]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["incomplete"] == [] and data["settings"]["mode"] == "smoke"
+    shapes = ("minilm-l6", "bge-reranker-base", "bge-reranker-large")
+    tools = (gpu_scoring.RERANKFORGE, gpu_scoring.SENTENCE_TRANSFORMERS, gpu_scoring.REFERENCE)
+    table = results.read_text()
+    for shape in shapes:
+        scoring = data["scoring"][shape]
+        assert scoring["pairs"] == 64 and scoring["real_tokens"] > 0 and scoring["forward_flops"] > 0
+        assert set(tools) <= set(scoring["tools"])
+        for tool, row in scoring["tools"].items():
+            assert row["pairs_per_s"] > 0 and row["tflops"] > 0, (shape, tool)
+            assert row["max_abs_diff_to_reference"] < 1e-4, (shape, tool)  # fp32: the tools score alike
+            assert f"| {shape} ({scoring['shape']}) | {tool} | " in table
+    training = data["cross_encoder_training"]
+    assert training["steps_per_s"] > 0 and training["peak_memory_mb"] > 0 and training["timed_steps"] == 1
+    variants = list(data["llm_lora"]["variants"].values())
+    assert {(v["way"], v["checkpointing"]) for v in variants} == {
+        (way, on) for way in ("rerankforge", "flagembedding") for on in (True, False)
+    }
+    for variant in variants:
+        assert (
+            variant["steps_per_s"] > 0
+            and variant["peak_memory_mb"] > 0
+            and variant["trainable_parameters"] > 0
+        )
+    assert "| rerankforge (last position's Yes logit" in table and "| FlagEmbedding (all-vocabulary" in table
+    assert "- command: `python benchmarks/gpu_bench.py --smoke" in table
