@@ -114,7 +114,9 @@ class PairEncoder:
         budget = self.lengths.max_length - self.pair_special_tokens
         pairs = []
         for query, passage in zip(query_encodings, passage_encodings, strict=True):
-            if len(query) + len(passage) > budget:  # cut copies: a shared encoding serves other pairs as it is
+            if (
+                len(query) + len(passage) > budget
+            ):  # cut copies: a shared encoding serves other pairs as it is
                 if len(query) >= budget:  # only when the query alone fills the pair
                     query = Encoding.merge([query], growing_offsets=False)
                     query.truncate(budget - 1)

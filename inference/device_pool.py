@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
+import sys
 import time
 import traceback
 import weakref
@@ -32,6 +34,7 @@ JOIN_SECONDS = 10.0  # how long close() lets workers finish before terminating t
 PARENT_CHECK_SECONDS = 2.0  # how often an idle worker checks that its parent still runs (no orphans)
 
 Loader = Callable[..., Any]  # (path, device=..., **load_kwargs) -> an object with _score(pairs, **kwargs)
+SCORE_METHOD = "_score"  # the worker's reranker method a call runs unless it names another
 
 
 def several_devices(devices: str | Sequence[str] | None) -> list[str] | None:
@@ -83,6 +86,18 @@ def default_loader(path: str, device: str, **load_kwargs: Any) -> Any:
     return load_reranker(path, device=device, **load_kwargs)
 
 
+def factory_loader(
+    path: str, device: str, factory: Callable[..., Any], device_keyword: str = "device", **load_kwargs: Any
+) -> Any:
+    """A loader for a given class or classmethod: ``factory(path, <device_keyword>=device, **load_kwargs)``.
+
+    ``factory`` travels to the worker pickled by name (a class, a class's classmethod or a module's function),
+    so each worker loads exactly as the caller's class does, e.g. ``LLMReranker.from_pretrained`` or
+    ``FlagLLMReranker`` itself (``device_keyword="devices"``: its prompts, lengths and per-device dtype).
+    """
+    return factory(path, **{device_keyword: device}, **load_kwargs)
+
+
 def worker_main(
     device: str,
     loader: Loader,
@@ -92,7 +107,32 @@ def worker_main(
     tasks: mp.Queue,
     answers: Connection,
 ) -> None:
-    """One worker: load the reranker on ``device``, then answer (call id, pairs, kwargs) tasks until None."""
+    """One worker: load the reranker on ``device``, then answer (call id, method, pairs, kwargs) tasks until
+    None with ``reranker.<method>(pairs, **kwargs)``: one result per pair, in the pairs' order."""
+    serve(device, loader, path, load_kwargs, cpu_threads, tasks, answers)
+    quick_exit()
+
+
+def quick_exit() -> None:
+    """End a worker that is done without the interpreter's teardown of torch and transformers (a second or
+    more, which ``close`` and the caller's exit would wait for): its answers are already in the pipe, which
+    outlives it, and it puts nothing on a queue."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
+def serve(
+    device: str,
+    loader: Loader,
+    path: str,
+    load_kwargs: dict[str, Any],
+    cpu_threads: int,
+    tasks: mp.Queue,
+    answers: Connection,
+) -> None:
     signal.signal(
         signal.SIGINT, signal.SIG_IGN
     )  # Ctrl-C reaches the whole process group; the caller handles it
@@ -114,9 +154,9 @@ def worker_main(
             continue
         if task is None:
             return
-        call_id, pairs, kwargs = task
+        call_id, method, pairs, kwargs = task
         try:
-            answer = ("scores", call_id, reranker._score(pairs, **kwargs))
+            answer = ("scores", call_id, getattr(reranker, method)(pairs, **kwargs))
         except Exception:
             answer = ("error", call_id, traceback.format_exc())
         answers.send(answer)
@@ -164,7 +204,8 @@ class DevicePool:
     """One scoring worker process per device, each holding the reranker that ``loader(path, device=...,
     **load_kwargs)`` returns (by default `load_reranker`).
 
-    ``score`` splits the pairs between the workers and calls each one's ``_score(pairs, **kwargs)``. The
+    ``score`` splits the pairs between the workers and calls each one's ``_score(pairs, **kwargs)`` (or the
+    method it names: one result per pair, a score or a row of them, e.g. a layerwise model's per layer). The
     workers start at construction and load in the background; ``wait_ready`` (and the first ``score``)
     waits for them. ``close`` stops them; so do garbage collection and the interpreter's exit.
     """
@@ -240,12 +281,17 @@ class DevicePool:
         logger.info("scoring workers ready in %.1f s", time.monotonic() - self._started)
 
     def score(
-        self, pairs: Sequence[Sequence[str]], show_progress: bool | None = None, **kwargs: Any
-    ) -> list[float]:
+        self,
+        pairs: Sequence[Sequence[str]],
+        show_progress: bool | None = None,
+        method: str = SCORE_METHOD,
+        **kwargs: Any,
+    ) -> list[Any]:
         """Scores for ``pairs`` in input order; each worker gets a longest-first share of equal work.
 
-        ``kwargs`` go to each worker's ``_score``. A worker's exception is raised here (the pool stays usable);
-        a worker's death closes the pool and raises.
+        ``kwargs`` go to each worker's ``_score`` (or ``method``: any method of the worker's reranker that takes
+        the pairs first and returns one result per pair). A worker's exception is raised here (the pool stays
+        usable); a worker's death closes the pool and raises.
         """
         self._check_open()
         self.wait_ready()
@@ -255,7 +301,7 @@ class DevicePool:
         waiting = set()
         for index, share in enumerate(shares):
             if share:
-                task = (self._call_id, [pairs[i] for i in share], {**kwargs, "show_progress": False})
+                task = (self._call_id, method, [pairs[i] for i in share], {**kwargs, "show_progress": False})
                 self._tasks[index].put(task)
                 waiting.add(index)
         with progress_bar(len(pairs), kwargs.get("batch_size") or 1, show_progress) as bar:

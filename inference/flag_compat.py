@@ -9,7 +9,8 @@ import torch
 
 from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairLengths
-from rerankforge.inference.device_pool import several_devices
+from rerankforge.inference.backend_choice import default_backend
+from rerankforge.inference.device_pool import factory_loader, several_devices
 from rerankforge.inference.layerwise_reranker import LayerwiseReranker
 from rerankforge.inference.llm_reranker import FLAG_MAX_LENGTH as FLAG_LLM_MAX_LENGTH
 from rerankforge.inference.llm_reranker import (
@@ -27,14 +28,13 @@ logger = logging.getLogger(__name__)
 def pick_device_and_dtype(
     devices: str | Sequence[str] | None, use_fp16: bool, use_bf16: bool
 ) -> tuple[torch.device, torch.dtype]:
-    """FlagEmbedding's rules: half precision only on a GPU (fp16/bf16 fall back to fp32 on CPU)."""
+    """FlagEmbedding's rules: half precision only on a GPU (fp16/bf16 fall back to fp32 on CPU).
+
+    Of several devices, the first's: the wrappers score on several through a `DevicePool`, whose workers each
+    pick their own device's dtype."""
     if isinstance(devices, str):
         devices = [devices]
     if devices:
-        if len(devices) > 1:
-            logger.warning(
-                "several devices given (%s): this reranker runs on the first, %s", devices, devices[0]
-            )
         device = torch.device(devices[0])
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,25 +83,31 @@ class FlagReranker(Reranker):
         query_max_length: int | None = None,
         max_length: int | None = None,
         normalize: bool = False,
-        backend: str = "torch",
+        backend: str | None = None,
+        max_batch_tokens: int | None = None,
         **unused: object,
     ):
-        """``backend`` is rerankforge's addition ("onnx", "onnx-int8": see `Reranker.from_pretrained`)."""
+        """``backend`` and ``max_batch_tokens`` are rerankforge's additions (see `Reranker.from_pretrained`:
+        "auto" by default, "torch", "onnx", "openvino", "onnx-int8", "openvino-bf16")."""
         if unused:
             logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
         pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
         device, dtype = pick_device_and_dtype(
             pool_devices[0] if pool_devices else devices, use_fp16, use_bf16
         )
+        backend = backend or default_backend()
+        # auto: torch on a GPU, the fastest exact backend measured here on a CPU
+        on_torch = backend in ("torch", "auto")
         loaded = Reranker.from_pretrained(
             model_name_or_path,
             # onnx: the CPU unless told otherwise; several devices: the workers' (this process holds no weights)
-            device=device if (backend == "torch" or devices) and not pool_devices else None,
-            dtype=dtype if backend == "torch" else None,  # ONNX runs fp32 (as FlagEmbedding does on a CPU)
+            device=device if (on_torch or devices) and not pool_devices else None,
+            dtype=dtype if on_torch else None,  # the graphs run fp32 (as FlagEmbedding does on a CPU)
             trust_remote_code=trust_remote_code,
             batch_size=batch_size,
             backend=backend,
             devices=pool_devices,
+            max_batch_tokens=max_batch_tokens,
         )
         super().__init__(
             loaded.model,
@@ -113,6 +119,7 @@ class FlagReranker(Reranker):
             onnx=loaded.onnx,
             pool=loaded.pool,
         )
+        self.backend, self.max_batch_tokens = loaded.backend, loaded.max_batch_tokens
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
         self.query_max_length = query_max_length
@@ -174,17 +181,27 @@ class FlagLLMReranker(LLMReranker):
     ):
         if unused:
             logger.warning("FlagLLMReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
+        pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
         device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        worker = None
+        if pool_devices:  # each worker is a FlagLLMReranker on its device: its input ids, its dtype
+            worker = (factory_loader, dict(
+                factory=FlagLLMReranker, device_keyword="devices", peft_path=peft_path, use_fp16=use_fp16,
+                use_bf16=use_bf16, trust_remote_code=trust_remote_code, batch_size=batch_size,
+            ))  # fmt: skip
         loaded = LLMReranker.from_pretrained(
             model_name_or_path,
-            device=device,
+            device=None if pool_devices else device,  # several devices: the workers' (no weights here)
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             adapter_path=peft_path,
+            devices=pool_devices,
+            worker_loader=worker,
         )
         super().__init__(
-            loaded.model, loaded.tokenizer, loaded.lengths, device, batch_size, trained=loaded.trained
-        )
+            loaded.model, loaded.tokenizer, loaded.lengths, loaded.device, batch_size, trained=loaded.trained,
+            pool=loaded.pool,
+        )  # fmt: skip
         self.query_instruction = (query_instruction_for_rerank, query_instruction_format)
         self.passage_instruction = (passage_instruction_for_rerank, passage_instruction_format)
         self.default_prompt = prompt
@@ -255,11 +272,21 @@ class LayerWiseFlagLLMReranker(LayerwiseReranker):
             logger.warning(
                 "LayerWiseFlagLLMReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused))
             )
+        pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
         device, dtype = pick_device_and_dtype(devices, use_fp16, use_bf16)
+        worker = None
+        if pool_devices:  # each worker is a LayerWiseFlagLLMReranker on its device, in its dtype
+            worker = (factory_loader, dict(
+                factory=LayerWiseFlagLLMReranker, device_keyword="devices", use_fp16=use_fp16,
+                use_bf16=use_bf16, trust_remote_code=trust_remote_code, batch_size=batch_size,
+            ))  # fmt: skip
         loaded = LayerwiseReranker.from_pretrained(
-            model_name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            model_name_or_path, device=None if pool_devices else device, dtype=dtype,
+            trust_remote_code=trust_remote_code, devices=pool_devices, worker_loader=worker,
+        )  # fmt: skip
+        super().__init__(
+            loaded.model, loaded.tokenizer, device=loaded.device, batch_size=batch_size, pool=loaded.pool
         )
-        super().__init__(loaded.model, loaded.tokenizer, device=device, batch_size=batch_size)
         self.cutoff_layers = cutoff_layers
         self.default_prompt = prompt
         self.max_length = max_length

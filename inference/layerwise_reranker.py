@@ -28,6 +28,8 @@ class LayerwiseReranker(LLMReranker):
 
     @property
     def layers(self) -> list[int]:
+        if self.pool is not None:  # the weights live in the workers: the spec names the heads' layers
+            return sorted(set(int(k) for k in self.spec.layers))
         return list(self.model.layers)
 
     @classmethod
@@ -94,7 +96,28 @@ class LayerwiseReranker(LLMReranker):
         prompt: str | None = None,
         show_progress: bool | None = None,
     ) -> list[list[float]]:
-        """``[layer][pair]`` scores, encoded and scored a chunk of pairs at a time."""
+        """``[layer][pair]`` scores, encoded and scored a chunk of pairs at a time (several devices: each worker
+        process scores a share, and answers its ``[pair][layer]`` rows)."""
+        if self.pool is not None:
+            rows = self.pool.score(
+                pairs, show_progress, method="_score_rows", lengths=lengths, layers=layers,
+                batch_size=batch_size or self.batch_size, normalize=normalize, prompt=prompt,
+            )  # fmt: skip
+        else:
+            rows = self._score_rows(pairs, lengths, layers, batch_size, normalize, prompt, show_progress)
+        return [[row[i] for row in rows] for i in range(len(layers))]
+
+    def _score_rows(
+        self,
+        pairs: Sequence[Pair],
+        lengths: LLMLengths,
+        layers: list[int],
+        batch_size: int | None = None,
+        normalize: bool = False,
+        prompt: str | None = None,
+        show_progress: bool | None = None,
+    ) -> list[list[float]]:
+        """``[pair][layer]`` scores on this process's model (what a `DevicePool` worker answers)."""
         batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encode = self.chunk_encoder(lengths, prompt)
 
@@ -102,8 +125,7 @@ class LayerwiseReranker(LLMReranker):
             return self.score_layers(encode(chunk), layers, batch_size, progress)
 
         rows = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
-        per_layer = [[row[i] for row in rows] for i in range(len(layers))]
-        return [sigmoid(scores) if normalize else scores for scores in per_layer]
+        return sigmoid(rows) if normalize else rows  # elementwise: [pair][layer] stays so
 
     def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=None):
         """The last layer's scores: what `rank`, `rerankforge-eval` and teacher scoring use."""

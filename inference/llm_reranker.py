@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,14 @@ from rerankforge.inference.batching import (
     score_in_chunks,
     score_longest_first,
     sigmoid,
+)
+from rerankforge.inference.device_pool import (
+    ConfigOnlyModel,
+    DevicePool,
+    Loader,
+    factory_loader,
+    one_device,
+    several_devices,
 )
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair, default_device
@@ -55,7 +64,8 @@ class LLMReranker(RanksCandidates):
     """A decoder-LLM reranker: ``compute_score`` for pairs, ``rank`` for one query's candidates.
 
     ``trained`` is False for a plain causal-LM folder, which the model scores with a stand-in spec (BGE's prompt,
-    the "Yes" logit) and FlagLLMReranker's budgets.
+    the "Yes" logit) and FlagLLMReranker's budgets. ``pool``: several devices, whose worker processes hold the
+    weights and score (`DevicePool`); ``model`` is then a `ConfigOnlyModel` carrying the spec.
     """
 
     model_class: type[LLMRerankerModel] = LLMRerankerModel
@@ -68,8 +78,10 @@ class LLMReranker(RanksCandidates):
         device: str | torch.device | None = None,
         batch_size: int = 16,
         trained: bool = True,
+        pool: DevicePool | None = None,
     ):
         self.trained = trained
+        self.pool = pool
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = ensure_pad_token(tokenizer)
@@ -100,13 +112,22 @@ class LLMReranker(RanksCandidates):
         attn_implementation: str = "auto",
         adapter_path: str | None = None,
         backend: str = "torch",
+        devices: str | Sequence[str] | None = None,
+        worker_loader: tuple[Loader, dict[str, Any]] | None = None,
     ) -> LLMReranker:
         """Our adapter folders (base + adapter, merged on load), our merged models, and plain causal-LM folders
         laid out as BAAI/bge-reranker-v2-gemma (default prompt, "Yes" token, FlagLLMReranker's lengths).
 
         ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``).
         ``backend``: "torch" only (the ONNX backends are for cross-encoders).
+
+        ``devices``: two or more ("cuda:0", "cuda:1", ...) score with one worker process per device, each
+        loading the weights (this process keeps only the tokenizer and spec); ``reranker.pool.close()`` stops
+        them (so do garbage collection and exit). ``worker_loader``: ``(loader, kwargs)`` with which each worker
+        loads instead of this class's ``from_pretrained`` with these arguments (the FlagEmbedding wrappers
+        pass their own class, see `factory_loader`).
         """
+        pool_devices, device = several_devices(devices), one_device(device, devices)
         path = resolve_model_path(name_or_path)
         spec_folder = adapter_path or path
         spec = RerankerSpec.load(spec_folder)
@@ -124,17 +145,33 @@ class LLMReranker(RanksCandidates):
             raise ValueError(
                 f"{spec_folder} holds {found}; {cls.__name__} loads rerankforge {family!r} folders"
             )
-        tokenizer = load_tokenizer(tokenizer_folder(path, spec_folder, spec), trust_remote_code)
-        trained = spec is not None
-        stand_in = None if trained else cls.plain_spec(tokenizer, path)
+        pool = None
+        if pool_devices:  # the workers load while this process reads the tokenizer
+            loader, load_kwargs = worker_loader or (factory_loader, dict(
+                factory=cls.from_pretrained, dtype=dtype, trust_remote_code=trust_remote_code,
+                batch_size=batch_size, attn_implementation=attn_implementation, adapter_path=adapter_path,
+            ))  # fmt: skip
+            pool = DevicePool(path, pool_devices, loader, **load_kwargs)
+        try:
+            tokenizer = load_tokenizer(tokenizer_folder(path, spec_folder, spec), trust_remote_code)
+            trained = spec is not None
+            stand_in = None if trained else cls.plain_spec(tokenizer, path)
+            lengths = None
+            if not trained:
+                lengths = flag_llm_lengths(
+                    FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
+                )
+            if pool is not None:  # the spec is all this process needs: prompt, token ids, budgets, layers
+                pool.wait_ready()
+                model = ConfigOnlyModel(spec or stand_in, None)
+                return cls(model, tokenizer, lengths, "cpu", batch_size, trained=trained, pool=pool)
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            raise
         model = cls.model_class.from_pretrained(
             path, dtype, trust_remote_code, attn_implementation, adapter_path=adapter_path, spec=stand_in
         )
-        lengths = None
-        if not trained:
-            lengths = flag_llm_lengths(
-                FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
-            )
         return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, trained=trained)
 
     @classmethod
@@ -198,7 +235,13 @@ class LLMReranker(RanksCandidates):
         prompt: str | None = None,
         show_progress: bool | None = None,
     ) -> list[float]:
-        """The one scoring path: encode a chunk with ``lengths`` and ``prompt``, score it longest first."""
+        """The one scoring path: encode a chunk with ``lengths`` and ``prompt``, score it longest first (several
+        devices: each worker process scores a share)."""
+        if self.pool is not None:
+            return self.pool.score(
+                pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
+                normalize=normalize, prompt=prompt,
+            )  # fmt: skip
         batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encode = self.chunk_encoder(lengths, prompt)
 

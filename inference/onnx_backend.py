@@ -28,7 +28,9 @@ from rerankforge.trainer.modeling.sources import cache_root
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+GRAPH_BACKENDS = ("onnx", "onnx-int8", "openvino", "openvino-bf16")  # CPU backends on the exported graph
+EXACT_BACKENDS = ("torch", "onnx", "openvino")  # fp32 math: the same scores within EXPORT_TOLERANCE
+BACKENDS = ("torch", *GRAPH_BACKENDS)
 OPSET = 17
 EXPORT_TOLERANCE = 1e-4
 FP32_FILE = "model.onnx"
@@ -198,16 +200,34 @@ def check_export(scorer: OnnxScorer, model: PreTrainedModel, tokenizer: PreTrain
     return worst
 
 
-def onnx_scorer(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str | Path, backend: str
-) -> OnnxScorer:
-    """The cached (or freshly exported and checked) graph for ``backend`` 'onnx' or 'onnx-int8'.
+def exporting_checker(path: Path):
+    """The scorer that checks a fresh export: ONNX Runtime's, or OpenVINO's fp32 where only OpenVINO is
+    installed."""
+    try:
+        require_onnxruntime()
+    except ImportError:
+        from rerankforge.inference.openvino_backend import OpenVinoScorer
 
-    The fp32 graph is exported once per checkpoint; the int8 one only when first asked for, from that graph.
+        return OpenVinoScorer(path, "f32")
+    return OnnxScorer(path)
+
+
+def graph_scorer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_path: str | Path, backend: str
+):
+    """The scorer for a CPU ``backend`` on the cached (or freshly exported and checked) ONNX graph.
+
+    The fp32 graph is exported once per checkpoint; the int8 one only when first asked for, from that graph;
+    OpenVINO compiles the fp32 graph (its fp32 scores are checked against torch's, as the export's are).
     """
-    if backend not in BACKENDS[1:]:
+    if backend not in GRAPH_BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    require_onnxruntime()
+    if backend.startswith("openvino"):
+        from rerankforge.inference.openvino_backend import PRECISIONS, OpenVinoScorer, require_openvino
+
+        require_openvino()
+    else:
+        require_onnxruntime()
     from filelock import FileLock
 
     folder = cache_root() / "onnx" / cache_key(model_path)
@@ -219,13 +239,18 @@ def onnx_scorer(
             logger.info("exporting %s to ONNX in %s (once per checkpoint)", model_path, folder)
             with atomic_folder(folder) as staging:
                 export_onnx(model, tokenizer, staging / FP32_FILE)
-                scorer = OnnxScorer(staging / FP32_FILE)
+                scorer = exporting_checker(staging / FP32_FILE)
                 difference = check_export(scorer, model, tokenizer)
                 record = {"source": str(model_path), "inputs": scorer.names, "opset": OPSET,
                           "max_abs_diff": difference}  # fmt: skip
                 (staging / "export.json").write_text(json.dumps(record, indent=2) + "\n")
         if backend == "onnx":
             return OnnxScorer(folder / FP32_FILE)
+        if backend.startswith("openvino"):
+            scorer = OpenVinoScorer(folder / FP32_FILE, PRECISIONS[backend])
+            if backend == "openvino":
+                check_export(scorer, model, tokenizer)  # OpenVINO's own fp32 kernels, checked too
+            return scorer
         if not (folder / INT8_FOLDER / INT8_FILE).exists():
             with atomic_folder(folder / INT8_FOLDER) as staging:
                 quantize_int8(folder / FP32_FILE, staging / INT8_FILE)

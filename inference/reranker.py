@@ -9,6 +9,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
+from rerankforge.inference.backend_choice import AUTO, choose_backend, default_backend
 from rerankforge.inference.batching import (
     BatchSize,
     RanksCandidates,
@@ -18,7 +19,7 @@ from rerankforge.inference.batching import (
 )
 from rerankforge.inference.collate import PairCollator, as_tensors
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
-from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, onnx_scorer
+from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, graph_scorer
 from rerankforge.inference.onnx_backend import input_names as encoder_input_names
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.pipeline import Stages, run_pipeline
@@ -55,7 +56,10 @@ class Reranker(RanksCandidates):
         pool: DevicePool | None = None,
     ):
         self.spec = spec
-        self.onnx = onnx  # scores on ONNX Runtime instead of the torch model (CPU only)
+        self.onnx = (
+            onnx  # scores on the exported graph (ONNX Runtime or OpenVINO) instead of torch (CPU only)
+        )
+        self.backend = "torch" if onnx is None else "graph"  # from_pretrained names it
         self.pool = pool  # several devices: worker processes hold the weights and score (`DevicePool`)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
@@ -72,8 +76,9 @@ class Reranker(RanksCandidates):
         dtype: torch.dtype | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 128,
-        backend: str = "torch",
+        backend: str | None = None,
         devices: str | Sequence[str] | None = None,
+        max_batch_tokens: int | None = None,
     ) -> Reranker:
         """Our checkpoints (with rerankforge.json) or any one-logit sequence-classification reranker folder.
 
@@ -81,13 +86,19 @@ class Reranker(RanksCandidates):
         loading the weights (this process keeps only the config and tokenizer); ``reranker.pool.close()`` stops
         them (so do garbage collection and exit).
 
-        ``backend``: "torch"; "onnx" (CPU, ONNX Runtime, the same fp32 scores within 1e-4, faster); or
-        "onnx-int8" (CPU, int8 weights: faster again, scores differ; opt-in, see benchmarks/RESULTS.md).
+        ``backend``: "auto" (the default, or ``RERANKFORGE_BACKEND``): on a CPU the fastest of the exact
+        backends installed, measured once per checkpoint and machine (`backend_choice`), torch on a GPU;
+        "torch"; "onnx" (ONNX Runtime) or "openvino" (OpenVINO): CPU, the same fp32 scores within 1e-4;
+        "onnx-int8" (int8 weights) or "openvino-bf16" (bf16 math): CPU, faster again, scores differ (opt-in,
+        their nDCG@10 is in benchmarks/RESULTS.md). ``max_batch_tokens`` caps each batch's padded tokens.
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = backend or default_backend()
+        if backend not in (AUTO, *BACKENDS):
+            raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
+        if backend == AUTO and dtype not in (None, torch.float32):
+            backend = "torch"  # half precision: only torch runs it
         pool_devices, device = several_devices(devices), one_device(device, devices)
-        if backend != "torch" and device is not None and torch.device(device).type != "cpu":
+        if backend not in ("torch", AUTO) and device is not None and torch.device(device).type != "cpu":
             raise ValueError(
                 f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
             )
@@ -103,7 +114,7 @@ class Reranker(RanksCandidates):
         if pool_devices:  # the workers load while this process reads the tokenizer
             pool = DevicePool(
                 path, pool_devices, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size,
-                backend=backend,
+                backend=backend, max_batch_tokens=max_batch_tokens,
             )  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         stand_in = None if spec is not None else plain_folder_spec(path, tokenizer, trust_remote_code)
@@ -112,15 +123,28 @@ class Reranker(RanksCandidates):
             model = ConfigOnlyModel(spec or stand_in, config)
             lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
             pool.wait_ready()
-            return cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, pool=pool)
+            reranker = cls(
+                model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, pool=pool
+            )
+            reranker.backend, reranker.max_batch_tokens = backend, max_batch_tokens
+            return reranker
         model = CrossEncoderModel.from_pretrained(path, dtype, trust_remote_code, spec=stand_in)
         lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
-        if backend == "torch":
-            return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, spec=spec)
-        if dtype not in (None, torch.float32):
-            raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
-        onnx = onnx_scorer(model.backbone, tokenizer, path, backend)
-        return cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, onnx=onnx)
+        scorer = None
+        if backend == AUTO:
+            where = torch.device(device) if device is not None else default_device()
+            names = encoder_input_names(tokenizer)
+            backend, scorer = choose_backend(
+                model.backbone, tokenizer, path, names, lengths.max_length, where
+            )
+        elif backend != "torch":
+            if dtype not in (None, torch.float32):
+                raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
+            scorer = graph_scorer(model.backbone, tokenizer, path, backend)
+        graph_device = "cpu" if scorer is not None else device
+        reranker = cls(model, tokenizer, lengths, graph_device, batch_size=batch_size, spec=spec, onnx=scorer)
+        reranker.backend, reranker.max_batch_tokens = backend, max_batch_tokens
+        return reranker
 
     def _encoder(self, lengths: PairLengths) -> PairEncoder:
         if lengths not in self._encoders:

@@ -13,9 +13,19 @@ import threading
 import time
 
 import pytest
+from conftest import tiny_decoder
 
-from rerankforge.inference import FlagReranker, Reranker
-from rerankforge.inference.device_pool import DevicePool, split_by_length
+from rerankforge.inference import (
+    FlagLLMReranker,
+    FlagReranker,
+    LayerWiseFlagLLMReranker,
+    LayerwiseReranker,
+    LLMReranker,
+    Reranker,
+)
+from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, split_by_length
+from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
+from rerankforge.trainer.spec import LayerwiseSpec
 
 pytestmark = pytest.mark.distributed
 
@@ -154,3 +164,106 @@ def test_a_worker_that_cannot_load_raises_in_the_caller():
     ):
         pool.wait_ready()
     assert not any(alive(pool))
+
+
+def holds_no_weights(reranker) -> bool:
+    return isinstance(reranker.model, ConfigOnlyModel) and not list(reranker.model.parameters())
+
+
+def test_llm_reranker_on_two_devices_scores_as_one_process(tiny_llm_dirs):
+    folder = str(tiny_llm_dirs("llama"))  # a plain causal LM: the stand-in spec, FlagLLMReranker's lengths
+    pairs = varied_pairs(30, seed=2)
+    single = LLMReranker.from_pretrained(folder, device="cpu")
+    pooled = LLMReranker.from_pretrained(folder, devices=["cpu", "cpu"], batch_size=4)
+    try:
+        assert len(pooled.pool.processes) == 2 and holds_no_weights(pooled)
+        expected = single.compute_score(pairs)
+        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
+        assert pooled.compute_score(
+            pairs, max_length=40, normalize=True, prompt="Relevant?"
+        ) == pytest.approx(
+            single.compute_score(pairs, max_length=40, normalize=True, prompt="Relevant?"), abs=1e-5
+        )
+        assert pooled.compute_score(pairs[3]) == pytest.approx(expected[3], abs=1e-5)
+        passages = [passage for _, passage in pairs[:7]]
+        assert [r["index"] for r in pooled.rank("the cat", passages, top_k=3)] == [
+            r["index"] for r in single.rank("the cat", passages, top_k=3)
+        ]
+    finally:
+        pooled.pool.close()
+
+
+def test_flag_llm_reranker_on_two_devices_loads_each_worker_as_the_wrapper(tiny_llm_dirs):
+    folder = str(tiny_llm_dirs("llama"))
+    pairs = varied_pairs(30, seed=3)
+    settings = dict(query_instruction_for_rerank="Q: ", passage_instruction_for_rerank="P: ", max_length=64)
+    single = FlagLLMReranker(folder, devices="cpu", **settings)
+    pooled = FlagLLMReranker(folder, devices=["cpu", "cpu"], batch_size=4, **settings)
+    try:
+        assert len(pooled.pool.processes) == 2 and holds_no_weights(pooled)
+        expected = single.compute_score(pairs)
+        # the workers build FlagLLMReranker's input ids: a plain LLMReranker's prefixes would score otherwise
+        assert expected != pytest.approx(LLMReranker.compute_score(single, pairs, max_length=64), abs=1e-3)
+        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
+        assert pooled.compute_score(pairs, prompt="Relevant?", normalize=True) == pytest.approx(
+            single.compute_score(pairs, prompt="Relevant?", normalize=True), abs=1e-5
+        )
+        assert pooled.compute_score(pairs[0]) == pytest.approx(expected[0], abs=1e-5)
+    finally:
+        pooled.pool.close()
+
+
+@pytest.fixture(scope="module")
+def layerwise_dir(tmp_path_factory, llm_tokenizer):
+    """A saved layerwise folder: heads on layers 1 and 2 of a random 2-layer Llama, made (not trained)."""
+    yes = llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+    spec = LayerwiseSpec(query_max_len=16, passage_max_len=32, max_length=48, yes_token_id=yes, layers=[1, 2],
+                         num_layers=2)  # fmt: skip
+    model = LayerwiseRerankerModel(tiny_decoder("llama", len(llm_tokenizer)), spec)
+    folder = tmp_path_factory.mktemp("tiny-layerwise")
+    model.save_pretrained(folder)
+    llm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_layerwise_reranker_on_two_devices_scores_every_cutoff_layer_as_one_process(layerwise_dir):
+    pairs = varied_pairs(30, seed=4)
+    single = LayerwiseReranker.from_pretrained(str(layerwise_dir), device="cpu")
+    pooled = LayerwiseReranker.from_pretrained(str(layerwise_dir), devices=["cpu", "cpu"], batch_size=4)
+    try:
+        assert len(pooled.pool.processes) == 2 and holds_no_weights(pooled) and pooled.layers == [1, 2]
+        expected = single.compute_score(pairs, cutoff_layers=[1, 2])
+        assert len(expected) == 2 and expected[0] != pytest.approx(expected[1], abs=1e-3)
+        per_layer = pooled.compute_score(pairs, cutoff_layers=[1, 2])
+        assert len(per_layer) == 2
+        for scores, wanted in zip(per_layer, expected, strict=True):
+            assert scores == pytest.approx(wanted, abs=1e-5)
+        normalized = pooled.compute_score(pairs, cutoff_layers=[2, 1], normalize=True)
+        for scores, wanted in zip(normalized, single.compute_score(pairs, cutoff_layers=[2, 1], normalize=True),
+                                  strict=True):  # fmt: skip
+            assert scores == pytest.approx(wanted, abs=1e-5)
+        assert pooled.compute_score(pairs, cutoff_layers=1) == pytest.approx(expected[0], abs=1e-5)
+        assert pooled.compute_score(pairs[5], cutoff_layers=[1, 2]) == pytest.approx(
+            [expected[0][5], expected[1][5]], abs=1e-5
+        )
+        assert pooled.compute_score([], cutoff_layers=[1, 2]) == [[], []]
+        passages = [passage for _, passage in pairs[:7]]
+        assert [r["index"] for r in pooled.rank("the cat", passages)] == [
+            r["index"] for r in single.rank("the cat", passages)
+        ]
+    finally:
+        pooled.pool.close()
+
+
+def test_layerwise_flag_reranker_on_two_devices(layerwise_dir):
+    pairs = varied_pairs(20, seed=5)
+    single = LayerWiseFlagLLMReranker(str(layerwise_dir), devices="cpu", cutoff_layers=[1, 2], max_length=40)
+    pooled = LayerWiseFlagLLMReranker(
+        str(layerwise_dir), devices=["cpu", "cpu"], cutoff_layers=[1, 2], max_length=40
+    )
+    try:
+        assert holds_no_weights(pooled)
+        for scores, wanted in zip(pooled.compute_score(pairs), single.compute_score(pairs), strict=True):
+            assert scores == pytest.approx(wanted, abs=1e-5)
+    finally:
+        pooled.pool.close()
