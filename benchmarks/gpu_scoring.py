@@ -78,6 +78,17 @@ def rerankforge_scorers(
     scorers: dict[str, Scorer] = {
         RERANKFORGE: lambda pairs: reranker.compute_score(pairs, batch_size=batch_size, show_progress=False)
     }
+    plain = Reranker.from_pretrained(str(folder), device=device, dtype=dtype, batch_size=batch_size)
+    plain.prefetch = False  # what the encoding thread is worth: the same path without it
+    scorers[f"{RERANKFORGE} (no prefetch thread)"] = lambda pairs: plain.compute_score(
+        pairs, batch_size=batch_size, show_progress=False
+    )
+    if device.type == "cuda":  # measured before it is kept: compiled once in the warm-up (dynamic shapes)
+        compiled = Reranker.from_pretrained(str(folder), device=device, dtype=dtype, batch_size=batch_size)
+        compiled.model.backbone = torch.compile(compiled.model.backbone, dynamic=True)
+        scorers[f"{RERANKFORGE} (torch.compile)"] = lambda pairs: compiled.compute_score(
+            pairs, batch_size=batch_size, show_progress=False
+        )
     if "max_batch_tokens" in inspect.signature(reranker.compute_score).parameters:
         scorers[f"{RERANKFORGE} (max_batch_tokens={MAX_BATCH_TOKENS})"] = lambda pairs: (
             reranker.compute_score(

@@ -33,11 +33,25 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import append_results  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
-OURS = ("rerankforge", "rerankforge-onnx", "rerankforge-onnx-int8")
+OURS = ("rerankforge", "rerankforge-onnx", "rerankforge-onnx-int8", "rerankforge-openvino",
+        "rerankforge-openvino-bf16", "rerankforge-auto")  # fmt: skip
 BASELINES = ("flagembedding", "sentence_transformers")
+# sentence-transformers' own CPU backends (need optimum-onnx / optimum-intel in the baselines' environment)
+BASELINE_BACKENDS = (
+    "sentence_transformers-onnx",
+    "sentence_transformers-onnx-int8",
+    "sentence_transformers-openvino",
+)
 LLM_TOOLS = ("rerankforge-llm", "flagembedding-llm")
-BACKEND_OF = {"rerankforge": "torch", "rerankforge-onnx": "onnx", "rerankforge-onnx-int8": "onnx-int8"}
+BACKEND_OF = {"rerankforge": "torch", "rerankforge-onnx": "onnx", "rerankforge-onnx-int8": "onnx-int8",
+              "rerankforge-openvino": "openvino", "rerankforge-openvino-bf16": "openvino-bf16",
+              "rerankforge-auto": "auto"}  # fmt: skip
 EXACT_TOLERANCE = 1e-4
+INEXACT = (
+    "torch",
+    "onnx-int8",
+    "openvino-bf16",
+)  # nDCG@10 measured for these: the exact backends rank as torch
 
 Speeds = dict[tuple[str, int], list[float]]  # (tool, batch) -> pairs/s of each round
 Diffs = dict[tuple[str, int], float]  # (tool, batch) -> max abs score difference to the reference tool
@@ -206,13 +220,26 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (on cuda the CPU-only ONNX backends are left out)"
     )
+    parser.add_argument(
+        "--tools", nargs="+", choices=OURS, default=list(OURS), help="rerankforge backends timed"
+    )
+    parser.add_argument(
+        "--baseline-backends",
+        action="store_true",
+        help="also sentence-transformers' onnx, dynamic-int8 onnx and openvino backends (optimum-onnx and "
+        "optimum-intel in the baselines' environment)",
+    )
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
 
     pairs = build_pairs(args.queries, args.top_k, args.llm_pairs if args.llm else 0)
-    ours = OURS if args.device == "cpu" else OURS[:1]
+    ours = tuple(args.tools) if args.device == "cpu" else OURS[:1]
     ndcg = (
-        ndcg_by_backend(args.model, ours, args.ndcg_queries, 20, args.device) if args.ndcg_queries else None
+        ndcg_by_backend(
+            args.model, [t for t in ours if BACKEND_OF[t] in INEXACT], args.ndcg_queries, 20, args.device
+        )
+        if args.ndcg_queries
+        else None
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = portable_folder(args.model, Path(tmp) / "model")
@@ -229,24 +256,25 @@ def main() -> None:
             options += ["--llm", str(llm_folder)]
         (Path(tmp) / "pairs.json").write_text(json.dumps(pairs))
         flag = Worker(args.flag_python, "flag_worker.py", options)
-        torch_worker = Worker(sys.executable, "rerankforge_worker.py", options)
-        onnx_worker = Worker(sys.executable, "rerankforge_worker.py", options)
-        int8_worker = Worker(
-            sys.executable, "rerankforge_worker.py", options
-        )  # ORT keeps each session's peak
-        workers = {"rerankforge": torch_worker, "rerankforge-onnx": onnx_worker, "rerankforge-onnx-int8": int8_worker,
-                   "rerankforge-llm": torch_worker, **{t: flag for t in (*BASELINES, "flagembedding-llm")}}  # fmt: skip
+        # one process per backend of ours: ONNX Runtime's, OpenVINO's and torch's thread pools never share one
+        own = {tool: Worker(sys.executable, "rerankforge_worker.py", options) for tool in ours}
+        baselines = (
+            *BASELINES,
+            *(BASELINE_BACKENDS if args.baseline_backends and args.device == "cpu" else ()),
+        )
+        workers = {**own, "rerankforge-llm": own["rerankforge"],
+                   **{t: flag for t in (*baselines, "flagembedding-llm")}}  # fmt: skip
         try:
-            tools = (*ours, *BASELINES)
+            tools = (*ours, *baselines)
             speeds, diffs = alternate(workers, tools, args.batch_sizes, args.rounds)
             tables = [speed_table(speeds, diffs, tools, args.batch_sizes),
-                      ratio_table(speeds, diffs, ours, BASELINES, args.batch_sizes, ndcg)]  # fmt: skip
+                      ratio_table(speeds, diffs, ours, baselines, args.batch_sizes, ndcg)]  # fmt: skip
             if args.llm:
                 llm_speeds, llm_diffs = alternate(workers, LLM_TOOLS, args.llm_batch_sizes, args.rounds)
                 tables += [speed_table(llm_speeds, llm_diffs, LLM_TOOLS, args.llm_batch_sizes),
                            ratio_table(llm_speeds, llm_diffs, LLM_TOOLS[:1], LLM_TOOLS[1:], args.llm_batch_sizes)]  # fmt: skip
         finally:
-            for worker in (flag, torch_worker, onnx_worker, int8_worker):
+            for worker in (flag, *own.values()):
                 worker.close()
 
     table = "\n\n".join(tables)

@@ -13,9 +13,20 @@ from rerankforge.inference import FlagLLMReranker, FlagReranker
 
 CROSS_ENCODER_TOOLS = {
     "rerankforge": "torch",
+    "rerankforge-prefetch": "torch",  # the same, with the encoding thread on (the default on CUDA)
     "rerankforge-onnx": "onnx",
     "rerankforge-onnx-int8": "onnx-int8",
+    "rerankforge-openvino": "openvino",
+    "rerankforge-openvino-bf16": "openvino-bf16",
+    "rerankforge-auto": "auto",  # what a load without a backend gets: the calibrated exact backend
 }
+
+
+def skip_forward(reranker: FlagReranker) -> None:
+    """The model's score replaced by zeros: what is left is the host side (encode, sort, pad, copy)."""
+    import torch
+
+    reranker.model.score = lambda inputs: torch.zeros(inputs["input_ids"].shape[0])
 
 
 def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
@@ -28,8 +39,11 @@ def load_tool(name: str, args: argparse.Namespace) -> tuple[Scorer, str]:
             query_max_length=384,
             max_length=512,
             backend=backend,
-            devices=args.device if backend == "torch" else "cpu",
+            devices=args.device if backend in ("torch", "auto") else "cpu",
         )
+        reranker.prefetch = True if name == "rerankforge-prefetch" else None
+        if args.skip_forward:
+            skip_forward(reranker)
         return (lambda p, batch: reranker.compute_score(p, batch_size=batch)), "cross_encoder"
     if name == "rerankforge-llm":
         llm = FlagLLMReranker(args.llm, devices=args.device)

@@ -23,6 +23,11 @@ def serve(load_tool: ToolLoader) -> None:
     parser.add_argument("--llm")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", required=True, help='JSON {"cross_encoder": [[q, p], ...], "llm": [...]}')
+    parser.add_argument(
+        "--skip-forward",
+        action="store_true",
+        help="the model's forward returns zeros: times the host side alone (tokenize, sort, pad, copy)",
+    )
     args = parser.parse_args()
     with open(args.pairs) as handle:
         pairs = json.load(handle)

@@ -10,6 +10,7 @@ part: "auto" never changes scores beyond that. On a GPU, "auto" is torch.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -29,7 +30,7 @@ from rerankforge.trainer.modeling.sources import cache_root
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-CALIBRATION_FILE = "backend-choice.json"
+CALIBRATION_FOLDER = "backend-choice"  # one JSON file per checkpoint and machine
 CALIBRATION_SHAPES = ((16, 64), (16, 192))  # (rows, tokens): short and typical candidate pairs
 CALIBRATION_ROUNDS = 3  # the fastest of 3 timed calls per shape, after a warm-up
 ENVIRONMENT_DEFAULT = "RERANKFORGE_BACKEND"  # the backend a load gets when none is named
@@ -119,23 +120,52 @@ def calibrate(model, tokenizer, model_path: str, names: list[str], max_length: i
     return speeds, scorers
 
 
+def choice_file(model_path: str) -> tuple[Path, str]:
+    """One file per checkpoint and machine (so a damaged one, or a slow first export, concerns that load alone)
+    and the key it must hold."""
+    key = f"{cache_key(model_path)} | {machine_key()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return cache_root() / CALIBRATION_FOLDER / f"{digest}.json", key
+
+
+def read_choice(path: Path, key: str, candidates: list[str]) -> str | None:
+    """The cached backend, or None when there is none usable (absent, damaged, for another key, or a backend
+    no longer installed): then it is measured again and the file rewritten."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        backend = record["backend"] if record.get("key") == key else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        logger.warning("backend auto: %s is unreadable (%s); measuring again", path, error)
+        return None
+    return backend if backend in candidates else None
+
+
 def choose_backend(
     model, tokenizer, model_path: str, names: list[str], max_length: int, device: torch.device
 ):
     """The backend "auto" means here, and its graph scorer (None for torch): from the cache when this
-    checkpoint was calibrated on this machine before, else measured now and cached."""
+    checkpoint was calibrated on this machine before, else measured now and cached. Without a writable cache
+    (a read-only home) it is torch, with a warning: nothing is measured that could not be kept."""
     candidates = installed_exact_backends()
     if device.type != "cpu" or len(candidates) == 1:
         return "torch", None
     from filelock import FileLock
 
-    cache = cache_root() / CALIBRATION_FILE
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    key = f"{cache_key(model_path)} | {machine_key()}"
-    with FileLock(str(cache) + ".lock"):
-        known = json.loads(cache.read_text()) if cache.is_file() else {}
-        if key in known and known[key]["backend"] in candidates:
-            backend = known[key]["backend"]
+    path, key = choice_file(model_path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as error:
+        logger.warning(
+            "backend auto: the cache %s cannot be written (%s); scoring with torch", path.parent, error
+        )
+        return "torch", None
+    try:
+        backend = read_choice(path, key, candidates)
+        if backend is not None:
             scorer = None if backend == "torch" else graph_scorer(model, tokenizer, model_path, backend)
             return backend, scorer
         logger.info(
@@ -143,9 +173,16 @@ def choose_backend(
         )
         speeds, scorers = calibrate(model, tokenizer, model_path, names, max_length, candidates)
         backend = max(speeds, key=speeds.get)
-        known[key] = {"backend": backend, "pairs_per_second": {k: round(v, 1) for k, v in speeds.items()},
-                      "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-        atomic_write_text(cache, json.dumps(known, indent=2) + "\n")
+        record = {"key": key, "backend": backend, "pairs_per_second": {k: round(v, 1) for k, v in speeds.items()},
+                  "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        try:
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+        except (
+            OSError
+        ) as error:  # a full disk: the choice holds for this load, and is measured again next time
+            logger.warning("backend auto: could not cache the choice in %s (%s)", path, error)
+    finally:
+        lock.release()
     measured = ", ".join(f"{name} {speed:.0f}" for name, speed in sorted(speeds.items(), key=lambda x: -x[1]))
-    logger.info("backend auto: %s (pairs/s here: %s); cached in %s", backend, measured, cache)
+    logger.info("backend auto: %s (pairs/s here: %s); cached in %s", backend, measured, path)
     return backend, scorers.get(backend)

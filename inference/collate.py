@@ -24,7 +24,11 @@ class PairCollator:
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, input_names: Sequence[str], pad_multiple: int | None
     ):
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if tokenizer.pad_token_id is None:  # as tokenizer.pad refuses: a made-up pad id could be scored
+            raise ValueError(
+                f"{type(tokenizer).__name__} has no pad token; set tokenizer.pad_token to batch pairs"
+            )
+        self.pad_id = tokenizer.pad_token_id
         self.pad_type_id = getattr(tokenizer, "pad_token_type_id", 0) or 0
         self.left = tokenizer.padding_side == "left"
         self.names = tuple(input_names)

@@ -92,9 +92,13 @@ class FlagReranker(Reranker):
         if unused:
             logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
         pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
-        device, dtype = pick_device_and_dtype(
-            pool_devices[0] if pool_devices else devices, use_fp16, use_bf16
+        # a pool's dtype is its GPUs' (half precision when asked); a pool of CPUs runs fp32, as one CPU does
+        first = (
+            next((d for d in pool_devices if torch.device(d).type == "cuda"), pool_devices[0])
+            if pool_devices
+            else devices
         )
+        device, dtype = pick_device_and_dtype(first, use_fp16, use_bf16)
         backend = backend or default_backend()
         # auto: torch on a GPU, the fastest exact backend measured here on a CPU
         on_torch = backend in ("torch", "auto")

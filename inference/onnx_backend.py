@@ -12,6 +12,7 @@ refused with an error instead of scoring wrongly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -67,16 +68,24 @@ def local_folder(model_path: str | Path) -> Path:
 
 def cache_key(model_path: str | Path) -> str:
     """Content hash of everything the graph depends on: weights, config, tokenizer files, remote code, and the
-    versions of torch and transformers (a modelling change must not reuse an old graph)."""
-    import transformers
-
-    digest = hashlib.sha256()
+    versions of torch and transformers (a modelling change must not reuse an old graph). Hashed once per
+    process for files of unchanged size and modification time: a load asks for it more than once."""
     folder = local_folder(model_path)
     names = ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.py"))
-    for file in files + [folder / name for name in names if (folder / name).is_file()]:
-        digest.update(file.name.encode())
-        with open(file, "rb") as handle:
+    files += [folder / name for name in names if (folder / name).is_file()]
+    stamps = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return hashed_files(stamps)
+
+
+@functools.lru_cache(maxsize=64)
+def hashed_files(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    import transformers
+
+    digest = hashlib.sha256()
+    for name, _, _ in stamps:
+        digest.update(Path(name).name.encode())
+        with open(name, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     versions = (
@@ -244,8 +253,12 @@ def graph_scorer(
                 record = {"source": str(model_path), "inputs": scorer.names, "opset": OPSET,
                           "max_abs_diff": difference}  # fmt: skip
                 (staging / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-        if backend == "onnx":
-            return OnnxScorer(folder / FP32_FILE)
+        if (
+            backend == "onnx"
+        ):  # checked here too: the export may have been checked by OpenVINO, or an older ORT
+            scorer = OnnxScorer(folder / FP32_FILE)
+            check_export(scorer, model, tokenizer)
+            return scorer
         if backend.startswith("openvino"):
             scorer = OpenVinoScorer(folder / FP32_FILE, PRECISIONS[backend])
             if backend == "openvino":

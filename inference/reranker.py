@@ -214,15 +214,16 @@ class Reranker(RanksCandidates):
     ) -> list[float]:
         """The one scoring path (`run_pipeline`): chunks encoded with ``lengths``, scored longest first in
         batches of at most ``batch_size`` pairs and ``max_batch_tokens`` tokens; scores in input order."""
+        budget = max_batch_tokens if max_batch_tokens is not None else self.max_batch_tokens
+        check_token_budget(
+            budget, lengths.max_length
+        )  # here, not in a worker: the same ValueError as one device
         if self.pool is not None:  # several devices: each worker process scores a share
-            budget = max_batch_tokens if max_batch_tokens is not None else self.max_batch_tokens
             return self.pool.score(
                 pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
                 normalize=normalize, max_batch_tokens=budget,
             )  # fmt: skip
         batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
-        budget = max_batch_tokens if max_batch_tokens is not None else self.max_batch_tokens
-        check_token_budget(budget, lengths.max_length)
         prefetch = self.prefetch if self.prefetch is not None else self.device.type == "cuda"
         chunk = max(batch_size.value, self.chunk_size - self.chunk_size % batch_size.value)
         with progress_bar(len(pairs), batch_size.value, show_progress) as bar:

@@ -55,9 +55,9 @@ def test_auto_measures_the_exact_backends_once_and_caches_the_choice(
     monkeypatch.setattr(backend_choice, "calibrate", lambda *a: calls.append(a[-1]) or real(*a))
     first = Reranker.from_pretrained(str(tiny_bert_dir))
     assert calls == [["torch", "onnx", "openvino"]]
-    record = json.loads((cache / backend_choice.CALIBRATION_FILE).read_text())
-    [(key, choice)] = record.items()
-    assert backend_choice.machine_key() in key
+    [record_file] = (cache / backend_choice.CALIBRATION_FOLDER).glob("*.json")
+    choice = json.loads(record_file.read_text())
+    assert backend_choice.machine_key() in choice["key"]
     speeds = choice["pairs_per_second"]
     assert set(speeds) == {"torch", "onnx", "openvino"} and all(v > 0 for v in speeds.values())
     assert first.backend == choice["backend"] == max(speeds, key=speeds.get)
@@ -79,15 +79,14 @@ def test_auto_is_torch_on_a_gpu_and_for_half_precision(cache, monkeypatch, tiny_
 def test_a_cached_choice_that_is_no_longer_installed_is_measured_again(cache, monkeypatch, tiny_bert_dir):
     monkeypatch.delenv("RERANKFORGE_BACKEND")
     Reranker.from_pretrained(str(tiny_bert_dir))
-    record_file = cache / backend_choice.CALIBRATION_FILE
+    [record_file] = (cache / backend_choice.CALIBRATION_FOLDER).glob("*.json")
     record = json.loads(record_file.read_text())
-    [key] = record
-    record[key]["backend"] = "openvino"
+    record["backend"] = "openvino"
     record_file.write_text(json.dumps(record))
     monkeypatch.setattr(backend_choice, "installed_exact_backends", lambda: ["torch", "onnx"])
     reranker = Reranker.from_pretrained(str(tiny_bert_dir))
     assert reranker.backend in ("torch", "onnx")
-    assert set(json.loads(record_file.read_text())[key]["pairs_per_second"]) == {"torch", "onnx"}
+    assert set(json.loads(record_file.read_text())["pairs_per_second"]) == {"torch", "onnx"}
 
 
 def test_only_torch_installed_means_torch_without_measuring(cache, monkeypatch, tiny_bert_dir):
@@ -95,7 +94,30 @@ def test_only_torch_installed_means_torch_without_measuring(cache, monkeypatch, 
     monkeypatch.setattr(backend_choice, "installed_exact_backends", lambda: ["torch"])
     monkeypatch.setattr(backend_choice, "calibrate", lambda *a: pytest.fail("calibrated"))
     assert Reranker.from_pretrained(str(tiny_bert_dir)).backend == "torch"
-    assert not (cache / backend_choice.CALIBRATION_FILE).exists()
+    assert not (cache / backend_choice.CALIBRATION_FOLDER).exists()
+
+
+@pytest.mark.parametrize(
+    "damage", ["", '{"key": 1', "[]", '{"key": "other", "backend": "onnx"}', '{"no": "backend"}']
+)
+def test_a_damaged_cached_choice_is_measured_again(cache, monkeypatch, caplog, tiny_bert_dir, damage):
+    monkeypatch.delenv("RERANKFORGE_BACKEND")
+    record_file, key = backend_choice.choice_file(str(tiny_bert_dir))
+    record_file.parent.mkdir(parents=True)
+    record_file.write_text(damage)
+    reranker = Reranker.from_pretrained(str(tiny_bert_dir))
+    record = json.loads(record_file.read_text())
+    assert record["key"] == key and reranker.backend == record["backend"]
+
+
+def test_an_unwritable_cache_means_torch_with_a_warning(monkeypatch, caplog, tmp_path, tiny_bert_dir):
+    monkeypatch.delenv("RERANKFORGE_BACKEND")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("RERANKFORGE_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
+    with caplog.at_level("WARNING"):
+        reranker = Reranker.from_pretrained(str(tiny_bert_dir))
+    assert reranker.backend == "torch" and "cannot be written" in caplog.text
 
 
 def test_an_unknown_backend_is_refused_naming_the_choices(tiny_bert_dir):
