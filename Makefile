@@ -55,7 +55,8 @@ $(BENCH_MODEL)/rerankforge.json:
 # speed measurements: results are appended to benchmarks/RESULTS.md with the machine, date and command
 bench: install $(FLAG_VENV)/.installed $(BENCH_MODEL)/rerankforge.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/inference_speed.py --flag-python $(FLAG_VENV)/bin/python \
-		--model $(BENCH_MODEL) --llm HuggingFaceTB/SmolLM2-135M-Instruct
+		--model $(BENCH_MODEL) --llm HuggingFaceTB/SmolLM2-135M-Instruct --baseline-backends
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/host_ceiling.py --flag-python $(FLAG_VENV)/bin/python --rounds 3
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/training_speed.py --flag-python $(FLAG_VENV)/bin/python --rounds 2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/layerwise_cutoff.py --pairs 64 --rounds 3
 
