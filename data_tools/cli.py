@@ -58,6 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("--teacher", required=True, help="any reranker rerankforge.inference loads")
     score.add_argument("--batch-size", type=int, default=64)
     score.add_argument(
+        "--max-batch-tokens", type=int, help="also cap each batch at this many padded tokens (e.g. 16384)"
+    )
+    score.add_argument(
         "--device",
         help="cpu, cuda, ... (default: cuda when available); under `accelerate launch` with N processes each "
         "process scores its shard on its own device (cuda:LOCAL_RANK, or cpu with --cpu) and --device is "
@@ -115,6 +118,7 @@ def score(args: argparse.Namespace) -> int:
     launch = current_launch()
     device = process_device(launch, args.device)
     teacher = load_reranker(args.teacher, device=device, dtype=getattr(torch, args.dtype))
+    teacher.max_batch_tokens = args.max_batch_tokens
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:
         return compute_score_sharded(teacher, pairs, launch, args.batch_size, args.max_length)

@@ -63,6 +63,13 @@ def batch_rows(longest: int, rows: int, max_batch_tokens: int | None) -> int:
     return max(1, min(rows, max_batch_tokens // max(1, longest)))
 
 
+def padded_width(multiple: int | None) -> Callable[[Sequence], int]:
+    """A row's length once padded to ``multiple`` (what a token budget counts)."""
+    if not multiple:
+        return len
+    return lambda row: -(-len(row) // multiple) * multiple
+
+
 def release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

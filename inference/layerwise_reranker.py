@@ -8,7 +8,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
-from rerankforge.inference.batching import BatchSize, score_in_chunks, score_longest_first, sigmoid
+from rerankforge.inference.batching import (
+    BatchSize,
+    padded_width,
+    score_in_chunks,
+    score_longest_first,
+    sigmoid,
+)
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair
@@ -64,7 +70,8 @@ class LayerwiseReranker(LLMReranker):
             scores = self.model(**batch, layers=layers)
             return torch.stack([scores[layer_name(k)] for k in layers], dim=-1).tolist()
 
-        return score_longest_first(sequences, len, score_batch, batch_size, progress)
+        width = padded_width(pad_multiple)  # what a row costs in the token budget
+        return score_longest_first(sequences, width, score_batch, batch_size, progress, self.max_batch_tokens)
 
     def compute_score(
         self,

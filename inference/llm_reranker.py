@@ -16,6 +16,7 @@ from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, 
 from rerankforge.inference.batching import (
     BatchSize,
     RanksCandidates,
+    padded_width,
     score_in_chunks,
     score_longest_first,
     sigmoid,
@@ -207,7 +208,8 @@ class LLMReranker(RanksCandidates):
             batch = pad_left(chunk, pad_id, pad_multiple)
             return self.model(**{k: v.to(self.device) for k, v in batch.items()}).tolist()
 
-        return score_longest_first(sequences, len, score_batch, batch_size, progress)
+        width = padded_width(pad_multiple)  # what a row costs in the token budget
+        return score_longest_first(sequences, width, score_batch, batch_size, progress, self.max_batch_tokens)
 
     def compute_score(
         self,

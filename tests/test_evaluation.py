@@ -232,3 +232,21 @@ def test_score_command_adds_the_teachers_scores(tmp_path, tiny_bert_dir):
     assert teacher.compute_score(pairs, max_length=12) != pytest.approx(
         teacher.compute_score(pairs), abs=1e-5
     )
+
+
+def test_score_command_takes_a_token_budget_and_refuses_one_below_a_pair(tmp_path, tiny_bert_dir, capsys):
+    from rerankforge.data_tools.cli import main as data_main
+
+    source = write_jsonl(tmp_path / "in.jsonl", toy_records(3, n_negatives=2))
+    command = ["score", str(source), "--teacher", str(tiny_bert_dir), "--device", "cpu"]
+    assert data_main([command[0], command[1], str(tmp_path / "a.jsonl"), *command[2:]]) == 0
+    budget = [command[0], command[1], str(tmp_path / "b.jsonl"), *command[2:], "--max-batch-tokens", "600"]
+    assert data_main(budget) == 0
+    plain = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    budgeted = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    for a, b in zip(plain, budgeted, strict=True):
+        assert a["pos_scores"] + a["neg_scores"] == pytest.approx(b["pos_scores"] + b["neg_scores"], abs=1e-5)
+    too_small = [command[0], command[1], str(tmp_path / "c.jsonl"), *command[2:], "--max-batch-tokens", "100"]
+    assert data_main(too_small) == 2
+    assert "max_batch_tokens=100 is less than one pair" in capsys.readouterr().err
+    assert not (tmp_path / "c.jsonl").exists()

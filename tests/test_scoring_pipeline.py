@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_faults_inputs import OutOfMemoryAbove
+from test_faults_inputs import OutOfMemoryAbove, layerwise, llm  # noqa: F401 (fixtures)
 from test_inference import PAIRS, PASSAGES, QUERY
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
@@ -207,3 +207,31 @@ def test_repeated_texts_are_encoded_once_with_the_same_ids(reranker, monkeypatch
     monkeypatch.setattr(encoder, "_rust", RecordingTokenizer(encoder._rust, texts))
     assert encoder.encode(queries, passages) == together
     assert sorted(texts) == sorted({*queries, *passages})  # each distinct text once
+
+
+class ShapeRecorder:
+    """A forward pre-hook recording each batch's (rows, width)."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        self.seen.append(tuple(ids.shape))
+
+
+@pytest.mark.parametrize("family", ["llm", "layerwise"])
+def test_the_decoder_families_batch_by_token_budget_too(request, monkeypatch, family):
+    reranker = request.getfixturevalue(family)
+    pairs = varied_pairs(40, seed=3)
+    expected = reranker.compute_score(pairs, batch_size=16)
+    monkeypatch.setattr(reranker, "max_batch_tokens", 300)
+    recorder = ShapeRecorder()
+    handle = reranker.model.register_forward_pre_hook(recorder, with_kwargs=True)
+    try:
+        scores = reranker.compute_score(pairs, batch_size=16)
+    finally:
+        handle.remove()
+    assert all(rows * width <= 300 for rows, width in recorder.seen)  # left-padded rows, counted as padded
+    assert sum(rows for rows, _ in recorder.seen) == len(pairs) and len(recorder.seen) > 3
+    assert scores == pytest.approx(expected, abs=1e-5)

@@ -38,6 +38,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", help="a TREC run file to rerank instead of BM25's")
     parser.add_argument("--max-queries", type=int, help="a seeded sample of this many judged queries")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--max-batch-tokens", type=int, help="also cap each batch at this many padded tokens (e.g. 16384)"
+    )
     parser.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
     parser.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
     parser.add_argument(
@@ -77,6 +80,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     # ONNX backends score on the CPU whatever the launch: only the torch backend takes the process's device
     device = process_device(launch, args.device) if args.backend in (None, "auto", "torch") else args.device
     reranker = load_reranker(args.model, args.backend, device=device, dtype=DTYPES[args.dtype])
+    reranker.max_batch_tokens = args.max_batch_tokens
     pairs = eval_set.pairs()
     start = time.perf_counter()
     scores = compute_score_sharded(reranker, eval_set.texts(pairs), launch, args.batch_size)
