@@ -168,9 +168,10 @@ def choose_backend(
         if backend is not None:
             scorer = None if backend == "torch" else graph_scorer(model, tokenizer, model_path, backend)
             return backend, scorer
-        logger.info(
-            "backend auto: measuring %s on this machine for %s (once)", ", ".join(candidates), model_path
-        )
+        logger.warning(  # a one-time pause the user should see explained (the export can take a minute)
+            "backend auto: exporting %s and timing %s on this machine, once (the choice is cached; "
+            "backend='torch' or RERANKFORGE_BACKEND=torch skips this)", model_path, ", ".join(candidates),
+        )  # fmt: skip
         speeds, scorers = calibrate(model, tokenizer, model_path, names, max_length, candidates)
         backend = max(speeds, key=speeds.get)
         record = {"key": key, "backend": backend, "pairs_per_second": {k: round(v, 1) for k, v in speeds.items()},
