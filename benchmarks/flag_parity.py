@@ -51,7 +51,7 @@ def main() -> None:
             pairs = squad_pairs(args.pairs)
             (tmp_path / "pairs.json").write_text(json.dumps(pairs))
             folder = export(args.cross_encoder, tmp_path / "ce-export")
-            ours = FlagReranker(str(folder), devices="cpu").compute_score(
+            ours = FlagReranker(str(folder), devices="cpu", backend="torch").compute_score(
                 pairs, batch_size=32, max_length=512
             )
             theirs = flag_side(
