@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from conftest import write_jsonl
 from safetensors.torch import load_file
@@ -198,3 +199,22 @@ def test_rotation_never_deletes_the_newest_complete_checkpoint(tmp_path):
     removed = rotate_complete_checkpoints(tmp_path, 1, keep=[tmp_path / "checkpoint-5"])
     assert sorted(p.name for p in removed) == ["checkpoint-2", "checkpoint-4"]
     assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-5"
+
+
+def test_resuming_a_finished_run_takes_no_step_past_max_steps(tmp_path, tiny_bert_dir):
+    """A kill during the final save leaves checkpoint-40 complete: resuming it must not train step 41 (the
+    Trainer resumes, then checks max_steps only after a step)."""
+    recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, "finished")
+    assert launch(recipe).wait(timeout=300) == 0
+    before = load_file(os.path.join(output_dir, "model.safetensors"))
+    os.remove(
+        os.path.join(output_dir, "model.safetensors")
+    )  # as if killed before the final model was written
+    again = launch(recipe, "--resume_from_checkpoint", "auto")
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output
+    assert "already holds all 40 steps" in output
+    assert not os.path.exists(os.path.join(output_dir, f"checkpoint-{MAX_STEPS + 1}"))
+    assert [s for s, _ in losses(output_dir)] == list(range(1, MAX_STEPS + 1))
+    after = load_file(os.path.join(output_dir, "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -8,7 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from transformers import set_seed
+from transformers import TrainerState, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
@@ -145,6 +146,33 @@ def publish(staging: Path, output_dir: Path) -> None:
     staging.rmdir()
 
 
+def finished_checkpoint(trainer, resume: str | None) -> TrainerState | None:
+    """The checkpoint's state when it already holds every step of the run (a kill during the final save, or a
+    rerun of a finished one). transformers would resume it and take one more step before checking max_steps
+    (step 41 of 40: at the schedule's zero learning rate, or a real update under a constant one)."""
+    if resume is None or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return None  # those engines restore their own state inside train(): left to it
+    state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+    planned = trainer.args.max_steps if trainer.args.max_steps > 0 else state.max_steps
+    return state if planned and state.global_step >= planned else None
+
+
+def train_or_finish(trainer, resume: str | None) -> TrainOutput:
+    """``trainer.train``, or, for a checkpoint that already holds the whole run, its weights and state as they
+    are (nothing left to train)."""
+    finished = finished_checkpoint(trainer, resume)
+    if finished is None:
+        with out_of_memory_explained(trainer):  # a CUDA OOM says what to change, not only a traceback
+            return trainer.train(resume_from_checkpoint=resume)
+    logger.warning("%s already holds all %d steps: nothing left to train, it becomes the final model",
+                   resume, finished.global_step)  # fmt: skip
+    trainer._load_from_checkpoint(resume)  # what Trainer.train does first on any resume
+    trainer.state = finished
+    losses = [entry["loss"] for entry in finished.log_history if "loss" in entry]
+    metrics = {"epoch": finished.epoch, "train_steps_already_done": finished.global_step}
+    return TrainOutput(finished.global_step, sum(losses) / len(losses) if losses else 0.0, metrics)
+
+
 def train(config: RerankerConfig) -> Path:
     """Train and save the final model into ``config.output_dir``; returns that folder."""
     eval_set = prepare_data(config)
@@ -161,8 +189,7 @@ def train(config: RerankerConfig) -> Path:
     if eval_set is not None and config.evaluate_before_training:
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
         rows.append(("reranker before training", trainer.evaluate()))
-    with out_of_memory_explained(trainer):  # a CUDA OOM says what to change, not only a traceback
-        result = trainer.train(resume_from_checkpoint=resume)
+    result = train_or_finish(trainer, resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
         raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))
     trainer.nan_guard.raise_if_pending()  # no final model from non-finite weights
