@@ -35,6 +35,7 @@ PARENT_CHECK_SECONDS = 2.0  # how often an idle worker checks that its parent st
 
 Loader = Callable[..., Any]  # (path, device=..., **load_kwargs) -> an object with _score(pairs, **kwargs)
 SCORE_METHOD = "_score"  # the worker's reranker method a call runs unless it names another
+SETTINGS_KEYWORD = "_settings"  # a call's attributes to set on the worker's reranker first (max_batch_tokens)
 
 
 def several_devices(devices: str | Sequence[str] | None) -> list[str] | None:
@@ -156,6 +157,10 @@ def serve(
             return
         call_id, method, pairs, kwargs = task
         try:
+            for name, value in kwargs.pop(
+                SETTINGS_KEYWORD, {}
+            ).items():  # the caller's settings, this call on
+                setattr(reranker, name, value)
             answer = ("scores", call_id, getattr(reranker, method)(pairs, **kwargs))
         except Exception:
             answer = ("error", call_id, traceback.format_exc())

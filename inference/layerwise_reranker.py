@@ -109,6 +109,7 @@ class LayerwiseReranker(LLMReranker):
             rows = self.pool.score(
                 pairs, show_progress, method="_score_rows", lengths=lengths, layers=layers,
                 batch_size=batch_size or self.batch_size, normalize=normalize, prompt=prompt,
+                _settings={"max_batch_tokens": self.max_batch_tokens},
             )  # fmt: skip
         else:
             rows = self._score_rows(pairs, lengths, layers, batch_size, normalize, prompt, show_progress)

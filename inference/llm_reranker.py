@@ -242,7 +242,7 @@ class LLMReranker(RanksCandidates):
         if self.pool is not None:
             return self.pool.score(
                 pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
-                normalize=normalize, prompt=prompt,
+                normalize=normalize, prompt=prompt, _settings={"max_batch_tokens": self.max_batch_tokens},
             )  # fmt: skip
         batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         encode = self.chunk_encoder(lengths, prompt)

@@ -69,6 +69,8 @@ class StandInScorer:
             raise ValueError("a stand-in scoring error")
         if any(query == "sleep" for query, _ in pairs):
             time.sleep(60)
+        if any(query == "settings" for query, _ in pairs):  # what the caller's settings set here
+            return [float(getattr(self, "max_batch_tokens", -1))] * len(pairs)
         return [float(len(query) + len(passage)) for query, passage in pairs]
 
 
@@ -143,6 +145,8 @@ def test_worker_error_is_raised_and_a_killed_worker_is_named_without_a_hang():
         ):
             pool.score([("raise", "x"), ("q", "p")])
         assert pool.score(pairs) == [10.0, 6.0]  # the pool stays usable after a worker's exception
+        # a call's settings (the LLM families' max_batch_tokens) reach every worker before it scores
+        assert pool.score([("settings", "x")] * 4, _settings={"max_batch_tokens": 77}) == [77.0] * 4
 
         victim = pool.processes[1]
         killer = threading.Timer(1.0, os.kill, (victim.pid, signal.SIGKILL))
@@ -185,6 +189,8 @@ def test_llm_reranker_on_two_devices_scores_as_one_process(tiny_llm_dirs):
             single.compute_score(pairs, max_length=40, normalize=True, prompt="Relevant?"), abs=1e-5
         )
         assert pooled.compute_score(pairs[3]) == pytest.approx(expected[3], abs=1e-5)
+        pooled.max_batch_tokens = 64  # sent to the workers with each call
+        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
         passages = [passage for _, passage in pairs[:7]]
         assert [r["index"] for r in pooled.rank("the cat", passages, top_k=3)] == [
             r["index"] for r in single.rank("the cat", passages, top_k=3)
