@@ -111,8 +111,9 @@ def calibrate(model, tokenizer, model_path: str, names: list[str], max_length: i
             continue
         try:
             scorer = graph_scorer(model, tokenizer, model_path, backend)
-        except (ImportError, RuntimeError) as error:  # not installed, or an export that is not exact
-            logger.info("backend %s left out of the calibration: %s", backend, error)
+        except Exception as error:  # noqa: BLE001 - not installed, not exact, or an export this model fails:
+            # the default load must not break on it; that backend just does not compete
+            logger.warning("backend auto: %s left out (%s: %s)", backend, type(error).__name__, error)
             continue
         numpy_batches = [{k: v.numpy() for k, v in b.items()} for b in batches]
         speeds[backend] = pairs_per_second(scorer, numpy_batches)
@@ -166,7 +167,13 @@ def choose_backend(
     try:
         backend = read_choice(path, key, candidates)
         if backend is not None:
-            scorer = None if backend == "torch" else graph_scorer(model, tokenizer, model_path, backend)
+            try:
+                scorer = None if backend == "torch" else graph_scorer(model, tokenizer, model_path, backend)
+            except Exception as error:  # noqa: BLE001 - the cached graph went missing and no longer exports
+                logger.warning(
+                    "backend auto: the cached choice %s failed (%s); scoring with torch", backend, error
+                )
+                return "torch", None
             return backend, scorer
         logger.warning(  # a one-time pause the user should see explained (the export can take a minute)
             "backend auto: exporting %s and timing %s on this machine, once (the choice is cached; "

@@ -123,3 +123,20 @@ def test_an_unwritable_cache_means_torch_with_a_warning(monkeypatch, caplog, tmp
 def test_an_unknown_backend_is_refused_naming_the_choices(tiny_bert_dir):
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'torch', 'onnx'.*'openvino'"):
         Reranker.from_pretrained(str(tiny_bert_dir), backend="tensorrt")
+
+
+def test_an_export_that_fails_leaves_that_backend_out_instead_of_breaking_the_load(
+    cache, monkeypatch, tiny_bert_dir
+):
+    from rerankforge.inference import onnx_backend
+
+    monkeypatch.delenv("RERANKFORGE_BACKEND")
+
+    def unsupported(*args, **kwargs):
+        raise TypeError("an operator this exporter does not know")
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", unsupported)
+    reranker = Reranker.from_pretrained(str(tiny_bert_dir))
+    assert reranker.backend == "torch" and reranker.onnx is None
+    [record_file] = (cache / backend_choice.CALIBRATION_FOLDER).glob("*.json")
+    assert set(json.loads(record_file.read_text())["pairs_per_second"]) == {"torch"}
