@@ -143,6 +143,21 @@ def score_in_chunks(
     return scores
 
 
+def pair_length(pair: Pair) -> int:
+    """Characters of query and passage: a cheap stand-in for token length that needs no tokenizer."""
+    return len(pair[0]) + len(pair[1])
+
+
+def shard_indices(lengths: Sequence[int], num_shards: int) -> list[list[int]]:
+    """Pair indices for each shard: sorted longest first and dealt round-robin, so every shard gets a similar
+    total length (the shards' totals differ by at most the longest pair) and a similar number of pairs; each
+    shard in longest-first order. Shared by the device pool's workers and a launch's processes."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[shard::num_shards] for shard in range(num_shards)]
+
+
 def sigmoid(scores: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
 

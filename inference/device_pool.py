@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rerankforge.inference.batching import progress_bar
+from rerankforge.inference.batching import pair_length, progress_bar, shard_indices
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ def one_device(
     if device is not None and listed:
         raise ValueError(f"give device or devices, not both (device={device!r}, devices={listed!r})")
     return listed[0] if listed else device
-
-
-def split_by_length(pairs: Sequence[Sequence[str]], workers: int) -> list[list[int]]:
-    """Pair indices per worker, longest first, dealt round robin: equal counts and near-equal text, which
-    stays balanced when long passages are truncated (a split by total characters would not)."""
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    return [order[worker::workers] for worker in range(workers)]
 
 
 def cpu_threads_per_worker(devices: Sequence[str]) -> int:
@@ -301,7 +294,7 @@ class DevicePool:
         self._check_open()
         self.wait_ready()
         scores: list[Any] = [None] * len(pairs)
-        shares = split_by_length(pairs, len(self.devices))
+        shares = shard_indices([pair_length(p) for p in pairs], len(self.devices))
         self._call_id += 1
         waiting = set()
         for index, share in enumerate(shares):

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 from accelerate.logging import get_logger
 
+from rerankforge.inference.batching import pair_length, shard_indices
 from rerankforge.inference.pairs import Pair
 
 logger = get_logger(__name__)
@@ -82,20 +83,6 @@ def process_device(launch: Launch, requested: str | None) -> str | None:
             requested, launch.num_processes, launch.device,
         )  # fmt: skip
     return str(launch.device)
-
-
-def pair_length(pair: Pair) -> int:
-    """Characters of query and passage: a cheap stand-in for token length that needs no tokenizer."""
-    return len(pair[0]) + len(pair[1])
-
-
-def shard_indices(lengths: Sequence[int], num_shards: int) -> list[list[int]]:
-    """Pair indices for each shard: sorted longest first and dealt round-robin, so every shard gets a similar
-    total length (the shards' totals differ by at most the longest pair) and a similar number of pairs."""
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[shard::num_shards] for shard in range(num_shards)]
 
 
 def merge_shards(shards: Sequence[tuple[Sequence[int], Sequence[float]]], total: int) -> list[float]:

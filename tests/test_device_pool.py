@@ -23,7 +23,8 @@ from rerankforge.inference import (
     LLMReranker,
     Reranker,
 )
-from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, split_by_length
+from rerankforge.inference.batching import pair_length, shard_indices
+from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool
 from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
 from rerankforge.trainer.spec import LayerwiseSpec
 
@@ -98,7 +99,7 @@ def two_workers(tiny_bert_dir):
 
 def test_split_is_balanced_and_covers_every_pair():
     pairs = varied_pairs(51)
-    shares = split_by_length(pairs, 2)
+    shares = shard_indices([pair_length(p) for p in pairs], 2)
     assert sorted(shares[0] + shares[1]) == list(range(51))
     assert [len(share) for share in shares] == [26, 25]
     text = [sum(len(pairs[i][0]) + len(pairs[i][1]) for i in share) for share in shares]

@@ -254,12 +254,14 @@ def test_progress_bar_is_automatic_one_bar_across_chunks(capsys, monkeypatch, cr
     assert "scoring" not in capsys.readouterr().err
 
 
+WORDS = ["the", "apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "silver", "orange",
+         "forest", "beach", "sandals"]  # fmt: skip
+
+
 def many_pairs(count: int, words: int = 30) -> list[list[str]]:
     """Distinct pairs of ~40 tokens (one query, passages of random words)."""
     rng = random.Random(0)
-    vocab = ["the", "apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "silver", "orange",
-             "forest", "beach", "sandals"]  # fmt: skip
-    return [[QUERY, " ".join(rng.choices(vocab, k=words)) + f" {i}"] for i in range(count)]
+    return [[QUERY, " ".join(rng.choices(WORDS, k=words)) + f" {i}"] for i in range(count)]
 
 
 def python_peak_mb(run: Callable[[], object]) -> float:

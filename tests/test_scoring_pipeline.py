@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_faults_inputs import OutOfMemoryAbove, layerwise, llm  # noqa: F401 (fixtures)
+from test_faults_inputs import WORDS, OutOfMemoryAbove, layerwise, llm  # noqa: F401 (fixtures)
 from test_inference import PAIRS, PASSAGES, QUERY
 
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
@@ -17,23 +17,6 @@ from rerankforge.inference import Reranker
 from rerankforge.inference.batching import BatchSize
 from rerankforge.inference.collate import PairCollator, rows
 from rerankforge.inference.pipeline import Prefetcher, Stages, plan_batches, run_pipeline
-
-WORDS = [
-    "the",
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "music",
-    "paper",
-    "garden",
-    "window",
-    "silver",
-    "orange",
-    "forest",
-    "beach",
-    "sandals",
-]
 
 
 class RecordingTokenizer:
