@@ -134,7 +134,7 @@ def llm_batches(tokenizer: Any, groups: list[dict[str, Any]], config: Any, batch
     lengths = PairLengths(
         config.query_max_len, config.passage_max_len, config.query_max_len + config.passage_max_len
     )
-    collator = LLMCollator.for_lengths(tokenizer, lengths, prompt=None)
+    collator = LLMCollator.for_lengths(tokenizer, lengths)
     size = config.train_group_size
     usable = [g for g in groups if len(g["neg"]) >= size - 1]
     if len(usable) < batch_groups * count:

@@ -9,7 +9,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.grouping import TrainGroup
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder
+from rerankforge.data_tools.llm_formats import TemplateEncoder, prompt_encoder
+from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 
 
@@ -45,9 +46,9 @@ class CrossEncoderCollator:
 
     @classmethod
     def for_lengths(
-        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, prompt: str | None = None
+        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, spec: Any = None
     ) -> CrossEncoderCollator:
-        """The collator for these budgets (cross-encoders take no prompt)."""
+        """The collator for these budgets (a cross-encoder's spec adds nothing)."""
         return cls(tokenizer, lengths)
 
     @property
@@ -72,21 +73,34 @@ class CrossEncoderCollator:
 
 @dataclass
 class LLMCollator:
-    """Groups into left-padded ``A: {query}\\nB: {passage}\\n{prompt}`` rows, ``groups * group_size`` of them.
+    """Groups into left-padded rows of the spec's input format, ``groups * group_size`` of them.
 
     A group's own prompt (from its record) wins over the encoder's default prompt.
     """
 
-    encoder: LLMPromptEncoder
+    encoder: LLMPromptEncoder | TemplateEncoder
     pad_to_multiple_of: int | None = 8
 
     @classmethod
     def for_lengths(
-        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, prompt: str | None = None
+        cls, tokenizer: PreTrainedTokenizerBase, lengths: PairLengths, spec: Any = None
     ) -> LLMCollator:
-        """Rows with the query and passage cut to these budgets and ``prompt`` (the BGE default when None)."""
-        prompt = prompt if prompt is not None else DEFAULT_PROMPT
-        return cls(LLMPromptEncoder(tokenizer, lengths.query_max_len, lengths.passage_max_len, prompt))
+        """Rows cut to these budgets in the `LLMSpec`'s format and prompt (None: the BGE layout and prompt)."""
+        if spec is None:
+            return cls(prompt_encoder(tokenizer, "bge", None, lengths.query_max_len, lengths.passage_max_len,
+                                      lengths.max_length))  # fmt: skip
+        return cls(
+            prompt_encoder(
+                tokenizer,
+                spec.input_format,
+                spec.prompt,
+                lengths.query_max_len,
+                lengths.passage_max_len,
+                lengths.max_length,
+                yes_token=spec.yes_token,
+                no_token=spec.no_token,
+            )  # fmt: skip
+        )
 
     def __call__(self, groups: list[TrainGroup]) -> dict[str, Any]:
         fields = group_fields(groups)

@@ -54,6 +54,14 @@ class LLMPromptEncoder:
             self._prompt_ids[prompt] = self._ids(prompt)
         return self._prompt_ids[prompt]
 
+    def text(self, query: str, passage: str, prompt: str | None = None) -> str:
+        """The whole row as text (uncut, BOS written as its token): what a serving engine is given."""
+        bos = self.tokenizer.bos_token if self.prefix_ids else ""
+        return (
+            f"{bos}{self.query_prefix}{query}{SEPARATOR}{self.passage_prefix}{passage}{SEPARATOR}"
+            f"{prompt or self.default_prompt}"
+        )
+
     def encode(
         self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
     ) -> list[list[int]]:

@@ -39,7 +39,7 @@ class LayerwiseReranker(LLMReranker):
         return list(self.model.layers)
 
     @classmethod
-    def plain_spec(cls, tokenizer, path: str) -> LayerwiseSpec:
+    def plain_spec(cls, tokenizer, path: str, input_format: str = "bge") -> LayerwiseSpec:
         raise ValueError(
             f"{path} holds no rerankforge.json; LayerwiseReranker loads rerankforge layerwise folders"
         )

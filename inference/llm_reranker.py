@@ -12,6 +12,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from rerankforge.data_tools.llm_formats import (
+    BGE,
+    DEFAULTS,
+    QWEN3,
+    QWEN3_MAX_LENGTH,
+    TemplateEncoder,
+    check_format,
+    looks_like_qwen3_reranker,
+    prompt_encoder,
+)
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
 from rerankforge.inference.batching import (
     BatchSize,
@@ -88,7 +98,7 @@ class LLMReranker(RanksCandidates):
         self.tokenizer = ensure_pad_token(tokenizer)
         self.lengths = lengths or LLMLengths(self.spec.query_max_len, self.spec.passage_max_len)
         self.batch_size = batch_size
-        self._encoders: dict[LLMLengths, LLMPromptEncoder] = {}
+        self._encoders: dict[LLMLengths, LLMPromptEncoder | TemplateEncoder] = {}
 
     @property
     def spec(self) -> LLMSpec:
@@ -115,9 +125,13 @@ class LLMReranker(RanksCandidates):
         backend: str = "torch",
         devices: str | Sequence[str] | None = None,
         worker_loader: tuple[Loader, dict[str, Any]] | None = None,
+        input_format: str | None = None,
     ) -> LLMReranker:
-        """Our adapter folders (base + adapter, merged on load), our merged models, and plain causal-LM folders
-        laid out as BAAI/bge-reranker-v2-gemma (default prompt, "Yes" token, FlagLLMReranker's lengths).
+        """Our adapter folders (base + adapter, merged on load), our merged models, and plain causal-LM folders:
+        laid out as Qwen/Qwen3-Reranker-* (recognised by architecture and tokenizer: its chat layout, "yes"
+        against "no", 8192 tokens) or else as BAAI/bge-reranker-v2-gemma (default prompt, "Yes" token,
+        FlagLLMReranker's lengths). ``input_format`` ("bge", "qwen3" or "chat") names a plain folder's layout
+        instead; our folders record theirs in rerankforge.json.
 
         ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``).
         ``backend``: "torch" only (the ONNX backends are for cross-encoders).
@@ -151,14 +165,22 @@ class LLMReranker(RanksCandidates):
             loader, load_kwargs = worker_loader or (factory_loader, dict(
                 factory=cls.from_pretrained, dtype=dtype, trust_remote_code=trust_remote_code,
                 batch_size=batch_size, attn_implementation=attn_implementation, adapter_path=adapter_path,
+                input_format=input_format,
             ))  # fmt: skip
             pool = DevicePool(path, pool_devices, loader, **load_kwargs)
         try:
             tokenizer = load_tokenizer(tokenizer_folder(path, spec_folder, spec), trust_remote_code)
             trained = spec is not None
-            stand_in = None if trained else cls.plain_spec(tokenizer, path)
-            lengths = None
+            if trained and input_format is not None and input_format != spec.input_format:
+                raise ValueError(
+                    f"{spec_folder} was trained in input_format {spec.input_format!r} (rerankforge.json), "
+                    f"not {input_format!r}"
+                )
             if not trained:
+                input_format = input_format or plain_input_format(path, tokenizer)
+            stand_in = None if trained else cls.plain_spec(tokenizer, path, input_format)
+            lengths = None
+            if not trained and input_format == BGE:
                 lengths = flag_llm_lengths(
                     FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
                 )
@@ -176,22 +198,27 @@ class LLMReranker(RanksCandidates):
         return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, trained=trained)
 
     @classmethod
-    def plain_spec(cls, tokenizer: PreTrainedTokenizerBase, path: str) -> LLMSpec:
-        return plain_llm_spec(tokenizer, path)
+    def plain_spec(cls, tokenizer: PreTrainedTokenizerBase, path: str, input_format: str = BGE) -> LLMSpec:
+        return plain_llm_spec(tokenizer, path, input_format)
 
-    def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder:
+    def encoder(self, lengths: LLMLengths) -> LLMPromptEncoder | TemplateEncoder:
+        """The spec's input format with these budgets (one encoder per budget, kept)."""
         if lengths not in self._encoders:
-            self._encoders[lengths] = LLMPromptEncoder(
-                self.tokenizer,
-                lengths.query_max_len,
-                lengths.passage_max_len,
-                self.prompt,
-                pair_max_len=lengths.pair_max_len,
-            )
+            spec = self.spec
+            self._encoders[lengths] = prompt_encoder(
+                self.tokenizer, spec.input_format, self.prompt, lengths.query_max_len, lengths.passage_max_len,
+                spec.max_length, pair_max_len=lengths.pair_max_len, yes_token=spec.yes_token,
+                no_token=spec.no_token,
+            )  # fmt: skip
         return self._encoders[lengths]
 
+    def format_text(self, query: str, passage: str, prompt: str | None = None) -> str:
+        """A pair as the one text this model reads (uncut): what a sequence-classification export is given."""
+        return self.encoder(self.lengths).text(query, passage, prompt)
+
     def lengths_for(self, max_length: int | None) -> LLMLengths:
-        """The trained budgets; ``max_length`` caps BOS + query + \\n + passage (the prompt is never cut)."""
+        """The trained budgets; ``max_length`` caps BOS + query + \\n + passage in the bge format (the prompt is
+        never cut), the whole row in the chat formats."""
         if max_length is None:
             return self.lengths
         return LLMLengths(self.lengths.query_max_len, self.lengths.passage_max_len, max_length)
@@ -270,15 +297,32 @@ def separator_and_prompt_length(tokenizer: PreTrainedTokenizerBase, prompt: str)
     return len(encoder.separator_ids) + len(encoder.prompt_ids(None))
 
 
-def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str) -> LLMSpec:
-    """The spec of a folder rerankforge did not write: BGE's prompt, "Yes" logit, FlagLLMReranker's lengths."""
-    return LLMSpec(
-        query_max_len=FLAG_MAX_LENGTH * 3 // 4,
-        passage_max_len=FLAG_MAX_LENGTH,
-        max_length=FLAG_MAX_LENGTH,
-        base_model=base_model,
-        **llm_scoring_fields(tokenizer, DEFAULT_PROMPT),
-    )
+def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str, input_format: str = BGE) -> LLMSpec:
+    """The spec of a folder rerankforge did not write: BGE's prompt, "Yes" logit and FlagLLMReranker's lengths,
+    or (qwen3, chat) the format's instruction, "yes" against "no", and Qwen3-Reranker's 8192-token rows."""
+    check_format(input_format)
+    defaults = DEFAULTS[input_format]
+    scoring = llm_scoring_fields(tokenizer, defaults.prompt, defaults.score, defaults.yes_token,
+                                 defaults.no_token, input_format)  # fmt: skip
+    if input_format == BGE:
+        lengths = dict(query_max_len=FLAG_MAX_LENGTH * 3 // 4, passage_max_len=FLAG_MAX_LENGTH,
+                       max_length=FLAG_MAX_LENGTH)  # fmt: skip
+    else:  # the whole row is capped; the body is cut from its end
+        lengths = dict(query_max_len=QWEN3_MAX_LENGTH, passage_max_len=QWEN3_MAX_LENGTH,
+                       max_length=QWEN3_MAX_LENGTH)  # fmt: skip
+    return LLMSpec(base_model=base_model, **lengths, **scoring)
+
+
+def plain_input_format(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """qwen3 for a folder laid out as Qwen3-Reranker, else bge (as FlagLLMReranker reads any causal LM)."""
+    import json
+
+    config_path = Path(path) / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if looks_like_qwen3_reranker(config, tokenizer):
+            return QWEN3
+    return BGE
 
 
 def tokenizer_folder(path: str, spec_folder: str, spec: RerankerSpec | None) -> str:

@@ -71,7 +71,8 @@ def test_a_new_run_continues_from_a_version_1_layerwise_adapter_heads_included(t
         scores = trainer.model(**batch)
     for layer, layer_expected in zip(expected["cutoff_layers"], expected["scores"], strict=True):
         assert scores[f"layer{layer}"].tolist() == pytest.approx(layer_expected, abs=1e-5)
-    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if "modules_to_save" in n)
+    heads = {n: p.requires_grad for n, p in trainer.model.named_parameters() if "modules_to_save" in n}
+    assert heads and all(grad != n.endswith(".bias") for n, grad in heads.items())  # biases stay zero
     trainer.save_model(config.output_dir)  # saved in today's layout: the heads inside the adapter
     from safetensors.torch import load_file
 

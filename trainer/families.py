@@ -90,7 +90,7 @@ def build_trainer(
     model = family.model_class.for_training(config, tokenizer)
     reranker = unwrap_adapters(model)
     spec = reranker.spec
-    prompt = getattr(spec, "prompt", None)  # the LLM families' default prompt
+    llm_spec = spec if hasattr(spec, "input_format") else None  # the LLM families' format and prompt
     training_lengths = reranker.training_lengths(config, tokenizer)
     scoring_lengths = PairLengths(spec.query_max_len, spec.passage_max_len, spec.max_length)
     eval_pairs = EvalPairs(eval_set, columns=reranker.score_columns()) if eval_set is not None else None
@@ -98,7 +98,7 @@ def build_trainer(
         model=model,
         args=config,
         **data_arguments(config, records, eval_pairs),
-        data_collator=family.collator_class.for_lengths(tokenizer, training_lengths, prompt),
-        eval_data_collator=family.collator_class.for_lengths(tokenizer, scoring_lengths, prompt),
+        data_collator=family.collator_class.for_lengths(tokenizer, training_lengths, llm_spec),
+        eval_data_collator=family.collator_class.for_lengths(tokenizer, scoring_lengths, llm_spec),
         processing_class=tokenizer,
     )

@@ -10,7 +10,8 @@ from rerankforge.trainer.losses import LayerwiseObjective
 
 @dataclass
 class LayerwiseRerankerConfig(LLMRerankerConfig):
-    """A decoder with a "Yes"-initialised score head on each layer from ``start_layer`` to the last."""
+    """A decoder with a score head on each layer from ``start_layer`` to the last, started as the LM head's
+    "Yes" row (``score: yes_minus_no``: "yes" minus "no", as the qwen3 and chat formats score)."""
 
     family: str = field(default="layerwise", metadata={"help": "Reranker family (fixed: layerwise)."})
     start_layer: int = field(default=8, metadata={"help": "First layer (1-based) with a score head."})
@@ -40,7 +41,5 @@ class LayerwiseRerankerConfig(LLMRerankerConfig):
             raise ValueError(
                 f"train_layers {self.train_layers} must all be >= start_layer {self.start_layer}"
             )
-        if self.score != "yes":
-            raise ValueError("the layerwise family scores with heads initialised from 'Yes': use score: yes")
         if self.self_distill_weight < 0:
             raise ValueError(f"self_distill_weight must be >= 0, got {self.self_distill_weight}")

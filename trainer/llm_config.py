@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+from rerankforge.data_tools.llm_formats import DEFAULTS, INPUT_FORMATS, QWEN3, check_format
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, DTYPES, SCORE_MODES
 
@@ -33,15 +33,35 @@ class LLMRerankerConfig(RerankerConfig):
             "(default for this family: true, unless gradient_checkpointing says otherwise)."
         },
     )
-    prompt: str = field(
-        default=DEFAULT_PROMPT,
-        metadata={"help": "Prompt after the pair; a record's own `prompt` overrides it."},
+    input_format: str = field(
+        default="bge",
+        metadata={
+            "help": f"Input layout: {', '.join(INPUT_FORMATS)} (bge: A: {{query}}\\nB: {{passage}}\\n{{prompt}}; "
+            "qwen3: Qwen3-Reranker's chat layout; chat: the tokenizer's own chat template)."
+        },
     )
-    score: str = field(
-        default="yes", metadata={"help": f"Score mode: {' or '.join(SCORE_MODES)} (log-odds against 'No')."}
+    prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt after the pair (bge) or the instruction in the user turn (qwen3, chat); a record's "
+            "own `prompt` overrides it (default: the format's own)."
+        },
     )
-    yes_token: str = field(default="Yes", metadata={"help": "Answer word whose logit is the score."})
-    no_token: str = field(default="No", metadata={"help": "Answer word subtracted by score: yes_minus_no."})
+    score: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Score mode: {' or '.join(SCORE_MODES)} (log-odds against 'No'; default: yes for bge, "
+            "yes_minus_no for qwen3 and chat)."
+        },
+    )
+    yes_token: str | None = field(
+        default=None,
+        metadata={"help": "Answer word whose logit is the score (default: Yes for bge, else yes)."},
+    )
+    no_token: str | None = field(
+        default=None,
+        metadata={"help": "Answer word subtracted by score: yes_minus_no (default: No for bge, else no)."},
+    )
     use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters (False: every weight)."})
     lora_rank: int = field(default=32, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=64.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
@@ -78,6 +98,7 @@ class LLMRerankerConfig(RerankerConfig):
             # on by default; not a field default, or transformers would ignore gradient_checkpointing (its alias)
             self.activation_checkpointing = True
         super().__post_init__()
+        self.resolve_format_defaults()
         if self.score not in SCORE_MODES:
             raise ValueError(f"score must be one of {', '.join(SCORE_MODES)}, got {self.score!r}")
         if self.torch_dtype not in DTYPES:
@@ -97,3 +118,21 @@ class LLMRerankerConfig(RerankerConfig):
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
             if hasattr(self, "activation_checkpointing_kwargs"):
                 self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+
+    def resolve_format_defaults(self) -> None:
+        """Unset prompt, score and answer words take the input format's own; qwen3 fixes its answer words."""
+        check_format(self.input_format)
+        defaults = DEFAULTS[self.input_format]
+        if self.input_format == QWEN3:
+            asked = {"score": self.score, "yes_token": self.yes_token, "no_token": self.no_token}
+            fixed = {"score": defaults.score, "yes_token": defaults.yes_token, "no_token": defaults.no_token}
+            wrong = [f"{k}: {v!r}" for k, v in asked.items() if v is not None and v != fixed[k]]
+            if wrong:
+                raise ValueError(
+                    f"input_format qwen3 scores the log-odds of 'yes' against 'no' ({', '.join(wrong)} given): "
+                    "leave score, yes_token and no_token unset, or use input_format chat"
+                )
+        self.prompt = self.prompt if self.prompt is not None else defaults.prompt
+        self.score = self.score or defaults.score
+        self.yes_token = self.yes_token or defaults.yes_token
+        self.no_token = self.no_token or defaults.no_token

@@ -116,6 +116,7 @@ class LLMSpec(RerankerSpec):
     """
 
     family_name: ClassVar[str] = "llm"
+    input_format: str = "bge"  # rerankforge.data_tools.llm_formats: bge, qwen3 or chat
     prompt: str = DEFAULT_PROMPT
     score: str = "yes"
     yes_token: str = "Yes"
@@ -128,7 +129,12 @@ class LLMSpec(RerankerSpec):
         score = f"logit of {self.yes_token!r}"
         if self.score == "yes_minus_no":
             score += f" minus the logit of {self.no_token!r}"
-        return [f"prompt: {self.prompt!r}; score: {score} at the last position"]
+        if self.score == "yes_minus_no" and self.input_format != "bge":
+            score = f"log-odds of {self.yes_token!r} against {self.no_token!r}"
+        prompt = "prompt" if self.input_format == "bge" else "instruction"
+        return [
+            f"input format: {self.input_format}; {prompt}: {self.prompt!r}; score: {score} at the last position"
+        ]
 
 
 @dataclass(kw_only=True)

@@ -80,7 +80,7 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         missing = [k for k in self.train_layers if k not in self.layers]
         if missing:
             raise ValueError(f"train_layers {self.train_layers} must be among the head layers {self.layers}")
-        self.init_heads_from_yes_row(spec.yes_token_id)
+        self.init_heads_from_answer_rows(spec)
         self.heads.to(backbone.get_output_embeddings().weight.device)
 
     @classmethod
@@ -97,6 +97,10 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         model = cls(backbone, spec, train_layers=config.train_layers)
         for k in model.layers:  # heads that no loss reaches stay as they are (DDP tracks no idle parameters)
             model.heads[str(k)].requires_grad_(k in model.train_layers)
+            # a bias shifts every score of a query alike: listwise losses give it no gradient (only rounding
+            # noise, which Adam would amplify), and a one-logit export (transformers' score heads have no bias)
+            # could not carry it; it stays zero
+            model.heads[str(k)].bias.requires_grad_(False)
         if not config.use_lora:  # in full fine-tuning, weights that no loss reaches stay as they are too
             unused = list(decoder_layers(backbone))[
                 max(model.train_layers) :
@@ -108,6 +112,12 @@ class LayerwiseRerankerModel(LLMRerankerModel):
                 module.requires_grad_(False)
         return model
 
+    def freeze_fixed_parameters(self, wrapped: nn.Module) -> None:
+        """The heads' biases stay zero, in peft's trainable copies of the heads too (see `for_training_from`)."""
+        for name, parameter in wrapped.named_parameters():
+            if f"{HEAD_PREFIX}" in name and name.endswith(".bias"):
+                parameter.requires_grad_(False)
+
     def score_columns(self) -> list[str]:
         """Evaluation reports each head: ``layer<k>_ndcg@10``, ...; the unprefixed metrics are the last layer's."""
         return [layer_name(k) for k in self.layers]
@@ -117,10 +127,14 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         return [f"{HEAD_PREFIX}{k}" for k in self.train_layers]
 
     @torch.no_grad()
-    def init_heads_from_yes_row(self, yes_token_id: int) -> None:
+    def init_heads_from_answer_rows(self, spec: LayerwiseSpec) -> None:
+        """Every head as the LM head's "Yes" row, or ("yes_minus_no") the "yes" row minus the "no" row, so the
+        last layer's head starts as the LLM family's score of the same format. Biases start at zero."""
         weight = self.backbone.get_output_embeddings().weight
-        with gathered(weight):  # DeepSpeed ZeRO-3 shards the LM head: gather it to read one row
-            row = weight[yes_token_id].detach().float().clone()
+        with gathered(weight):  # DeepSpeed ZeRO-3 shards the LM head: gather it to read rows
+            row = weight[spec.yes_token_id].detach().float().clone()
+            if spec.score == "yes_minus_no":
+                row -= weight[spec.no_token_id].detach().float()
         for head in self.heads.values():
             head.weight.copy_(row.unsqueeze(0).to(head.weight.dtype))
             head.bias.zero_()

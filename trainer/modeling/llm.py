@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rerankforge.data_tools.llm_formats import fixed_length, prompt_encoder
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
 from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.trainer.modeling.base import RerankerModel, quiet_about
@@ -73,11 +74,15 @@ def llm_scoring_fields(
     score: str = "yes",
     yes_token: str = "Yes",
     no_token: str = "No",
+    input_format: str = "bge",
 ) -> dict[str, Any]:
-    """The `LLMSpec` fields of a scoring setup: the prompt, the score mode and the resolved token ids."""
+    """The `LLMSpec` fields of a scoring setup: the input format, prompt, score mode and resolved token ids."""
     if score not in SCORE_MODES:
         raise ValueError(f"unknown score mode {score!r}; known: {', '.join(SCORE_MODES)}")
+    if input_format != "bge":
+        prompt_encoder(tokenizer, input_format, prompt, 1, 1, 10**9)  # a chat template that is missing, now
     return {
+        "input_format": input_format,
         "prompt": prompt,
         "score": score,
         "yes_token": yes_token,
@@ -199,6 +204,9 @@ class LLMRerankerModel(RerankerModel):
     def load_heads(self, folder: str | Path, legacy_only: bool = False) -> None:
         """Heads saved with the weights (none for this family)."""
 
+    def freeze_fixed_parameters(self, wrapped: nn.Module) -> None:
+        """Parameters that must not train, after peft made its trainable copies (none for this family)."""
+
     @classmethod
     def load_tokenizer(cls, config: LLMRerankerConfig) -> PreTrainedTokenizerBase:
         return load_tokenizer(config.tokenizer_name or config.model_name_or_path, config.trust_remote_code)
@@ -220,12 +228,14 @@ class LLMRerankerModel(RerankerModel):
     @staticmethod
     def training_spec_fields(config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         scoring = llm_scoring_fields(
-            tokenizer, config.prompt, config.score, config.yes_token, config.no_token
+            tokenizer, config.prompt, config.score, config.yes_token, config.no_token, config.input_format
         )
+        # the chat layouts cap whole rows: the budgets plus what the format adds around them
+        frame = fixed_length(tokenizer, config.input_format, config.prompt, config.yes_token, config.no_token)
         return dict(
             query_max_len=config.query_max_len,
             passage_max_len=config.passage_max_len,
-            max_length=config.query_max_len + config.passage_max_len,
+            max_length=config.query_max_len + config.passage_max_len + frame,
             base_model=config.model_name_or_path,
             adapter=config.use_lora,
             **scoring,
@@ -238,9 +248,7 @@ class LLMRerankerModel(RerankerModel):
         return cls(backbone, LLMSpec(**spec_fields))
 
     def training_lengths(self, config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> PairLengths:
-        return PairLengths(
-            config.query_max_len, config.passage_max_len, config.query_max_len + config.passage_max_len
-        )
+        return PairLengths(config.query_max_len, config.passage_max_len, self.spec.max_length)
 
 
 def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> nn.Module:
@@ -261,6 +269,7 @@ def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> 
             config.lora_target_modules,
             config.modules_to_save,
         )
+    model.freeze_fixed_parameters(wrapped)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     return wrapped
