@@ -1,4 +1,5 @@
-"""`rerankforge-export CHECKPOINT OUT [--merge-lora] [--push-to-hub REPO_ID] [--private]`.
+"""`rerankforge-export CHECKPOINT OUT [--merge-lora | --as-sequence-classification [--layer K]]
+[--push-to-hub REPO_ID] [--private]`.
 
 Writes a self-contained folder (safetensors, tokenizer, config, `rerankforge.json`, model card) that appears
 complete or not at all, then optionally uploads it with `huggingface_hub`. A failed upload leaves the folder.
@@ -129,6 +130,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="a folder rerankforge trained (final model or checkpoint-N)")
     parser.add_argument("out", help="the export folder (replaced whole if it exists)")
     parser.add_argument("--merge-lora", action="store_true", help="fold a LoRA adapter into its base model")
+    parser.add_argument(
+        "--as-sequence-classification",
+        action="store_true",
+        help="an llm or layerwise reranker as a one-logit *ForSequenceClassification model whose logit is its "
+        "score (adapters merged; for sentence-transformers' CrossEncoder, vLLM's score API, TEI, infinity)",
+    )
+    parser.add_argument("--layer", type=int, help="layerwise: the head to export; the decoder stops there")
+    parser.add_argument(
+        "--drop-head-bias",
+        action="store_true",
+        help="layerwise: export a head whose bias is not zero without it",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload to this Hub repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--license", default="apache-2.0", help="license id for the card (the base model's)")
@@ -137,10 +150,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.as_sequence_classification and args.merge_lora:
+        parser.error("--as-sequence-classification merges adapters itself: leave out --merge-lora")
+    if (args.layer is not None or args.drop_head_bias) and not args.as_sequence_classification:
+        parser.error("--layer and --drop-head-bias go with --as-sequence-classification")
     try:
-        folder = export(args.checkpoint, args.out, args.merge_lora, args.push_to_hub, args.license,
-                        args.trust_remote_code)  # fmt: skip
+        if args.as_sequence_classification:
+            from rerankforge.trainer.sequence_classification import write_sequence_classification
+
+            folder = write_sequence_classification(args.checkpoint, args.out, args.layer, args.trust_remote_code,
+                                                   args.drop_head_bias)  # fmt: skip
+        else:
+            folder = export(args.checkpoint, args.out, args.merge_lora, args.push_to_hub, args.license,
+                            args.trust_remote_code)  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -115,7 +115,7 @@ reranker = LLMReranker.from_pretrained("{repo_id}")
 scores = reranker.compute_score({PAIR})""",
         ),
     ]
-    if not adapter:
+    if not adapter and spec.input_format == "bge":  # FlagLLMReranker reads the BGE layout only
         blocks.append(
             snippet(
                 "FlagEmbedding",
@@ -228,4 +228,82 @@ def model_card(
             lines += ["", "Final evaluation, as logged by the run:", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float)]
     lines += ["", "## Usage", "", usage(spec, repo_id, adapter), ""]
+    return "\n".join(lines)
+
+
+def sequence_classification_card(
+    spec: LLMSpec, text_format: dict[str, Any], class_name: str, name: str, difference: float
+) -> str:
+    """The card of a `--as-sequence-classification` export: what the logit is and how to format the input."""
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-ranking",
+        "tags": ["rerankforge", "reranker", "text-ranking", "sequence-classification"],
+    }
+    if hub_id(spec.base_model):
+        meta["base_model"] = spec.base_model
+    source = f"layer {text_format['layer']}'s head" if text_format["layer"] else "the answer-token score"
+    template = text_format["template"]
+    code = f"""
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+TEMPLATE = {json.dumps(template, ensure_ascii=False)}
+
+def format_pair(query: str, passage: str) -> str:
+    return TEMPLATE.replace("{{query}}", query).replace("{{passage}}", passage)
+
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForSequenceClassification.from_pretrained("{name}").eval()
+texts = [format_pair(q, p) for q, p in {PAIR}]
+batch = tokenizer(texts, padding=True, truncation=True, max_length={spec.max_length},
+                  add_special_tokens=False, return_tensors="pt")
+with torch.inference_mode():
+    scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
+    cross_encoder = f"""
+from sentence_transformers import CrossEncoder
+
+model = CrossEncoder("{name}")
+# the whole formatted text as the document and an empty query: the model sees exactly that text
+scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid of the logit"""
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"A {spec.family} reranker trained with [rerankforge](https://github.com/rerankforge/rerankforge), "
+        f"converted into a one-logit `{class_name}`: the logit is the reranker's score ({source}), checked "
+        f"to {difference:.1g} at conversion. It loads with transformers alone (no peft, no rerankforge).",
+        "",
+        f"- input format: `{spec.input_format}`; score: {text_format['score']}",
+        "- the input is one text, the pair written into the template below (special tokens are part of it, "
+        "so tokenize with `add_special_tokens=False`); `text_format.json` holds the same template",
+        "- rerankforge cut the query and passage to their own budgets in training; here a long text is cut by "
+        "the tokenizer's truncation instead",
+        *(
+            [
+                "- the text ends (or begins) with whitespace, which is part of the input: an engine that strips its "
+                "inputs (infinity does) scores a slightly different text"
+            ]
+            if template != template.strip()
+            else []
+        ),  # fmt: skip
+        "",
+        "```text",
+        template,
+        "```",
+        "",
+        "## Usage",
+        "",
+        "transformers:",
+        "",
+        f"```python{code}\n```",
+        "",
+        "sentence-transformers (`format_pair` as above):",
+        "",
+        f"```python{cross_encoder}\n```",
+        "",
+    ]
     return "\n".join(lines)
