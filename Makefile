@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test test-slow bench bench-losses bench-gpu lint format clean
+.PHONY: install train test test-slow bench bench-losses bench-gpu bench-serving lint format clean
 
 install: $(STAMP)
 
@@ -46,6 +46,32 @@ $(FLAG_VENV)/.installed: benchmarks/requirements-flag.txt
 	$(FLAG_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(FLAG_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-flag.txt
 	touch $@
+
+# the serving engine's own environment (infinity-emb 0.0.78 needs sentence-transformers 3, so transformers 4.x,
+# and numpy 1): never shares rerankforge's; torch first, the CPU build on disk
+INFINITY_VENV := .venv-infinity
+$(INFINITY_VENV)/.installed: benchmarks/requirements-infinity.txt
+	test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INFINITY_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(INFINITY_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-infinity.txt
+	touch $@
+
+# infinity (torch engine, CPU) serves an exported folder; its /rerank scores must equal rerankforge's within 1e-4
+# on 50 SQuAD pairs (benchmarks/infinity_serving.py; the result goes to RESULTS.md). The default folder is the toy
+# cross-encoder recipe's export, made when absent (a few CPU minutes); SERVED=<folder> serves another, e.g. a
+# `rerankforge-export --as-sequence-classification` folder (its text_format.json says how to send it), with
+# SERVE_REFERENCE=<folder> the checkpoint rerankforge scores (default: the served folder itself).
+SERVE_CE := outputs/infinity-ce-export
+SERVED ?= $(SERVE_CE)
+SERVE_REFERENCE ?= $(SERVED)
+$(SERVE_CE)/rerankforge.json: | $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rerankforge-train recipes/minilm/cross_encoder/toy.yaml --output_dir outputs/infinity-ce
+	HF_HUB_OFFLINE=1 $(VENV)/bin/rerankforge-export outputs/infinity-ce $(SERVE_CE)
+
+bench-serving: install $(INFINITY_VENV)/.installed $(if $(filter $(SERVE_CE),$(SERVED)),$(SERVE_CE)/rerankforge.json)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/infinity_serving.py --served $(SERVED) --reference $(SERVE_REFERENCE) \
+		--infinity-python $(INFINITY_VENV)/bin/python --results benchmarks/RESULTS.md
 
 # the fine-tuned cross-encoder the speed benchmarks score (made by `make train` when absent)
 BENCH_MODEL ?= outputs/minilm-squad
