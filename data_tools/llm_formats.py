@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
+from rerankforge.data_tools.llm_inputs import (
+    DEFAULT_PROMPT,
+    LLMPromptEncoder,
+    pad_left,
+    pad_token_id,
+    pair_prompts,
+)
 
 BGE, QWEN3, CHAT = "bge", "qwen3", "chat"
 INPUT_FORMATS = (BGE, QWEN3, CHAT)
@@ -126,9 +132,7 @@ class TemplateEncoder:
         self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
     ) -> list[list[int]]:
         """Unpadded input ids, one list per pair."""
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
-        prompts = prompts if prompts is not None else [None] * len(queries)
+        prompts = pair_prompts(queries, passages, prompts)
         bodies = [
             self.body_text(q, p, prompt) for q, p, prompt in zip(queries, passages, prompts, strict=True)
         ]

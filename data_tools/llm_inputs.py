@@ -66,9 +66,7 @@ class LLMPromptEncoder:
         self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
     ) -> list[list[int]]:
         """Unpadded input ids, one list per pair."""
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
-        prompts = prompts if prompts is not None else [None] * len(queries)
+        prompts = pair_prompts(queries, passages, prompts)
         query_ids = self._cut([self.query_prefix + q for q in queries], self.query_max_len)
         passage_ids = self._cut([self.passage_prefix + p for p in passages], self.passage_max_len)
         sequences = []
@@ -84,6 +82,15 @@ class LLMPromptEncoder:
     ) -> dict[str, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask``: the last column is every row's last real token."""
         return pad_left(sequences, pad_token_id(self.tokenizer), pad_to_multiple_of)
+
+
+def pair_prompts(
+    queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None
+) -> Sequence[str | None]:
+    """Each pair's prompt (None: the encoder's default), after checking that queries and passages pair up."""
+    if len(queries) != len(passages):
+        raise ValueError(f"{len(queries)} queries but {len(passages)} passages")
+    return prompts if prompts is not None else [None] * len(queries)
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -75,7 +75,7 @@ def test_two_cpu_processes_train_to_identical_weights_with_the_global_batch_aske
             k
             for k in a
             if "lora_B" in k or ("heads" in k and "modules_to_save" in k and k.endswith("weight"))
-        ]  # peft's trained head copies (their biases stay zero: see LayerwiseRerankerModel.for_training_from)
+        ]  # peft's trained head copies (their biases stay zero: see LayerwiseRerankerModel.freeze_fixed_parameters)
         if family != "cross_encoder"
         else ["classifier.weight"]
     )

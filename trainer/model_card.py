@@ -188,6 +188,11 @@ def front_matter(
     return meta
 
 
+def card_header(meta: dict[str, Any], name: str) -> list[str]:
+    """The Hub metadata block and the title every card starts with."""
+    return ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
+
+
 def model_card(
     spec: RerankerSpec, checkpoint: Path, repo_id: str, license_id: str = "apache-2.0", adapter: bool = False
 ) -> str:
@@ -201,12 +206,7 @@ def model_card(
 
     title = get_family(spec.family).title
     lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {name}",
-        "",
+        *card_header(meta, name),
         f"A {title} fine-tuned with [rerankforge](https://github.com/rerankforge/rerankforge)"
         + (f" from `{spec.base_model}`." if spec.base_model else "."),
         "",
@@ -267,12 +267,7 @@ model = CrossEncoder("{name}")
 # the whole formatted text as the document and an empty query: the model sees exactly that text
 scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid of the logit"""
     lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {name}",
-        "",
+        *card_header(meta, name),
         f"A {spec.family} reranker trained with [rerankforge](https://github.com/rerankforge/rerankforge), "
         f"converted into a one-logit `{class_name}`: the logit is the reranker's score ({source}), checked "
         f"to {difference:.1g} at conversion. It loads with transformers alone (no peft, no rerankforge).",

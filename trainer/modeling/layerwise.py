@@ -97,10 +97,6 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         model = cls(backbone, spec, train_layers=config.train_layers)
         for k in model.layers:  # heads that no loss reaches stay as they are (DDP tracks no idle parameters)
             model.heads[str(k)].requires_grad_(k in model.train_layers)
-            # a bias shifts every score of a query alike: listwise losses give it no gradient (only rounding
-            # noise, which Adam would amplify), and a one-logit export (transformers' score heads have no bias)
-            # could not carry it; it stays zero
-            model.heads[str(k)].bias.requires_grad_(False)
         if not config.use_lora:  # in full fine-tuning, weights that no loss reaches stay as they are too
             unused = list(decoder_layers(backbone))[
                 max(model.train_layers) :
@@ -113,7 +109,9 @@ class LayerwiseRerankerModel(LLMRerankerModel):
         return model
 
     def freeze_fixed_parameters(self, wrapped: nn.Module) -> None:
-        """The heads' biases stay zero, in peft's trainable copies of the heads too (see `for_training_from`)."""
+        """The heads' biases stay zero (in peft's trainable copies of the heads too): a bias shifts every score
+        of a query alike, so listwise losses give it no gradient (only rounding noise, which Adam would amplify),
+        and a one-logit export (transformers' score heads have no bias) could not carry it."""
         for name, parameter in wrapped.named_parameters():
             if f"{HEAD_PREFIX}" in name and name.endswith(".bias"):
                 parameter.requires_grad_(False)

@@ -256,6 +256,7 @@ def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> 
     from rerankforge.trainer.modeling.lora import add_lora, load_adapter
 
     if not config.use_lora:
+        model.freeze_fixed_parameters(model)
         return model
     if config.adapter_name_or_path:
         model.load_heads(config.adapter_name_or_path, legacy_only=True)  # a version-1 adapter's heads file
