@@ -6,7 +6,8 @@ fine-tuning (`FlagEmbedding.finetune.reranker.encoder_only.base`), timed step by
 The arguments are FlagEmbedding's own command line (its three argument dataclasses, parsed by HfArgumentParser as
 its ``__main__`` does), and the run goes through its Runner, dataset, collator, model wrapper and Trainer, so the
 measured path is the one its users run. Only the final ``save_model`` of ``Runner.run`` is left out: writing the
-model is not training speed, and rerankforge's worker leaves it out too.
+model is not training speed, and rerankforge's worker leaves it out too; ``--save-model-to DIR`` (this
+worker's own option) saves it as Runner.run would, for `benchmarks/training_quality.py`.
 
 Prints ONE JSON line to stdout (everything else goes to stderr): per-step end times, per-step losses, peak RSS,
 padded and real token counts per batch, the attention implementation, a checksum of the starting weights, versions.
@@ -146,6 +147,14 @@ def result_line(
     )
 
 
+def pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``name VALUE`` (an option of this worker, not of FlagEmbedding's parser), and VALUE."""
+    if name not in argv:
+        return argv, None
+    index = argv.index(name)
+    return argv[:index] + argv[index + 2 :], argv[index + 1]
+
+
 def train_flagembedding(argv: Sequence[str]) -> str:
     """Build FlagEmbedding's runner from its own argument classes, train, and return the result line."""
     from importlib.metadata import version
@@ -158,10 +167,11 @@ def train_flagembedding(argv: Sequence[str]) -> str:
     from FlagEmbedding.finetune.reranker.encoder_only.base import EncoderOnlyRerankerRunner
     from transformers import HfArgumentParser
 
+    argv, save_to = pop_option(list(argv), "--save-model-to")
     parser = HfArgumentParser(
         (AbsRerankerModelArguments, AbsRerankerDataArguments, AbsRerankerTrainingArguments)
     )
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=list(argv))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     runner = EncoderOnlyRerankerRunner(
         model_args=model_args, data_args=data_args, training_args=training_args
     )
@@ -172,6 +182,9 @@ def train_flagembedding(argv: Sequence[str]) -> str:
     base_model = runner.model.model  # CrossEncoderModel wraps the sequence classifier
     checksum = parameter_checksum(base_model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if save_to:  # what Runner.run saves (the model, then the tokenizer), for the quality benchmark
+        trainer.save_model(save_to)
+        runner.tokenizer.save_pretrained(save_to)
     versions = {"FlagEmbedding": version("FlagEmbedding"), "datasets": version("datasets")}
     return result_line("flagembedding", timer, shapes, base_model.config, checksum, versions)
 

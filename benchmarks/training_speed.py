@@ -44,27 +44,35 @@ PASSAGE_MAX_LEN = 224
 RANK_RANGE = (1, 30)  # the default recipe's hard negatives: BM25 ranks 1-30
 
 
-def write_training_groups(path: str | Path, max_queries: int, negatives: int = 15, seed: int = 0) -> int:
+def write_training_groups(
+    path: str | Path,
+    max_queries: int,
+    negatives: int = 15,
+    seed: int = 0,
+    min_negatives: int = GROUP_SIZE - 1,
+) -> int:
     """Write the benchmark's training JSONL and return its number of lines.
 
     A seeded sample of ``max_queries`` questions from SQuAD's training articles (the recipe's article split),
     each with ``negatives`` BM25 hard negatives from ranks 1-30 of the whole training corpus, mined by
-    rerankforge's own tools. Lines with fewer than ``GROUP_SIZE - 1`` negatives are left out, so neither tool
-    ever draws a negative twice (their repeat rules differ, and that would change the work).
+    rerankforge's own tools. Lines with fewer than ``min_negatives`` (default ``GROUP_SIZE - 1``) negatives are
+    left out, so neither tool ever draws a negative twice (their repeat rules differ, and that would change the
+    work).
     """
     from rerankforge.data_tools.ir_data import load_ir_split
-    from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
+    from rerankforge.data_tools.mining import MiningOptions, mine_from_dataset, write_jsonl
 
-    if negatives < GROUP_SIZE - 1:
-        raise ValueError(f"negatives must be at least {GROUP_SIZE - 1} for groups of {GROUP_SIZE}")
+    if negatives < min_negatives:
+        raise ValueError(f"negatives must be at least {min_negatives}")
     train = load_ir_split(str(SQUAD), "train")
     chosen = random.Random(seed).sample(train.judged_queries(), min(max_queries, len(train.judged_queries())))
     # the sampled questions against the whole training corpus (IRDataset.subset would cut it to their articles)
     sample = dataclasses.replace(
         train, queries={q: train.queries[q] for q in chosen}, qrels={q: train.qrels[q] for q in chosen}
     )
-    records = mine_from_dataset(sample, negatives, RANK_RANGE, seed, show_progress=False)
-    records = [r for r in records if len(r["neg"]) >= GROUP_SIZE - 1]
+    options = MiningOptions(num_negatives=negatives, rank_range=RANK_RANGE, seed=seed)
+    records, _ = mine_from_dataset(sample, options, show_progress=False)
+    records = [r for r in records if len(r["neg"]) >= min_negatives]
     write_jsonl(records, path)
     return len(records)
 

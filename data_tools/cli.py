@@ -1,5 +1,6 @@
-"""`rerankforge-data`: `check` validates and summarises training JSONL, `mine` writes it with BM25 hard
-negatives from a data set, `score` adds a teacher's scores for distillation."""
+"""`rerankforge-data`: `check` validates and summarises training JSONL, `mine` writes it with hard negatives
+from a data set (filtered by a teacher against false negatives), `score` adds a teacher's scores for
+distillation, `split` writes a BEIR folder with train and test qrels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from rerankforge.data_tools.first_stage import DEFAULT_DENSE_MODEL, RETRIEVERS
+from rerankforge.data_tools.mining import SAMPLING
 from rerankforge.data_tools.schema import iter_lines, validate_files
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.data_tools.stats import count_summary, token_lengths
@@ -34,7 +37,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--sample", type=int, default=20000, help="pairs tokenized for the length statistics")
 
-    mine = commands.add_parser("mine", help="write training JSONL with BM25 hard negatives from a data set")
+    mine = commands.add_parser(
+        "mine", help="write training JSONL with hard negatives (BM25, dense, hybrid or a run file), filtered"
+    )
     mine.add_argument("data", help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
     mine.add_argument("output", help="training JSONL to write")
     mine.add_argument("--split", default="train", help="BEIR qrels split; SQuAD: train, test or all")
@@ -45,12 +50,64 @@ def make_parser() -> argparse.ArgumentParser:
         nargs=2,
         default=[10, 100],
         metavar=("FIRST", "LAST"),
-        help="BM25 ranks negatives come from (1 = best; both included)",
+        help="ranks of the first stage negatives come from (1 = best; both included)",
     )
-    mine.add_argument("--run", help="a TREC run file to take candidates from instead of BM25")
+    mine.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        default="bm25",
+        help="first stage: bm25, dense (a sentence-transformers bi-encoder) or hybrid (their reciprocal-rank "
+        "fusion); --run replaces it",
+    )
+    mine.add_argument(
+        "--dense-model", default=DEFAULT_DENSE_MODEL, help="bi-encoder of the dense and hybrid retrievers"
+    )
+    mine.add_argument("--run", help="a TREC run file to take candidates from instead of a retriever")
+    mine.add_argument(
+        "--sampling",
+        choices=SAMPLING,
+        default="random",
+        help="random: a seeded sample of the rank range's survivors; top: the best-ranked survivors",
+    )
     mine.add_argument("--seed", type=int, default=0)
+    filters = mine.add_argument_group(
+        "false-negative filters (need --teacher; they read the teacher's probability, sigmoid of its score, "
+        "against the query's lowest-scored positive)"
+    )
+    filters.add_argument("--teacher", help="any reranker rerankforge.inference loads, to rescore candidates")
+    filters.add_argument(
+        "--absolute-margin", type=float, help="drop a negative scoring above p(positive) - this"
+    )
+    filters.add_argument(
+        "--relative-margin", type=float, help="drop a negative scoring above p(positive) x (1 - this)"
+    )
+    filters.add_argument("--max-score", type=float, help="drop a negative scoring above this probability")
+    filters.add_argument(
+        "--output-scores",
+        action="store_true",
+        help="write the teacher's raw scores as pos_scores / neg_scores (for distillation)",
+    )
+    filters.add_argument("--teacher-batch-size", type=int, default=64)
+    filters.add_argument(
+        "--teacher-dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="its precision"
+    )
+    filters.add_argument("--teacher-max-length", type=int, help="cap each teacher pair at this many tokens")
+    filters.add_argument(
+        "--device", help="cpu, cuda, ... for the teacher and bi-encoder (default: cuda if any)"
+    )
     mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
     mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
+
+    to_beir = commands.add_parser(
+        "split", help="write a BEIR folder with train and test qrels from one data set (by article or query)"
+    )
+    to_beir.add_argument("data", help="BEIR folder (its --split qrels are split by query) or SQuAD JSON file")
+    to_beir.add_argument("output", help="BEIR folder to write (corpus.jsonl, queries.jsonl, qrels/)")
+    to_beir.add_argument("--split", default="test", help="BEIR qrels split to divide")
+    to_beir.add_argument(
+        "--test-fraction", type=float, default=0.3, help="share of articles or queries in test"
+    )
+    to_beir.add_argument("--split-seed", type=int, default=0)
 
     score = commands.add_parser("score", help="add pos_scores / neg_scores from a teacher reranker")
     score.add_argument("input", help="training JSONL (file or folder)")
@@ -82,16 +139,70 @@ def make_parser() -> argparse.ArgumentParser:
 
 def mine(args: argparse.Namespace) -> int:
     from rerankforge.data_tools.ir_data import load_ir_split
-    from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
+    from rerankforge.data_tools.mining import MiningOptions, mine_from_dataset, write_jsonl
     from rerankforge.data_tools.retrieval import read_trec_run
 
+    options = MiningOptions(
+        num_negatives=args.num_negatives,
+        rank_range=tuple(args.rank_range),
+        sampling=args.sampling,
+        seed=args.seed,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        max_score=args.max_score,
+        output_scores=args.output_scores,
+    )
+    if options.needs_teacher and not args.teacher:
+        raise ValueError(
+            "--absolute-margin, --relative-margin, --max-score and --output-scores need --teacher"
+        )
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
     run = read_trec_run(args.run, list(dataset.queries)) if args.run else None
-    records = mine_from_dataset(dataset, args.num_negatives, tuple(args.rank_range), args.seed, run)
+    if run is not None and not run:
+        raise ValueError(f"{args.run}: no line names a query of {dataset.name}")
+    teacher = teacher_scorer(args) if args.teacher else None
+    records, report = mine_from_dataset(
+        dataset, options, args.retriever, run, teacher, args.dense_model, show_progress=True
+    )
+    if not records:
+        raise ValueError(
+            "no query kept a negative: " + "; ".join(report.lines() + report.problems()) + "; nothing written"
+        )
     write_jsonl(records, args.output)
+    source = f"run file {args.run}" if args.run else f"{args.retriever} retrieval"
+    print(f"{args.output}: {len(records)} queries from {dataset.name}, negatives from {source}")
+    for line in report.lines() + report.problems():
+        print(line)
+    return 0
+
+
+def teacher_scorer(args: argparse.Namespace):
+    """The teacher as a function from pairs to raw scores (loaded once, before any candidate is scored)."""
+    import torch
+
+    from rerankforge.inference.auto import load_reranker
+
+    teacher = load_reranker(args.teacher, device=args.device, dtype=getattr(torch, args.teacher_dtype))
+
+    def score_pairs(pairs: list[list[str]]) -> list[float]:
+        if not pairs:
+            return []
+        return teacher.compute_score(
+            pairs, batch_size=args.teacher_batch_size, max_length=args.teacher_max_length
+        )
+
+    return score_pairs
+
+
+def split(args: argparse.Namespace) -> int:
+    from rerankforge.data_tools.ir_data import load_ir_dataset, split_by_group, write_beir
+
+    dataset = load_ir_dataset(args.data, args.split)
+    train, test = split_by_group(dataset, args.test_fraction, args.split_seed)
+    write_beir(dataset, {"train": train.qrels, "test": test.qrels}, args.output)
     print(
-        f"{args.output}: {len(records)} queries from {dataset.name} ({len(dataset.queries) - len(records)} "
-        f"without a judged-relevant passage), negatives from ranks {args.rank_range[0]}-{args.rank_range[1]}"
+        f"{args.output}: {len(dataset.corpus)} passages, qrels/train.tsv {len(train.qrels)} queries, "
+        f"qrels/test.tsv {len(test.qrels)} queries (split by {'article' if dataset.doc_groups else 'query'})"
     )
     return 0
 
@@ -168,7 +279,7 @@ def check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        return {"check": check, "mine": mine, "score": score}[args.command](args)
+        return {"check": check, "mine": mine, "score": score, "split": split}[args.command](args)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

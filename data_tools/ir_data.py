@@ -199,3 +199,30 @@ def select_split(dataset: IRDataset, split: str, eval_fraction: float = 0.2, see
     if split in ("test", "eval"):
         return held_out
     raise ValueError(f"unknown split {split!r} for {dataset.name}: use train, test or all")
+
+
+def write_beir(
+    dataset: IRDataset, qrels_by_split: dict[str, dict[str, dict[str, int]]], folder: str | Path
+) -> Path:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) that `load_beir` reads back unchanged.
+
+    Passages are written as ``text`` with an empty title (they already carry theirs, see `passage_text`), so
+    reading the folder gives the same texts; each file is written atomically.
+    """
+    from rerankforge.data_tools.files import atomic_writer
+
+    folder = Path(folder)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with atomic_writer(folder / "corpus.jsonl") as handle:
+        for doc_id, text in dataset.corpus.items():
+            handle.write(json.dumps({"_id": doc_id, "title": "", "text": text}, ensure_ascii=False) + "\n")
+    with atomic_writer(folder / "queries.jsonl") as handle:
+        for query_id, text in dataset.queries.items():
+            handle.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+    for split, qrels in qrels_by_split.items():
+        with atomic_writer(folder / "qrels" / f"{split}.tsv") as handle:
+            handle.write("query-id\tcorpus-id\tscore\n")
+            for query_id, docs in qrels.items():
+                for doc_id, relevance in docs.items():
+                    handle.write(f"{query_id}\t{doc_id}\t{relevance}\n")
+    return folder

@@ -75,7 +75,7 @@ def test_beir_split_is_by_query(cisi):
 def test_mined_negatives_never_include_a_judged_relevant_passage(cisi):
     judged = {q: cisi.queries[q] for q in cisi.judged_queries()}
     run = BM25Index(cisi.corpus).search(judged, 100)
-    records = mine_hard_negatives(
+    records, _ = mine_hard_negatives(
         cisi, run, num_negatives=20, rank_range=(1, 100), seed=0, show_progress=False
     )
     assert len(records) == 76
@@ -91,14 +91,14 @@ def test_mined_negatives_never_include_a_judged_relevant_passage(cisi):
 def test_mining_takes_negatives_only_from_the_rank_range(squad):
     part = squad.subset(list(squad.queries)[:200], "slice")
     run = BM25Index(part.corpus).search({q: part.queries[q] for q in part.queries}, 30)
-    records = mine_hard_negatives(
+    records, _ = mine_hard_negatives(
         part, run, num_negatives=5, rank_range=(10, 30), seed=1, show_progress=False
     )
     text_to_id = {text: doc for doc, text in part.corpus.items()}
     for query_id, record in zip(part.queries, records, strict=True):
         allowed = set(ranked(run, query_id)[9:30])
         assert {text_to_id[n] for n in record["neg"]} <= allowed
-    again = mine_hard_negatives(part, run, num_negatives=5, rank_range=(10, 30), seed=1, show_progress=False)
+    again, _ = mine_hard_negatives(part, run, num_negatives=5, rank_range=(10, 30), seed=1, show_progress=False)
     assert again == records
 
 

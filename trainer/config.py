@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from rerankforge.data_tools.first_stage import RETRIEVERS
+from rerankforge.data_tools.mining import MiningOptions
 from rerankforge.trainer.losses import (
     DEFAULT_LOSS,
     LOSSES,
@@ -85,10 +87,51 @@ class RerankerConfig(TrainingArguments):
     ir_split: str = field(default="test", metadata={"help": "qrels split of a BEIR ir_data folder."})
     eval_fraction: float = field(default=0.2, metadata={"help": "Share of articles (or queries) held out."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the train / held-out split."})
+    ir_eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "A qrels split of the ir_data folder to evaluate on (e.g. test): training then uses all of "
+            "ir_split (e.g. train) and nothing is held out at random."
+        },
+    )
     mine_num_negatives: int = field(default=15, metadata={"help": "Hard negatives mined per query."})
     mine_rank_range: list[int] = field(
         default_factory=lambda: [10, 100],
-        metadata={"help": "BM25 ranks (first, last; 1 = best) that hard negatives come from.", "nargs": 2},
+        metadata={
+            "help": "First-stage ranks (first, last; 1 = best) that hard negatives come from.",
+            "nargs": 2,
+        },
+    )
+    mine_retriever: str = field(
+        default="bm25", metadata={"help": "First stage of mining: bm25, dense or hybrid (their rank fusion)."}
+    )
+    mine_dense_model: str | None = field(
+        default=None,
+        metadata={"help": "Bi-encoder of the dense and hybrid retrievers (default all-MiniLM-L6-v2)."},
+    )
+    mine_sampling: str = field(
+        default="random",
+        metadata={"help": "random (seeded sample) or top (best-ranked) surviving candidates."},
+    )
+    mine_max_queries: int | None = field(
+        default=None,
+        metadata={"help": "Mine, and so train on, a seeded sample of this many training queries."},
+    )
+    mine_teacher: str | None = field(
+        default=None, metadata={"help": "A reranker that rescores mined candidates for the margin filters."}
+    )
+    mine_absolute_margin: float | None = field(
+        default=None, metadata={"help": "Drop a negative the teacher scores above p(positive) - this."}
+    )
+    mine_relative_margin: float | None = field(
+        default=None, metadata={"help": "Drop a negative the teacher scores above p(positive) x (1 - this)."}
+    )
+    mine_max_score: float | None = field(
+        default=None, metadata={"help": "Drop a negative the teacher scores above this probability."}
+    )
+    mine_output_scores: bool = field(
+        default=False,
+        metadata={"help": "Keep the teacher's scores as pos_scores / neg_scores (distillation)."},
     )
     eval_data: str | None = field(
         default=None,
@@ -172,6 +215,17 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(
                 f"mine_rank_range must be [first, last] with 1 <= first <= last, got {self.mine_rank_range}"
             )
+        self.mining_options()  # a bad rank range, sampling or margin fails here
+        if self.mine_retriever not in RETRIEVERS:
+            raise ValueError(
+                f"mine_retriever must be one of {', '.join(RETRIEVERS)}, got {self.mine_retriever!r}"
+            )
+        if self.mining_options().needs_teacher and not self.mine_teacher:
+            raise ValueError(
+                "mine_absolute_margin, mine_relative_margin, mine_max_score and mine_output_scores need mine_teacher"
+            )
+        if self.ir_eval_split and not self.ir_data:
+            raise ValueError("ir_eval_split names a qrels split of ir_data, and no ir_data is set")
         if self.train_group_size < 2:  # a softmax over one score is always 1: the loss would be 0
             raise ValueError(
                 f"train_group_size must be >= 2 (1 positive + negatives), got {self.train_group_size}"
@@ -196,6 +250,18 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(f"nan_max_consecutive_skips must be >= 1, got {self.nan_max_consecutive_skips}")
         if self.nan_policy == "skip" and self.deepspeed:
             raise ValueError(SKIP_UNDER_DEEPSPEED)
+
+    def mining_options(self) -> MiningOptions:
+        return MiningOptions(
+            num_negatives=self.mine_num_negatives,
+            rank_range=tuple(self.mine_rank_range),
+            sampling=self.mine_sampling,
+            seed=self.seed,
+            absolute_margin=self.mine_absolute_margin,
+            relative_margin=self.mine_relative_margin,
+            max_score=self.mine_max_score,
+            output_scores=self.mine_output_scores,
+        )
 
     def build_objective(self) -> RankingObjective | LayerwiseObjective:
         """The loss and distillation term this run trains with (a fresh module each call)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from transformers import TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from rerankforge.data_tools.files import atomic_write_text
-from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group
+from rerankforge.data_tools.ir_data import IRDataset, load_ir_dataset, load_ir_split, split_by_group
 from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.trainer.checkpoints import (
@@ -71,11 +73,10 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
     """Mine training groups from ``ir_data`` when asked (setting ``train_data``); build the evaluation set."""
     held_out = None
     if config.ir_data:
-        dataset = load_ir_dataset(config.ir_data, config.ir_split)
-        train_part, held_out = split_by_group(dataset, config.eval_fraction, config.split_seed)
+        train_part, held_out = ir_data_parts(config)
         logger.info(
             "%s: %d training queries (%d passages), %d held-out queries (%d passages)",
-            dataset.name, len(train_part.queries), len(train_part.corpus),
+            config.ir_data, len(train_part.queries), len(train_part.corpus),
             len(held_out.queries), len(held_out.corpus),
         )  # fmt: skip
         if not config.train_data:
@@ -83,8 +84,12 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
             # one process mines (even across nodes sharing a disk); the others read its file
             with config.main_process_first(local=False, desc="mining hard negatives"):
                 if config.process_index == 0 or not path.is_file():
-                    records = mine_from_dataset(
-                        train_part, config.mine_num_negatives, tuple(config.mine_rank_range), config.seed
+                    records, _ = mine_from_dataset(
+                        sample_queries(train_part, config.mine_max_queries, config.seed),
+                        config.mining_options(),
+                        config.mine_retriever,
+                        teacher=mining_teacher(config),
+                        dense_model=config.mine_dense_model,
                     )
                     write_jsonl(records, path)
             config.train_data = [str(path)]
@@ -93,6 +98,61 @@ def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
     if held_out is None:
         return None
     return RerankEvalSet.from_dataset(held_out, config.eval_top_k, config.eval_max_queries, config.split_seed)
+
+
+def ir_data_parts(config: RerankerConfig) -> tuple[IRDataset, IRDataset]:
+    """Training and evaluation parts of ``ir_data``: its own qrels splits when ``ir_eval_split`` names one
+    (a collection's train and test qrels), else a random hold-out by article or query."""
+    if not config.ir_eval_split:
+        return split_by_group(
+            load_ir_dataset(config.ir_data, config.ir_split), config.eval_fraction, config.split_seed
+        )
+    if not Path(config.ir_data).is_dir():
+        raise ValueError(
+            f"ir_eval_split needs a BEIR folder with qrels splits; {config.ir_data} is not a folder"
+        )
+    train_part = load_ir_dataset(config.ir_data, config.ir_split)
+    held_out = load_ir_dataset(config.ir_data, config.ir_eval_split)
+    train_part = train_part.subset(train_part.judged_queries(), f"{train_part.name}")
+    held_out = held_out.subset(held_out.judged_queries(), f"{held_out.name}")
+    shared = set(train_part.queries) & set(held_out.queries)
+    if shared:
+        raise ValueError(
+            f"{config.ir_data}: qrels splits {config.ir_split} and {config.ir_eval_split} share {len(shared)} "
+            f"queries (e.g. {sorted(shared)[:3]}): a model would be evaluated on queries it trained on"
+        )
+    return train_part, held_out
+
+
+def sample_queries(dataset: IRDataset, max_queries: int | None, seed: int) -> IRDataset:
+    """A seeded sample of ``max_queries`` judged queries (all when None) over the whole training corpus, so
+    negatives still come from all of it: few-label runs, and a teacher that scores only what is trained on."""
+    judged = dataset.judged_queries()
+    if max_queries is None or max_queries >= len(judged):
+        return dataset
+    chosen = set(random.Random(seed).sample(judged, max_queries))
+    return dataclasses.replace(
+        dataset,
+        queries={q: t for q, t in dataset.queries.items() if q in chosen},
+        qrels={q: r for q, r in dataset.qrels.items() if q in chosen},
+        name=f"{dataset.name}[{max_queries} queries]",
+    )
+
+
+def mining_teacher(config: RerankerConfig):
+    """``mine_teacher`` as a function from pairs to raw scores, in bf16 when the run trains in bf16."""
+    if not config.mine_teacher:
+        return None
+    import torch
+
+    from rerankforge.inference.auto import load_reranker
+
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    device = "cpu" if config.use_cpu else None
+    teacher = load_reranker(config.mine_teacher, device=device, dtype=dtype)
+    max_length = config.query_max_len + config.passage_max_len
+    return lambda pairs: teacher.compute_score(pairs, batch_size=config.per_device_eval_batch_size,
+                                               max_length=max_length) if pairs else []  # fmt: skip
 
 
 def final_evaluation(trainer) -> dict[str, float]:

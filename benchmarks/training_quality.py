@@ -1,0 +1,251 @@
+"""Cross-encoder quality, measured the same way for every arm: nDCG@10 on held-out SQuAD articles and on CISI.
+
+Two experiments, each trained with several seeds so the run-to-run spread is measured next to the differences:
+
+- ``parity``: the same data, start weights, hyper-parameters and steps trained once by FlagEmbedding 1.4.2's
+  encoder-only fine-tuning (in its own environment, through `flag_train_worker.py`) and once by
+  ``rerankforge-train``; both saved models are scored by ``rerankforge-eval``.
+- ``negatives``: the default recipe (``recipes/minilm/cross_encoder/squad.yaml``) at a shorter schedule with
+  (a) BM25 negatives, (b) dense negatives, (c) hybrid negatives filtered by a teacher with a relative margin.
+
+Evaluation is the same for every model: ``rerankforge-eval`` on the recipe's 200 held-out SQuAD questions (BM25
+top 20) and on CISI's 76 judged queries (BM25 top ``--cisi-top-k``), in bf16, reading passages whole (512-token
+pairs). Results (a row per run, then mean and range per arm) are appended to RESULTS.md.
+
+    python benchmarks/training_quality.py parity --flag-python .venv-flag/bin/python --steps 120 --seeds 42 43
+    python benchmarks/training_quality.py negatives --teacher outputs/minilm-squad --steps 120 --seeds 42 43
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import append_results  # noqa: E402
+from training_speed import SQUAD, run_worker, write_start_model, write_training_groups  # noqa: E402
+
+CISI = REPO.parent / "shared" / "data" / "cisi"
+RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"
+BIN = Path(sys.executable).parent
+# the default recipe's hyper-parameters, in the argument names both tools read
+RECIPE_SETTINGS = {
+    "train_group_size": 4,
+    "query_max_len": 32,
+    "passage_max_len": 192,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "linear",
+    "weight_decay": 0.01,
+    "optim": "adamw_torch_fused",
+    "logging_steps": 10,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "dataloader_num_workers": 0,
+    "dataloader_pin_memory": False,
+    "use_cpu": True,
+    "bf16": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+NEGATIVE_ARMS = {
+    "a: BM25 negatives": [],
+    "b: dense negatives": ["--mine_retriever", "dense"],
+    "c: hybrid, teacher relative margin 0.05": [
+        "--mine_retriever",
+        "hybrid",
+        "--mine_relative_margin",
+        "0.05",
+    ],
+}
+
+
+def environment(cache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_CACHE=str(cache)
+    )
+    return env
+
+
+def evaluate(model: Path, cisi_top_k: int, cache: Path) -> dict[str, float]:
+    """nDCG@10 (and MRR@10) of ``model`` on the recipe's held-out SQuAD questions and on CISI."""
+    out = {}
+    for name, data, top_k, extra in (
+        ("squad", SQUAD, 20, ["--max-queries", "200"]),
+        ("cisi", CISI, cisi_top_k, []),
+    ):
+        folder = model / "eval-quality" / name
+        command = [
+            str(BIN / "rerankforge-eval"),
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+        ]
+        command += [
+            "--top-k",
+            str(top_k),
+            "--dtype",
+            "bfloat16",
+            "--backend",
+            "torch",
+            "--output",
+            str(folder),
+        ]
+        subprocess.run(
+            command + extra, check=True, env=environment(cache), cwd=REPO, stdout=subprocess.DEVNULL
+        )
+        metrics = json.loads((folder / "metrics.json").read_text())
+        out[f"{name} nDCG@10"] = metrics["reranker_metrics"]["ndcg@10"]
+        out[f"{name} BM25"] = metrics["first_stage_metrics"]["ndcg@10"]
+    return out
+
+
+def shared_arguments(model_dir: Path, data: Path, steps: int, seed: int) -> list[str]:
+    settings = {"model_name_or_path": model_dir, "train_data": data, "max_steps": steps, "seed": seed,
+                "warmup_steps": max(1, steps // 10), **RECIPE_SETTINGS}  # fmt: skip
+    return [item for key, value in settings.items() for item in (f"--{key}", str(value))]
+
+
+def train_parity(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Each seed: one start model, then FlagEmbedding and rerankforge train it on one JSONL; both are scored."""
+    lines = write_training_groups(root / "train.jsonl", args.steps * 8, negatives=15, seed=0, min_negatives=3)
+    print(f"training JSONL: {lines} lines", flush=True)
+    rows = []
+    for seed in args.seeds:
+        model_dir = write_start_model(root / f"start-{seed}", seed)
+        arguments = shared_arguments(model_dir, root / "train.jsonl", args.steps, seed)
+        for tool in ("flagembedding", "rerankforge"):
+            out = root / f"{tool}-{seed}"
+            start = time.perf_counter()
+            if tool == "flagembedding":
+                run_worker(args.flag_python, tool, [*arguments, "--save-model-to", str(out / "model")], out,
+                           root / "cache")  # fmt: skip
+                model = out / "model"
+            else:  # rerankforge-train itself; the saved model reads passages whole at inference, as FlagEmbedding's
+                command = [str(BIN / "rerankforge-train"), *arguments, "--output_dir", str(out)]
+                command += ["--inference_passage_max_len", "480"]
+                subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
+                model = out
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "arm": tool,
+                    "seed": seed,
+                    "train s": seconds,
+                    **evaluate(model, args.cisi_top_k, root / "cache"),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Each arm and seed: the default recipe at ``--steps`` steps, no evaluation during training, then scored."""
+    rows = []
+    for seed in args.seeds:
+        for arm, options in reversed(NEGATIVE_ARMS.items()):  # the teacher arm first: it has the most to fail
+            if "--mine_relative_margin" in options:
+                options = [*options, "--mine_teacher", args.teacher]
+            out = root / f"{arm[0]}-{seed}"
+            command = [
+                str(BIN / "rerankforge-train"),
+                str(RECIPE),
+                "--output_dir",
+                str(out),
+                "--seed",
+                str(seed),
+            ]
+            command += ["--max_steps", str(args.steps), "--warmup_steps", str(max(1, args.steps // 10))]
+            command += ["--eval_strategy", "no", "--evaluate_before_training", "false", *options]
+            # mine (and teacher-score) only the queries the run trains on; the recipe's own end-of-run table on
+            # 20 questions is cheap and not used: every arm is scored by `evaluate`, as the parity runs are
+            command += ["--mine_max_queries", str(args.steps * 8), "--eval_max_queries", "20"]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
+            seconds = time.perf_counter() - start
+            mined = out / "data" / "train.jsonl"
+            negatives = [len(json.loads(line)["neg"]) for line in mined.read_text().splitlines()]
+            rows.append({"arm": arm, "seed": seed, "train s": seconds, "queries": len(negatives),
+                         "negatives / query": statistics.mean(negatives),
+                         **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A row per run, then each arm's mean and range (max - min over seeds) of both nDCG@10s."""
+    metrics = ["squad nDCG@10", "cisi nDCG@10"]
+    lines = [
+        "| arm | seed | SQuAD held-out nDCG@10 | CISI nDCG@10 | train + mine s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['arm']} | {r['seed']} | {r[metrics[0]]:.4f} | {r[metrics[1]]:.4f} | {r['train s']:.0f} |"
+              for r in sorted(rows, key=lambda r: (r["arm"], r["seed"]))]  # fmt: skip
+    lines += ["", "| arm | runs | SQuAD mean (range) | CISI mean (range) |", "|---|---|---|---|"]
+    for arm in sorted(dict.fromkeys(r["arm"] for r in rows)):
+        mine = [r for r in rows if r["arm"] == arm]
+        cells = []
+        for metric in metrics:
+            values = [r[metric] for r in mine]
+            cells.append(f"{statistics.mean(values):.4f} ({max(values) - min(values):.4f})")
+        lines.append(f"| {arm} | {len(mine)} | {cells[0]} | {cells[1]} |")
+    first = rows[0]
+    lines += [
+        "",
+        f"BM25 on the same candidates: SQuAD {first['squad BM25']:.4f}, CISI {first['cisi BM25']:.4f}.",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("experiment", choices=["parity", "negatives"])
+    parser.add_argument("--flag-python", help="python of the FlagEmbedding 1.4.2 environment (parity)")
+    parser.add_argument("--teacher", help="reranker that filters arm c's candidates (negatives)")
+    parser.add_argument("--steps", type=int, default=120, help="training steps of every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--cisi-top-k", type=int, default=50)
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args()
+    if args.experiment == "parity" and not args.flag_python:
+        parser.error("parity needs --flag-python")
+    if args.experiment == "negatives" and not args.teacher:
+        parser.error("negatives needs --teacher")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(dir=REPO / "outputs") as tmp:
+        rows = (train_parity if args.experiment == "parity" else train_negatives)(args, Path(tmp))
+    result = table(rows)
+    print(result)
+    title = {
+        "parity": "Cross-encoder quality: FlagEmbedding 1.4.2 vs rerankforge, same data and settings",
+        "negatives": "Cross-encoder quality: BM25, dense and teacher-filtered hybrid negatives",
+    }[args.experiment]
+    notes = (f"{args.steps} steps per run, seeds {args.seeds}; the default recipe's settings (group 4, batch 8, "
+             f"query 32 / passage 192 tokens, lr 2e-4 linear with {max(1, args.steps // 10)} warm-up steps, bf16 "
+             f"autocast); scored by rerankforge-eval in bf16 on 200 held-out SQuAD questions (BM25 top 20) and "
+             f"CISI's 76 judged queries (BM25 top {args.cisi_top_k}). Range: max - min over the seeds.")  # fmt: skip
+    append_results(Path(args.results), title, "python benchmarks/training_quality.py " + " ".join(sys.argv[1:]),
+                   result, notes)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
