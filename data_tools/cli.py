@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from rerankforge.data_tools.first_stage import DEFAULT_DENSE_MODEL, RETRIEVERS
-from rerankforge.data_tools.mining import SAMPLING
+from rerankforge.data_tools.mining import MARGIN_REFERENCES, SAMPLING
 from rerankforge.data_tools.schema import iter_lines, validate_files
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.data_tools.stats import count_summary, token_lengths
@@ -72,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
     mine.add_argument("--seed", type=int, default=0)
     filters = mine.add_argument_group(
         "false-negative filters (need --teacher; they read the teacher's probability, sigmoid of its score, "
-        "against the query's lowest-scored positive)"
+        "against the query's best-scored positive, or see --margin-reference)"
     )
     filters.add_argument("--teacher", help="any reranker rerankforge.inference loads, to rescore candidates")
     filters.add_argument(
@@ -82,6 +82,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--relative-margin", type=float, help="drop a negative scoring above p(positive) x (1 - this)"
     )
     filters.add_argument("--max-score", type=float, help="drop a negative scoring above this probability")
+    filters.add_argument(
+        "--margin-reference",
+        choices=list(MARGIN_REFERENCES),
+        default="max",
+        help="with several positives, the margins compare with their best (max), mean or weakest (min) score",
+    )
     filters.add_argument(
         "--output-scores",
         action="store_true",
@@ -151,6 +157,7 @@ def mine(args: argparse.Namespace) -> int:
         relative_margin=args.relative_margin,
         max_score=args.max_score,
         output_scores=args.output_scores,
+        margin_reference=args.margin_reference,
     )
     if options.needs_teacher and not args.teacher:
         raise ValueError(

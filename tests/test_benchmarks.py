@@ -170,3 +170,27 @@ def test_the_gpu_benchmark_smoke_run_fills_every_section_and_table(tmp_path):
         )
     assert "| rerankforge (last position's Yes logit" in table and "| FlagEmbedding (all-vocabulary" in table
     assert "- command: `python benchmarks/gpu_bench.py --smoke" in table
+
+
+def test_quality_table_gives_each_arms_mean_and_range_over_seeds():
+    import training_quality
+
+    rows = [
+        {"arm": arm, "seed": seed, "train s": 60.0, "squad nDCG@10": squad, "cisi nDCG@10": cisi,
+         "squad BM25": 0.84, "cisi BM25": 0.39}
+        for arm, seed, squad, cisi in [("b", 1, 0.80, 0.30), ("a", 1, 0.85, 0.25), ("a", 2, 0.87, 0.29)]
+    ]  # fmt: skip
+    table = training_quality.table(rows)
+    assert "| a | 2 | 0.8600 (0.0200) | 0.2700 (0.0400) |" in table
+    assert "| b | 1 | 0.8000 (0.0000) | 0.3000 (0.0000) |" in table
+    assert table.index("| a | 1 | 0.8500") < table.index("| b | 1 | 0.8000")  # rows sorted by arm
+
+
+def test_flag_worker_takes_its_own_save_option_out_of_flagembeddings_command_line():
+    from flag_train_worker import pop_option
+
+    assert pop_option(["--a", "1", "--save-model-to", "d", "--b", "2"], "--save-model-to") == (
+        ["--a", "1", "--b", "2"],
+        "d",
+    )
+    assert pop_option(["--a", "1"], "--save-model-to") == (["--a", "1"], None)

@@ -146,6 +146,29 @@ def test_margins_and_max_score_drop_exactly_what_their_definitions_say():
     assert margin_filter(0.8, 0.8, MiningOptions(relative_margin=0.0)) is None  # ties stay
 
 
+def test_with_several_positives_the_margin_compares_with_the_chosen_reference():
+    corpus = {"p1": "strong positive", "p2": "weak positive", "c": "candidate"}
+    probability = {"strong positive": 0.9, "weak positive": 0.3, "candidate": 0.5}
+    dataset = IRDataset(corpus, {"q": "a query"}, {"q": {"p1": 1, "p2": 1}})
+    run = {"q": {"c": 1.0}}
+
+    def teacher(pairs):
+        return [math.log(probability[p] / (1 - probability[p])) for _, p in pairs]
+
+    kept = {}
+    for reference in (
+        "max",
+        "mean",
+        "min",
+    ):  # bound p(ref) - 0.05: 0.85, 0.55, 0.25 against the candidate's 0.5
+        options = MiningOptions(
+            num_negatives=1, rank_range=(1, 1), absolute_margin=0.05, margin_reference=reference
+        )
+        records, _ = mine_hard_negatives(dataset, run, options, teacher, show_progress=False)
+        kept[reference] = bool(records)
+    assert kept == {"max": True, "mean": True, "min": False}
+
+
 def test_sampling_top_takes_the_best_ranked_survivors_and_random_is_seeded(cisi):
     judged = {q: cisi.queries[q] for q in cisi.judged_queries()}
     run = BM25Index(cisi.corpus).search(judged, 40)

@@ -129,6 +129,10 @@ class RerankerConfig(TrainingArguments):
     mine_max_score: float | None = field(
         default=None, metadata={"help": "Drop a negative the teacher scores above this probability."}
     )
+    mine_margin_reference: str = field(
+        default="max",
+        metadata={"help": "With several positives, margins compare with their max, mean or min."},
+    )
     mine_output_scores: bool = field(
         default=False,
         metadata={"help": "Keep the teacher's scores as pos_scores / neg_scores (distillation)."},
@@ -261,6 +265,7 @@ class RerankerConfig(TrainingArguments):
             relative_margin=self.mine_relative_margin,
             max_score=self.mine_max_score,
             output_scores=self.mine_output_scores,
+            margin_reference=self.mine_margin_reference,
         )
 
     def build_objective(self) -> RankingObjective | LayerwiseObjective:

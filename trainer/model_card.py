@@ -16,7 +16,8 @@ HYPER_PARAMETERS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
     "warmup_steps", "weight_decay", "bf16", "seed", "loss", "loss_kwargs", "distill_loss", "distill_temperature",
     "distill_weight", "lora_rank", "lora_alpha", "lora_dropout", "start_layer", "self_distill_weight",
-    "mine_num_negatives", "mine_rank_range",
+    "mine_num_negatives", "mine_rank_range", "mine_retriever", "mine_teacher", "mine_absolute_margin",
+    "mine_relative_margin", "mine_max_score", "mine_margin_reference",
 )  # fmt: skip
 METRIC_NAMES = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10"}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
