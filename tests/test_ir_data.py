@@ -98,7 +98,9 @@ def test_mining_takes_negatives_only_from_the_rank_range(squad):
     for query_id, record in zip(part.queries, records, strict=True):
         allowed = set(ranked(run, query_id)[9:30])
         assert {text_to_id[n] for n in record["neg"]} <= allowed
-    again, _ = mine_hard_negatives(part, run, num_negatives=5, rank_range=(10, 30), seed=1, show_progress=False)
+    again, _ = mine_hard_negatives(
+        part, run, num_negatives=5, rank_range=(10, 30), seed=1, show_progress=False
+    )
     assert again == records
 
 
