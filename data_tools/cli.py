@@ -184,21 +184,12 @@ def mine(args: argparse.Namespace) -> int:
 
 
 def teacher_scorer(args: argparse.Namespace):
-    """The teacher as a function from pairs to raw scores (loaded once, before any candidate is scored)."""
     import torch
 
-    from rerankforge.inference.auto import load_reranker
+    from rerankforge.data_tools.teacher_scoring import load_teacher
 
-    teacher = load_reranker(args.teacher, device=args.device, dtype=getattr(torch, args.teacher_dtype))
-
-    def score_pairs(pairs: list[list[str]]) -> list[float]:
-        if not pairs:
-            return []
-        return teacher.compute_score(
-            pairs, batch_size=args.teacher_batch_size, max_length=args.teacher_max_length
-        )
-
-    return score_pairs
+    dtype = getattr(torch, args.teacher_dtype)
+    return load_teacher(args.teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length)
 
 
 def split(args: argparse.Namespace) -> int:

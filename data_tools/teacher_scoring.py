@@ -19,3 +19,17 @@ def add_teacher_scores(records: Sequence[dict], score: ScoreFn) -> list[dict]:
         out["neg_scores"] = [next(scores) for _ in record.get("neg", [])]
         scored.append(out)
     return scored
+
+
+def load_teacher(
+    name_or_path: str, device: str | None, dtype, batch_size: int, max_length: int | None
+) -> ScoreFn:
+    """A reranker (anything `rerankforge.inference` loads) as a function from pairs to raw scores, loaded once."""
+    from rerankforge.inference.auto import load_reranker
+
+    teacher = load_reranker(name_or_path, device=device, dtype=dtype)
+
+    def score_pairs(pairs: list[list[str]]) -> list[float]:
+        return teacher.compute_score(pairs, batch_size=batch_size, max_length=max_length) if pairs else []
+
+    return score_pairs

@@ -145,14 +145,12 @@ def mining_teacher(config: RerankerConfig):
         return None
     import torch
 
-    from rerankforge.inference.auto import load_reranker
+    from rerankforge.data_tools.teacher_scoring import load_teacher
 
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     device = "cpu" if config.use_cpu else None
-    teacher = load_reranker(config.mine_teacher, device=device, dtype=dtype)
     max_length = config.query_max_len + config.passage_max_len
-    return lambda pairs: teacher.compute_score(pairs, batch_size=config.per_device_eval_batch_size,
-                                               max_length=max_length) if pairs else []  # fmt: skip
+    return load_teacher(config.mine_teacher, device, dtype, config.per_device_eval_batch_size, max_length)
 
 
 def final_evaluation(trainer) -> dict[str, float]:
