@@ -95,7 +95,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     filters.add_argument("--teacher-batch-size", type=int, default=64)
     filters.add_argument(
-        "--teacher-dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="its precision"
+        "--teacher-dtype",
+        choices=["float32", "bfloat16", "float16", "auto"],
+        default="float32",
+        help="its precision (auto: bfloat16 where the device computes in it, else float32)",
     )
     filters.add_argument("--teacher-max-length", type=int, help="cap each teacher pair at this many tokens")
     filters.add_argument(
@@ -131,9 +134,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     score.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=["float32", "bfloat16", "float16", "auto"],
         default="float32",
-        help="the teacher's precision (scores stay float32); bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16",
+        help="the teacher's precision (scores stay float32); bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16 "
+        "or AMX and far slower on CPUs without; auto: bfloat16 where the device computes in it, else float32",
     )
     score.add_argument(
         "--max-length",
@@ -187,8 +191,9 @@ def teacher_scorer(args: argparse.Namespace):
     import torch
 
     from rerankforge.data_tools.teacher_scoring import load_teacher
+    from rerankforge.trainer.precision import auto_dtype
 
-    dtype = getattr(torch, args.teacher_dtype)
+    dtype = auto_dtype(args.device) if args.teacher_dtype == "auto" else getattr(torch, args.teacher_dtype)
     return load_teacher(args.teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length)
 
 
@@ -224,9 +229,12 @@ def score(args: argparse.Namespace) -> int:
     records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
     import torch
 
+    from rerankforge.trainer.precision import auto_dtype
+
     launch = current_launch()
     device = process_device(launch, args.device)
-    teacher = load_reranker(args.teacher, device=device, dtype=getattr(torch, args.dtype))
+    dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    teacher = load_reranker(args.teacher, device=device, dtype=dtype)
     teacher.max_batch_tokens = args.max_batch_tokens
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:

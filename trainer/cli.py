@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 from rerankforge.data_tools.schema import DataValidationError
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.families import get_family
+from rerankforge.trainer.precision import resolve_auto_bf16
 
 EXIT_BAD_INPUT = 2  # a recipe, option or data file that cannot be used as written
 EXIT_NON_FINITE = 3  # the loss or gradient norm went NaN/inf (trainer/nan_guard.py)
@@ -56,6 +57,7 @@ def parse_config(argv: Sequence[str]) -> RerankerConfig:
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
         recipe = load_recipe(recipe_path)
+    recipe, argv = resolve_auto_bf16(recipe, argv)
     family_name = _family_from_argv(argv) or recipe.get("family", "cross_encoder")
     config_class = get_family(family_name).config_class
     known = {f.name for f in dataclasses.fields(config_class) if f.init}

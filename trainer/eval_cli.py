@@ -22,6 +22,7 @@ from rerankforge.inference.sharded_scoring import (
     process_device,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
+from rerankforge.trainer.precision import auto_dtype
 from rerankforge.trainer.report import metric_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,9 +52,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=[*sorted(DTYPES), "auto"],
         default="float32",
-        help="weights' precision; bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16 (scores stay float32)",
+        help="weights' precision; bfloat16 is ~2.5x faster on CPUs with AVX-512 bf16 or AMX and ~6x slower on "
+        "CPUs without (AVX2); auto = bfloat16 where the device computes in it, else float32 (scores stay float32)",
     )
     parser.add_argument(
         "--backend",
@@ -79,7 +81,8 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
     # ONNX backends score on the CPU whatever the launch: only the torch backend takes the process's device
     device = process_device(launch, args.device) if args.backend in (None, "auto", "torch") else args.device
-    reranker = load_reranker(args.model, args.backend, device=device, dtype=DTYPES[args.dtype])
+    dtype = auto_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
+    reranker = load_reranker(args.model, args.backend, device=device, dtype=dtype)
     reranker.max_batch_tokens = args.max_batch_tokens
     pairs = eval_set.pairs()
     start = time.perf_counter()
@@ -93,7 +96,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         "split": args.split,
         "queries": len(eval_set.candidates),
         "top_k": args.top_k,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),  # what "auto" chose
         "backend": getattr(reranker, "backend", args.backend or "torch"),  # what "auto" chose
         "pairs": len(pairs),
         "processes": launch.num_processes,

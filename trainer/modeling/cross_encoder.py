@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -24,16 +25,42 @@ if TYPE_CHECKING:
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# what encoder configs call the dropout on attention probabilities (BERT, XLM-R, ELECTRA, DeBERTa; ModernBERT)
+ATTENTION_DROPOUT_NAMES = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def attention_dropout_override(
+    path: str, attention_dropout: float | None, trust_remote_code: bool
+) -> dict[str, float]:
+    """The config attribute that sets attention dropout in this architecture, with its new value."""
+    if attention_dropout is None:
+        return {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    names = [name for name in ATTENTION_DROPOUT_NAMES if hasattr(config, name)]
+    if not names:
+        raise ValueError(
+            f"attention_dropout: {path}'s config ({type(config).__name__}) has no "
+            f"{' or '.join(ATTENTION_DROPOUT_NAMES)}, so its attention dropout cannot be set"
+        )
+    return {names[0]: attention_dropout}
+
+
 def load_cross_encoder(
-    name_or_path: str, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    attention_dropout: float | None = None,
 ) -> PreTrainedModel:
-    """Load (or start, for a bare encoder) a one-logit sequence classifier from safetensors only."""
+    """Load (or start, for a bare encoder) a one-logit sequence classifier from safetensors only;
+    ``attention_dropout`` replaces the architecture's dropout on attention probabilities (None keeps it)."""
+    path = resolve_model_path(name_or_path)
     return AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(name_or_path),
+        path,
         num_labels=1,
         dtype=dtype if dtype is not None else torch.float32,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
+        **attention_dropout_override(path, attention_dropout, trust_remote_code),
     )
 
 
@@ -130,7 +157,11 @@ class CrossEncoderModel(RerankerModel):
     ) -> CrossEncoderModel:
         """The base model with a fresh one-logit head (or the trained one it has); the spec holds the scoring
         budgets, which may read longer passages than training does (``inference_passage_max_len``)."""
-        backbone = load_cross_encoder(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+        backbone = load_cross_encoder(
+            config.model_name_or_path,
+            trust_remote_code=config.trust_remote_code,
+            attention_dropout=config.attention_dropout,
+        )
         scoring = PairLengths.for_model(
             config.query_max_len, config.scoring_passage_max_len, backbone.config, tokenizer
         )

@@ -1,0 +1,106 @@
+"""``bf16: auto`` and ``attention_dropout``: the two settings that let the default recipe run at its best on
+processors with and without bf16 units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rerankforge.trainer.cli import parse_config
+from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder
+from rerankforge.trainer.precision import (
+    auto_dtype,
+    cpu_has_native_bf16,
+    native_bf16,
+    resolve_auto_bf16,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    pytest.skip("no CPU flags in /proc/cpuinfo")
+
+
+def test_native_bf16_follows_the_processor_flags():
+    flags = cpu_flags()
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert native_bf16(use_cpu=True) == cpu_has_native_bf16()
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert auto_dtype("cpu") == expected
+
+
+def test_auto_in_a_recipe_or_on_the_command_line_becomes_this_machines_choice():
+    here = cpu_has_native_bf16()
+    recipe, argv = resolve_auto_bf16({"bf16": "auto", "use_cpu": True}, ["--seed", "1"])
+    assert recipe["bf16"] is here and argv == ["--seed", "1"]
+    _, argv = resolve_auto_bf16({}, ["--bf16", "auto", "--use_cpu", "true"])
+    assert argv == ["--bf16", str(here).lower(), "--use_cpu", "true"]
+    _, argv = resolve_auto_bf16({}, ["--bf16=auto", "--use_cpu"])
+    assert argv == [f"--bf16={str(here).lower()}", "--use_cpu"]
+
+
+def test_other_values_pass_through_and_the_command_line_wins():
+    assert resolve_auto_bf16({"bf16": True}, ["--bf16", "false"]) == ({"bf16": True}, ["--bf16", "false"])
+    config = parse_config([str(DEFAULT_RECIPE), "--bf16", "true"])
+    assert config.bf16 is True
+    config = parse_config([str(DEFAULT_RECIPE), "--bf16", "false"])
+    assert config.bf16 is False
+
+
+def test_the_default_recipe_resolves_auto_and_drops_attention_dropout():
+    config = parse_config([str(DEFAULT_RECIPE)])
+    assert config.bf16 is native_bf16(use_cpu=True)
+    assert config.attention_dropout == 0.0
+
+
+def test_attention_dropout_reaches_the_attention_modules(tiny_bert_dir):
+    kept = load_cross_encoder(str(tiny_bert_dir))
+    assert kept.config.attention_probs_dropout_prob == pytest.approx(0.1)
+    changed = load_cross_encoder(str(tiny_bert_dir), attention_dropout=0.0)
+    assert changed.config.attention_probs_dropout_prob == 0.0
+    assert changed.config.hidden_dropout_prob == pytest.approx(0.1)  # hidden-state dropout stays
+    attention_dropouts = [
+        m.dropout.p for m in changed.modules() if type(m).__name__.endswith("SelfAttention")
+    ]
+    assert attention_dropouts and all(p == 0.0 for p in attention_dropouts)
+    # training mode with no attention dropout: the attention is deterministic, so only hidden dropout varies
+    changed.train()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (2, 12))
+    assert torch.isfinite(changed(input_ids=ids).logits).all()
+
+
+def test_attention_dropout_is_checked():
+    common = {"model_name_or_path": "m", "train_data": ["t"], "output_dir": "o"}
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        CrossEncoderConfig(**common, attention_dropout=1.0)
+    CrossEncoderConfig(**common, attention_dropout=0.0)
+
+
+def test_each_spelling_is_set_and_an_architecture_without_one_is_refused(tmp_path):
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+    )
+
+    config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=1)
+    DistilBertForSequenceClassification(config).save_pretrained(tmp_path / "distilbert")
+    model = load_cross_encoder(
+        str(tmp_path / "distilbert"), attention_dropout=0.0
+    )  # its name: attention_dropout
+    assert model.config.attention_dropout == 0.0
+    config = GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=1, pad_token_id=0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "gpt2")  # it calls it attn_pdrop
+    with pytest.raises(ValueError, match="attention_probs_dropout_prob or attention_dropout"):
+        load_cross_encoder(str(tmp_path / "gpt2"), attention_dropout=0.0)
+    load_cross_encoder(str(tmp_path / "gpt2"))  # unset: no check, loads as before

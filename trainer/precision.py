@@ -1,0 +1,80 @@
+"""``bf16: auto``: bf16 autocast only where the hardware computes in bf16.
+
+On a CPU without bf16 instructions (AVX2, or AVX-512 without the bf16 extension) torch emulates bf16 math, and
+a MiniLM training step took 20x longer than in fp32 (25.8 s against 1.26 s for 8 pairs, 2-core AVX2-only AMD
+EPYC, 2026-12-06, benchmarks/cpu_precision.py),
+while on CPUs with AVX-512 bf16 or AMX it is ~2.2x faster than fp32. One recipe therefore cannot say ``true``
+or ``false`` for every machine; ``auto`` asks the processor (or the GPU) once, when the recipe is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 bf16 or AMX tiles: the x86 instructions oneDNN's bf16 kernels run on."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def native_bf16(use_cpu: bool) -> bool:
+    """Whether bf16 is worth it on the device the run will use (a GPU unless ``use_cpu``)."""
+    if not use_cpu and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
+def _cli_use_cpu(argv: Sequence[str]) -> bool | None:
+    for i, arg in enumerate(argv):
+        if arg == "--use_cpu":
+            return i + 1 >= len(argv) or argv[i + 1].startswith("-") or _is_true(argv[i + 1])
+        if arg.startswith("--use_cpu="):
+            return _is_true(arg.split("=", 1)[1])
+    return None
+
+
+def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Replace ``bf16: auto`` (recipe) or ``--bf16 auto`` (command line) with true or false for this machine,
+    and say which was chosen and why; every other value passes through unchanged."""
+    in_argv = [
+        i for i, arg in enumerate(argv) if arg == "--bf16" and i + 1 < len(argv) and argv[i + 1] == AUTO
+    ]
+    in_argv += [i for i, arg in enumerate(argv) if arg == f"--bf16={AUTO}"]
+    if recipe.get("bf16") != AUTO and not in_argv:
+        return recipe, argv
+    if not in_argv and any(arg == "--bf16" or arg.startswith("--bf16=") for arg in argv):
+        return {**recipe, "bf16": False}, argv  # the command line's value replaces the recipe's auto
+    cli_cpu = _cli_use_cpu(argv)
+    use_cpu = cli_cpu if cli_cpu is not None else bool(recipe.get("use_cpu", False))
+    choice = native_bf16(use_cpu)
+    on_cpu = use_cpu or not torch.cuda.is_available()
+    device = "this CPU" if on_cpu else "this GPU"
+    reason = "has" if choice else "lacks"
+    logger.info("bf16: auto -> %s (%s %s native bf16 math)", str(choice).lower(), device, reason)
+    recipe = {**recipe, "bf16": choice} if recipe.get("bf16") == AUTO else recipe
+    argv = list(argv)
+    for i in in_argv:
+        if argv[i] == "--bf16":
+            argv[i + 1] = str(choice).lower()
+        else:
+            argv[i] = f"--bf16={str(choice).lower()}"
+    return recipe, argv
+
+
+def auto_dtype(device: str | torch.device | None) -> torch.dtype:
+    """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32."""
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    return torch.bfloat16 if native_bf16(use_cpu=on_cpu) else torch.float32
