@@ -7,13 +7,20 @@ Two experiments, each trained with several seeds so the run-to-run spread is mea
   ``rerankforge-train``; both saved models are scored by ``rerankforge-eval``.
 - ``negatives``: the default recipe (``recipes/minilm/cross_encoder/squad.yaml``) at a shorter schedule with
   (a) BM25 negatives, (b) dense negatives, (c) hybrid negatives filtered by a teacher with a relative margin.
+- ``few-labels``: a user with a few hundred labelled queries, simulated with ``--queries`` (800) questions of
+  SQuAD's training articles: the default recipe's settings from MiniLM, then one change per arm (continued
+  fine-tuning of ``--teacher`` at a small learning rate, longer training passages, teacher-filtered hybrid
+  negatives, distillation from the teacher's scores). Each seed draws its own sample of questions, so the
+  spread of the baseline arm includes which questions were labelled.
 
 Evaluation is the same for every model: ``rerankforge-eval`` on the recipe's 200 held-out SQuAD questions (BM25
-top 20) and on CISI's 76 judged queries (BM25 top ``--cisi-top-k``), in bf16, reading passages whole (512-token
+top 20) and on CISI's 76 judged queries (BM25 top ``--cisi-top-k``), in bf16 where the CPU computes in it
+(``--dtype auto``, else fp32 on the fastest exact backend), reading passages whole (512-token
 pairs). Results (a row per run, then mean and range per arm) are appended to RESULTS.md.
 
     python benchmarks/training_quality.py parity --flag-python .venv-flag/bin/python --steps 120 --seeds 42 43
     python benchmarks/training_quality.py negatives --teacher outputs/minilm-squad --steps 120 --seeds 42 43
+    python benchmarks/training_quality.py few-labels --teacher outputs/minilm-squad --steps 240 --seeds 42
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import append_results  # noqa: E402
 from training_speed import SQUAD, run_worker, write_start_model, write_training_groups  # noqa: E402
 
+from rerankforge.trainer.precision import native_bf16  # noqa: E402
+
 CISI = REPO.parent / "shared" / "data" / "cisi"
 RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"
 BIN = Path(sys.executable).parent
@@ -53,7 +62,7 @@ RECIPE_SETTINGS = {
     "dataloader_num_workers": 0,
     "dataloader_pin_memory": False,
     "use_cpu": True,
-    "bf16": True,
+    "bf16": native_bf16(use_cpu=True),  # the recipe's bf16: auto, resolved here for both tools
     "report_to": "none",
     "disable_tqdm": True,
 }
@@ -67,6 +76,18 @@ NEGATIVE_ARMS = {
         "0.05",
     ],
 }
+
+FEW_LABEL_ARMS = {
+    "1: MiniLM, default settings (BM25 negatives, lr 2e-4)": [],
+    "2: continued from the teacher, lr 2e-5": ["--model_name_or_path", "{teacher}", "--learning_rate", "2e-5"],
+    "3: MiniLM, passages cut at 384 tokens in training": ["--passage_max_len", "384"],
+    "4: MiniLM, hybrid negatives filtered by the teacher (relative margin 0.05)": [
+        "--mine_retriever", "hybrid", "--mine_teacher", "{teacher}", "--mine_relative_margin", "0.05",
+    ],
+    "5: MiniLM, distillation (kl) from the teacher's scores": [
+        "--mine_teacher", "{teacher}", "--mine_output_scores", "true", "--distill_loss", "kl",
+    ],
+}  # fmt: skip
 
 
 def environment(cache: Path) -> dict[str, str]:
@@ -98,9 +119,9 @@ def evaluate(model: Path, cisi_top_k: int, cache: Path) -> dict[str, float]:
             "--top-k",
             str(top_k),
             "--dtype",
-            "bfloat16",
+            "auto",
             "--backend",
-            "torch",
+            "auto",  # torch in bf16; else the fastest exact (fp32, within 1e-4) backend here
             "--output",
             str(folder),
         ]
@@ -125,7 +146,8 @@ def train_parity(args: argparse.Namespace, root: Path) -> list[dict]:
     print(f"training JSONL: {lines} lines", flush=True)
     rows = []
     for seed in args.seeds:
-        model_dir = write_start_model(root / f"start-{seed}", seed)
+        # the default recipe's attention_dropout: 0.0, in the start model's config so both tools train with it
+        model_dir = write_start_model(root / f"start-{seed}", seed, attention_dropout=0.0)
         arguments = shared_arguments(model_dir, root / "train.jsonl", args.steps, seed)
         for tool in ("flagembedding", "rerankforge"):
             out = root / f"{tool}-{seed}"
@@ -157,6 +179,8 @@ def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
     rows = []
     for seed in args.seeds:
         for arm, options in reversed(NEGATIVE_ARMS.items()):  # the teacher arm first: it has the most to fail
+            if args.arms and not arm.startswith(tuple(args.arms)):
+                continue
             if "--mine_relative_margin" in options:
                 options = [*options, "--mine_teacher", args.teacher]
             out = root / f"{arm[0]}-{seed}"
@@ -183,6 +207,37 @@ def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
                          **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Each arm: the default recipe on ``--queries`` sampled training questions for ``--steps`` steps, then
+    scored; the baseline arm runs with every seed (its spread), the others with the first seed only."""
+    rows = []
+    for arm, options in FEW_LABEL_ARMS.items():
+        for seed in args.seeds if arm.startswith("1:") else args.seeds[:1]:
+            out = root / f"few-{arm[0]}-{seed}"
+            command = [
+                str(BIN / "rerankforge-train"),
+                str(RECIPE),
+                "--output_dir",
+                str(out),
+                "--seed",
+                str(seed),
+            ]
+            command += ["--max_steps", str(args.steps), "--warmup_steps", str(max(1, args.steps // 10))]
+            command += ["--eval_strategy", "no", "--evaluate_before_training", "false"]
+            command += ["--mine_max_queries", str(args.queries), "--eval_max_queries", "20"]
+            command += [option.format(teacher=args.teacher) for option in options]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
+            seconds = time.perf_counter() - start
+            rows.append({"arm": arm, "seed": seed, "train s": seconds,
+                         **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+EXPERIMENTS = {"parity": train_parity, "negatives": train_negatives, "few-labels": train_few_labels}
 
 
 def table(rows: list[dict]) -> str:
@@ -214,9 +269,15 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("experiment", choices=["parity", "negatives"])
+    parser.add_argument("experiment", choices=list(EXPERIMENTS))
     parser.add_argument("--flag-python", help="python of the FlagEmbedding 1.4.2 environment (parity)")
-    parser.add_argument("--teacher", help="reranker that filters arm c's candidates (negatives)")
+    parser.add_argument(
+        "--teacher", help="trained reranker: arm c's filter (negatives), arms 2, 4, 5 (few-labels)"
+    )
+    parser.add_argument("--queries", type=int, default=800, help="labelled training questions (few-labels)")
+    parser.add_argument(
+        "--arms", nargs="+", help="run only the arms whose names start with these (negatives)"
+    )
     parser.add_argument("--steps", type=int, default=120, help="training steps of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     parser.add_argument("--cisi-top-k", type=int, default=50)
@@ -224,25 +285,30 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.experiment == "parity" and not args.flag_python:
         parser.error("parity needs --flag-python")
-    if args.experiment == "negatives" and not args.teacher:
-        parser.error("negatives needs --teacher")
+    if args.experiment in ("negatives", "few-labels") and not args.teacher:
+        parser.error(f"{args.experiment} needs --teacher")
     return args
 
 
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(dir=REPO / "outputs") as tmp:
-        rows = (train_parity if args.experiment == "parity" else train_negatives)(args, Path(tmp))
+        rows = EXPERIMENTS[args.experiment](args, Path(tmp))
     result = table(rows)
     print(result)
     title = {
         "parity": "Cross-encoder quality: FlagEmbedding 1.4.2 vs rerankforge, same data and settings",
         "negatives": "Cross-encoder quality: BM25, dense and teacher-filtered hybrid negatives",
+        "few-labels": f"Cross-encoder quality from {args.queries} labelled questions: what helps",
     }[args.experiment]
     notes = (f"{args.steps} steps per run, seeds {args.seeds}; the default recipe's settings (group 4, batch 8, "
              f"query 32 / passage 192 tokens, lr 2e-4 linear with {max(1, args.steps // 10)} warm-up steps, bf16 "
-             f"autocast); scored by rerankforge-eval in bf16 on 200 held-out SQuAD questions (BM25 top 20) and "
-             f"CISI's 76 judged queries (BM25 top {args.cisi_top_k}). Range: max - min over the seeds.")  # fmt: skip
+             f"autocast {'on' if RECIPE_SETTINGS['bf16'] else 'off (no native bf16 here)'}, no attention dropout); scored by rerankforge-eval (--dtype auto) on 200 held-out SQuAD questions (BM25 top 20) and "
+             f"CISI's 76 judged queries (BM25 top {args.cisi_top_k}). Range: max - min over the seeds. Threads: "
+             f"{os.environ.get('OMP_NUM_THREADS', 'all cores')}.")  # fmt: skip
+    if args.experiment == "few-labels":
+        notes += (f" {args.queries} training questions sampled per seed; the teacher ({args.teacher}) is the "
+                  "default recipe's model, trained on SQuAD's training articles: arm 2 starts in-domain.")  # fmt: skip
     append_results(Path(args.results), title, "python benchmarks/training_quality.py " + " ".join(sys.argv[1:]),
                    result, notes)  # fmt: skip
 

@@ -77,8 +77,9 @@ def write_training_groups(
     return len(records)
 
 
-def write_start_model(folder: str | Path, seed: int) -> Path:
-    """The one folder both tools load: MiniLM as a 1-logit classifier, head drawn after ``seed``, safetensors.
+def write_start_model(folder: str | Path, seed: int, attention_dropout: float | None = None) -> Path:
+    """The one folder both tools load: MiniLM as a 1-logit classifier, head drawn after ``seed``, safetensors;
+    ``attention_dropout`` is written into its config, so both tools train with it.
 
     Saved with the tokenizer and the config in the spellings transformers 4.x reads (rerankforge's export
     helpers), so FlagEmbedding's transformers 4.57 loads the very weights rerankforge's 5.x does.
@@ -92,7 +93,7 @@ def write_start_model(folder: str | Path, seed: int) -> Path:
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    model = load_cross_encoder(MODEL)
+    model = load_cross_encoder(MODEL, attention_dropout=attention_dropout)
     model.save_pretrained(folder, safe_serialization=True)
     AutoTokenizer.from_pretrained(resolve_model_path(MODEL)).save_pretrained(folder)
     make_tokenizer_portable(folder)
