@@ -10,7 +10,7 @@ its seed, so the teacher runs differ from them as one seed differs from another,
 pairs, ~3x the time) would buy nothing. Their teacher is a model of the same size trained on the same data: the
 table says what these losses make of such a teacher, not of a stronger one.
 
-Held-out SQuAD: the run's own final evaluation (200 questions, BM25 top 20 reranked, the README's table).
+Held-out SQuAD: the run's own final evaluation (200 questions, BM25 top 20 reranked; docs/losses.md has the table).
 CISI: ``rerankforge-eval`` (76 judged queries, BM25 top 100, bf16), no training on it.
 
 Runs are resumable: a run whose folder holds eval_results.json is not trained again, a CISI result that exists

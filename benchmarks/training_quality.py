@@ -174,32 +174,40 @@ def train_parity(args: argparse.Namespace, root: Path) -> list[dict]:
     return rows
 
 
+def train_recipe_arm(
+    args: argparse.Namespace, root: Path, out: Path, seed: int, queries: int, options: list[str]
+) -> float:
+    """The default recipe at ``--steps`` steps on ``queries`` sampled training questions with ``options``, no
+    evaluation during training; returns the seconds it took (mining included)."""
+    command = [str(BIN / "rerankforge-train"), str(RECIPE), "--output_dir", str(out), "--seed", str(seed)]
+    command += ["--max_steps", str(args.steps), "--warmup_steps", str(max(1, args.steps // 10))]
+    command += ["--eval_strategy", "no", "--evaluate_before_training", "false"]
+    # mine (and teacher-score) only the queries the run trains on; the recipe's own end-of-run table on 20
+    # questions is cheap and not used: every arm is scored by `evaluate`, as the parity runs are
+    command += ["--mine_max_queries", str(queries), "--eval_max_queries", "20", *options]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
+    return time.perf_counter() - start
+
+
+def chosen(arms: dict[str, list[str]], args: argparse.Namespace) -> dict[str, list[str]]:
+    """The arms whose names start with one of ``--arms`` (all without it)."""
+    return {
+        arm: options for arm, options in arms.items() if not args.arms or arm.startswith(tuple(args.arms))
+    }
+
+
 def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
-    """Each arm and seed: the default recipe at ``--steps`` steps, no evaluation during training, then scored."""
+    """Each arm and seed: the default recipe at ``--steps`` steps, then scored."""
     rows = []
     for seed in args.seeds:
-        for arm, options in reversed(NEGATIVE_ARMS.items()):  # the teacher arm first: it has the most to fail
-            if args.arms and not arm.startswith(tuple(args.arms)):
-                continue
+        for arm, options in reversed(
+            chosen(NEGATIVE_ARMS, args).items()
+        ):  # the teacher arm first: most to fail
             if "--mine_relative_margin" in options:
                 options = [*options, "--mine_teacher", args.teacher]
             out = root / f"{arm[0]}-{seed}"
-            command = [
-                str(BIN / "rerankforge-train"),
-                str(RECIPE),
-                "--output_dir",
-                str(out),
-                "--seed",
-                str(seed),
-            ]
-            command += ["--max_steps", str(args.steps), "--warmup_steps", str(max(1, args.steps // 10))]
-            command += ["--eval_strategy", "no", "--evaluate_before_training", "false", *options]
-            # mine (and teacher-score) only the queries the run trains on; the recipe's own end-of-run table on
-            # 20 questions is cheap and not used: every arm is scored by `evaluate`, as the parity runs are
-            command += ["--mine_max_queries", str(args.steps * 8), "--eval_max_queries", "20"]
-            start = time.perf_counter()
-            subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
-            seconds = time.perf_counter() - start
+            seconds = train_recipe_arm(args, root, out, seed, args.steps * 8, options)
             mined = out / "data" / "train.jsonl"
             negatives = [len(json.loads(line)["neg"]) for line in mined.read_text().splitlines()]
             rows.append({"arm": arm, "seed": seed, "train s": seconds, "queries": len(negatives),
@@ -213,24 +221,11 @@ def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
     """Each arm: the default recipe on ``--queries`` sampled training questions for ``--steps`` steps, then
     scored; the baseline arm runs with every seed (its spread), the others with the first seed only."""
     rows = []
-    for arm, options in FEW_LABEL_ARMS.items():
+    for arm, options in chosen(FEW_LABEL_ARMS, args).items():
         for seed in args.seeds if arm.startswith("1:") else args.seeds[:1]:
             out = root / f"few-{arm[0]}-{seed}"
-            command = [
-                str(BIN / "rerankforge-train"),
-                str(RECIPE),
-                "--output_dir",
-                str(out),
-                "--seed",
-                str(seed),
-            ]
-            command += ["--max_steps", str(args.steps), "--warmup_steps", str(max(1, args.steps // 10))]
-            command += ["--eval_strategy", "no", "--evaluate_before_training", "false"]
-            command += ["--mine_max_queries", str(args.queries), "--eval_max_queries", "20"]
-            command += [option.format(teacher=args.teacher) for option in options]
-            start = time.perf_counter()
-            subprocess.run(command, check=True, env=environment(root / "cache"), cwd=REPO)
-            seconds = time.perf_counter() - start
+            arguments = [option.format(teacher=args.teacher) for option in options]
+            seconds = train_recipe_arm(args, root, out, seed, args.queries, arguments)
             rows.append({"arm": arm, "seed": seed, "train s": seconds,
                          **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
@@ -276,7 +271,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--queries", type=int, default=800, help="labelled training questions (few-labels)")
     parser.add_argument(
-        "--arms", nargs="+", help="run only the arms whose names start with these (negatives)"
+        "--arms", nargs="+", help="run only the arms whose names start with these (negatives, few-labels)"
     )
     parser.add_argument("--steps", type=int, default=120, help="training steps of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])

@@ -129,13 +129,38 @@ def relative_links(path: Path) -> list[tuple[int, str]]:
     return links
 
 
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lowercased, punctuation but hyphens and underscores
+    dropped, spaces made hyphens; a repeated heading gets -1, -2, ..."""
+    anchors: set[str] = set()
+    in_fence = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if in_fence or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        anchor, repeat = slug, 0
+        while anchor in anchors:
+            repeat += 1
+            anchor = f"{slug}-{repeat}"
+        anchors.add(anchor)
+    return anchors
+
+
 def broken_links(path: Path) -> list[str]:
-    """``FILE:LINE: target`` of every relative link whose file or folder does not exist (anchors ignored)."""
+    """``FILE:LINE: target`` of every relative link whose file or folder does not exist, or whose ``#anchor``
+    names no heading of the Markdown file it points at."""
     broken = []
     for number, target in relative_links(path):
-        file = unquote(target.split("#", 1)[0].split("?", 1)[0])
-        if not (path.parent / file).exists():
+        file, _, anchor = unquote(target.split("?", 1)[0]).partition("#")
+        linked = path.parent / file
+        if not linked.exists():
             broken.append(f"{path.name}:{number}: {target}")
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+            broken.append(f"{path.name}:{number}: {target} (no heading has the anchor #{anchor})")
     return broken
 
 

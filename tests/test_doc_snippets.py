@@ -184,9 +184,19 @@ def test_every_doc_model_stand_in_loads_and_scores(name: str, doc_models: DocMod
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.relative_to(REPO).as_posix() for d in DOCS])
-def test_relative_links_point_at_files_that_exist(doc):
+def test_relative_links_point_at_files_and_headings_that_exist(doc):
     broken = broken_links(doc)
     assert not broken, "links to nothing:\n" + "\n".join(broken)
+
+
+def test_a_renamed_heading_breaks_the_links_to_it(tmp_path):
+    (tmp_path / "guide.md").write_text("# Guide\n\n## Memory (`memory_check`)\n\n## Faults: what survives\n")
+    (tmp_path / "index.md").write_text(
+        "[a](guide.md#memory-memory_check) [b](guide.md#faults-what-survives) [c](guide.md#memory-check)\n"
+    )
+    assert broken_links(tmp_path / "index.md") == [
+        "index.md:1: guide.md#memory-check (no heading has the anchor #memory-check)"
+    ]
 
 
 MINE = (

@@ -57,8 +57,44 @@ def test_other_values_pass_through_and_the_command_line_wins():
 
 def test_the_default_recipe_resolves_auto_and_drops_attention_dropout():
     config = parse_config([str(DEFAULT_RECIPE)])
-    assert config.bf16 is native_bf16(use_cpu=True)
+    assert config.bf16 is bool({"avx512_bf16", "amx_bf16"} & cpu_flags())  # the recipe says use_cpu: true
     assert config.attention_dropout == 0.0
+
+
+def test_auto_on_each_kind_of_device(monkeypatch):
+    """A CPU with bf16 units, a GPU with and without its own bf16, and a run that is not on the CPU while no GPU
+    exists (transformers refuses bf16 there, so auto must say false)."""
+    import rerankforge.trainer.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert native_bf16(use_cpu=True) and not native_bf16(use_cpu=False)
+    config = parse_config([str(DEFAULT_RECIPE)])
+    assert config.bf16 is True
+    config = parse_config([str(DEFAULT_RECIPE), "--use_cpu", "false", "--max_steps", "2000"])
+    assert config.bf16 is False and config.use_cpu is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    for own_bf16 in (True, False):
+
+        def is_bf16_supported(including_emulation=True, own_bf16=own_bf16):
+            asked.append(including_emulation)
+            return own_bf16
+
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+        assert native_bf16(use_cpu=False) is own_bf16
+    assert asked == [False, False]  # emulated bf16 on older GPUs is the slow case: not counted
+
+
+def test_auto_dtype_is_float32_for_the_graph_backends(monkeypatch):
+    import rerankforge.trainer.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert auto_dtype("cpu") == torch.bfloat16
+    for backend in ("onnx", "openvino", "onnx-int8", "openvino-bf16"):
+        assert auto_dtype("cpu", backend) == torch.float32
+    monkeypatch.setenv("RERANKFORGE_BACKEND", "onnx")
+    assert auto_dtype("cpu") == torch.float32
 
 
 def test_attention_dropout_reaches_the_attention_modules(tiny_bert_dir):
@@ -71,11 +107,6 @@ def test_attention_dropout_reaches_the_attention_modules(tiny_bert_dir):
         m.dropout.p for m in changed.modules() if type(m).__name__.endswith("SelfAttention")
     ]
     assert attention_dropouts and all(p == 0.0 for p in attention_dropouts)
-    # training mode with no attention dropout: the attention is deterministic, so only hidden dropout varies
-    changed.train()
-    torch.manual_seed(0)
-    ids = torch.randint(5, 100, (2, 12))
-    assert torch.isfinite(changed(input_ids=ids).logits).all()
 
 
 def test_attention_dropout_is_checked():

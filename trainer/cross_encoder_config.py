@@ -32,7 +32,8 @@ class CrossEncoderConfig(RerankerConfig):
         metadata={
             "help": "Dropout on attention probabilities during training (the encoder's config value when unset). "
             "0 keeps torch's attention on its fused kernel on the CPU: MiniLM steps 1.3-1.9x faster on a 2-core "
-            "AVX2 EPYC (docs/performance.md); hidden-state dropout stays."
+            "AVX2 EPYC (docs/performance.md); hidden-state dropout stays. The value is saved in the model's "
+            "config, so a run that continues from the checkpoint keeps it unless it sets this again."
         },
     )
     length_sorted_chunks: int = field(

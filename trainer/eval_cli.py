@@ -81,7 +81,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
     # ONNX backends score on the CPU whatever the launch: only the torch backend takes the process's device
     device = process_device(launch, args.device) if args.backend in (None, "auto", "torch") else args.device
-    dtype = auto_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
+    dtype = auto_dtype(device, args.backend) if args.dtype == "auto" else DTYPES[args.dtype]
     reranker = load_reranker(args.model, args.backend, device=device, dtype=dtype)
     reranker.max_batch_tokens = args.max_batch_tokens
     pairs = eval_set.pairs()

@@ -10,6 +10,7 @@ or ``false`` for every machine; ``auto`` asks the processor (or the GPU) once, w
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,23 +28,31 @@ def cpu_has_native_bf16() -> bool:
 
 
 def native_bf16(use_cpu: bool) -> bool:
-    """Whether bf16 is worth it on the device the run will use (a GPU unless ``use_cpu``)."""
-    if not use_cpu and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+    """Whether bf16 is worth it on the device the run will use: the CPU's units with ``use_cpu``; otherwise a
+    CUDA GPU's own bf16 (Ampere and later; emulation on older cards does not count), and none without a GPU,
+    since transformers refuses bf16 on the CPU unless ``use_cpu`` says so."""
+    if use_cpu:
+        return cpu_has_native_bf16()
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
+TRUE_WORDS = ("true", "1", "yes", "y", "t", "on")  # what transformers' string_to_bool reads as true
 
 
 def _is_true(value: Any) -> bool:
-    return str(value).lower() in ("true", "1", "yes")
+    return str(value).lower() in TRUE_WORDS
 
 
-def _cli_use_cpu(argv: Sequence[str]) -> bool | None:
+def run_uses_cpu(recipe: dict[str, Any], argv: Sequence[str]) -> bool:
+    """``use_cpu`` as the run's TrainingArguments will see it: the command line's, else the recipe's."""
     for i, arg in enumerate(argv):
         if arg == "--use_cpu":
             return i + 1 >= len(argv) or argv[i + 1].startswith("-") or _is_true(argv[i + 1])
         if arg.startswith("--use_cpu="):
             return _is_true(arg.split("=", 1)[1])
-    return None
+    return _is_true(recipe.get("use_cpu", False))
 
 
 def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -57,13 +66,13 @@ def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str
         return recipe, argv
     if not in_argv and any(arg == "--bf16" or arg.startswith("--bf16=") for arg in argv):
         return {**recipe, "bf16": False}, argv  # the command line's value replaces the recipe's auto
-    cli_cpu = _cli_use_cpu(argv)
-    use_cpu = cli_cpu if cli_cpu is not None else bool(recipe.get("use_cpu", False))
+    use_cpu = run_uses_cpu(recipe, argv)
     choice = native_bf16(use_cpu)
-    on_cpu = use_cpu or not torch.cuda.is_available()
-    device = "this CPU" if on_cpu else "this GPU"
+    device = (
+        "this CPU" if use_cpu else "this GPU" if torch.cuda.is_available() else "no GPU, and use_cpu is false"
+    )
     reason = "has" if choice else "lacks"
-    logger.info("bf16: auto -> %s (%s %s native bf16 math)", str(choice).lower(), device, reason)
+    logger.info("bf16: auto -> %s (%s: %s native bf16 math)", str(choice).lower(), device, reason)
     recipe = {**recipe, "bf16": choice} if recipe.get("bf16") == AUTO else recipe
     argv = list(argv)
     for i in in_argv:
@@ -74,7 +83,13 @@ def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str
     return recipe, argv
 
 
-def auto_dtype(device: str | torch.device | None) -> torch.dtype:
-    """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32."""
+GRAPH_BACKENDS = ("onnx", "openvino", "onnx-int8", "openvino-bf16")  # they run the fp32 export
+
+
+def auto_dtype(device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
+    """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32; always
+    float32 for the CPU graph backends (named, or set by RERANKFORGE_BACKEND), which run the fp32 export."""
+    if (backend or os.environ.get("RERANKFORGE_BACKEND")) in GRAPH_BACKENDS:
+        return torch.float32
     on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
     return torch.bfloat16 if native_bf16(use_cpu=on_cpu) else torch.float32
