@@ -201,9 +201,8 @@ def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
     """Each arm and seed: the default recipe at ``--steps`` steps, then scored."""
     rows = []
     for seed in args.seeds:
-        for arm, options in reversed(
-            chosen(NEGATIVE_ARMS, args).items()
-        ):  # the teacher arm first: most to fail
+        arms = chosen(NEGATIVE_ARMS, args)
+        for arm, options in reversed(arms.items()):  # the teacher arm first: it has the most to fail
             if "--mine_relative_margin" in options:
                 options = [*options, "--mine_teacher", args.teacher]
             out = root / f"{arm[0]}-{seed}"

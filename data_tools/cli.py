@@ -188,12 +188,10 @@ def mine(args: argparse.Namespace) -> int:
 
 
 def teacher_scorer(args: argparse.Namespace):
-    import torch
-
     from rerankforge.data_tools.teacher_scoring import load_teacher
-    from rerankforge.trainer.precision import auto_dtype
+    from rerankforge.trainer.precision import scoring_dtype
 
-    dtype = auto_dtype(args.device) if args.teacher_dtype == "auto" else getattr(torch, args.teacher_dtype)
+    dtype = scoring_dtype(args.teacher_dtype, args.device)
     return load_teacher(args.teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length)
 
 
@@ -227,14 +225,11 @@ def score(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
-    import torch
-
-    from rerankforge.trainer.precision import auto_dtype
+    from rerankforge.trainer.precision import scoring_dtype
 
     launch = current_launch()
     device = process_device(launch, args.device)
-    dtype = auto_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
-    teacher = load_reranker(args.teacher, device=device, dtype=dtype)
+    teacher = load_reranker(args.teacher, device=device, dtype=scoring_dtype(args.dtype, device))
     teacher.max_batch_tokens = args.max_batch_tokens
 
     def score_pairs(pairs: list[list[str]]) -> list[float]:

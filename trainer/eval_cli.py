@@ -22,7 +22,7 @@ from rerankforge.inference.sharded_scoring import (
     process_device,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
-from rerankforge.trainer.precision import auto_dtype
+from rerankforge.trainer.precision import scoring_dtype
 from rerankforge.trainer.report import metric_table
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,7 +81,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     eval_set = RerankEvalSet.from_dataset(dataset, args.top_k, args.max_queries, args.split_seed, first_stage)
     # ONNX backends score on the CPU whatever the launch: only the torch backend takes the process's device
     device = process_device(launch, args.device) if args.backend in (None, "auto", "torch") else args.device
-    dtype = auto_dtype(device, args.backend) if args.dtype == "auto" else DTYPES[args.dtype]
+    dtype = scoring_dtype(args.dtype, device, args.backend)
     reranker = load_reranker(args.model, args.backend, device=device, dtype=dtype)
     reranker.max_batch_tokens = args.max_batch_tokens
     pairs = eval_set.pairs()

@@ -10,7 +10,6 @@ or ``false`` for every machine; ``auto`` asks the processor (or the GPU) once, w
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,13 +82,19 @@ def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str
     return recipe, argv
 
 
-GRAPH_BACKENDS = ("onnx", "openvino", "onnx-int8", "openvino-bf16")  # they run the fp32 export
-
-
 def auto_dtype(device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
     """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32; always
     float32 for the CPU graph backends (named, or set by RERANKFORGE_BACKEND), which run the fp32 export."""
-    if (backend or os.environ.get("RERANKFORGE_BACKEND")) in GRAPH_BACKENDS:
+    from rerankforge.inference.backend_choice import default_backend
+    from rerankforge.inference.onnx_backend import GRAPH_BACKENDS
+
+    if (backend or default_backend()) in GRAPH_BACKENDS:
         return torch.float32
     on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
     return torch.bfloat16 if native_bf16(use_cpu=on_cpu) else torch.float32
+
+
+def scoring_dtype(name: str, device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
+    """A ``--dtype`` / ``--teacher-dtype`` value as a torch dtype: "auto" resolved for the device and backend,
+    any other name ("float32", "bfloat16", "float16") as it is."""
+    return auto_dtype(device, backend) if name == "auto" else getattr(torch, name)
