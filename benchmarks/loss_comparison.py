@@ -3,12 +3,13 @@
 Each run is `make train`'s recipe (recipes/minilm/cross_encoder/squad.yaml) unchanged but for ``--loss`` (and
 its settings), the output folder and, for the spread, the seed: the same mined data, steps, schedule and
 evaluation. The teacher losses (margin_mse, mse, kl) need teacher scores, which the default data lacks: the first
-run's model (the default loss, seed 42) scores the first 2,880 questions of the mined training file
-(``rerankforge-data score``, bf16, at the training length), and those runs train on the scored file. 2,880
-questions are what the budget reads (360 steps x 8); every other run reads a random 2,880 of the 8,378 drawn by
-its seed, so the teacher runs differ from them as one seed differs from another, and scoring the rest (134,000
-pairs, ~3x the time) would buy nothing. Their teacher is a model of the same size trained on the same data: the
-table says what these losses make of such a teacher, not of a stronger one.
+run's model (the default loss, seed 42) scores the first questions of the mined training file
+(``rerankforge-data score``, bf16, at the training length), and those runs train on the scored file. Those
+are what the budget reads (the recipe's max_steps x 8: 2,880 for the 360 steps of docs/losses.md's runs);
+every other run reads as many random questions of the 8,378, drawn by its seed, so the teacher runs differ from
+them as one seed differs from another, and scoring the rest (~3x the time) would buy nothing. Their teacher is a
+model of the same size trained on the same data: the table says what these losses make of such a teacher, not of
+a stronger one.
 
 Held-out SQuAD: the run's own final evaluation (200 questions, BM25 top 20 reranked; docs/losses.md has the table).
 CISI: ``rerankforge-eval`` (76 judged queries, BM25 top 100, bf16), no training on it.
@@ -44,7 +45,7 @@ CISI = REPO.parent / "shared" / "data" / "cisi"
 DEFAULT_SEED = 42
 TEACHER_RUN = "grouped_cross_entropy"
 _RECIPE = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
-# the teacher scores at the recipe's training budget, the questions its steps read (224 tokens, 2,880 questions)
+# the teacher scores at the recipe's training budget, the questions its steps read (224 tokens)
 TEACHER_MAX_LENGTH = _RECIPE["query_max_len"] + _RECIPE["passage_max_len"]
 TEACHER_QUESTIONS = _RECIPE["max_steps"] * _RECIPE["per_device_train_batch_size"]
 EVAL_MAIN = "import sys; from rerankforge.trainer.eval_cli import main; sys.exit(main())"
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         cisi(run, out)
     rows, spread = table(runs, out)
     notes = (
-        "Each run: the default recipe (360 steps, 8 questions x 4 passages, passages cut to 192 tokens in training "
-        "and read whole when scoring, lr 2e-4, bf16 autocast) with only the named setting changed. Held-out SQuAD: "
+        f"Each run: the default recipe ({_RECIPE['max_steps']} steps, 8 questions x 4 passages, passages cut to "
+        "192 tokens in training and read whole when scoring, lr 2e-4, bf16: auto) with only the named setting changed. Held-out SQuAD: "
         "the run's final evaluation (200 questions, BM25 top 20). CISI: rerankforge-eval, 76 queries, BM25 top "
         "100, bf16. Each run's wall time is in its folder (wall_seconds.json); the loss itself costs nothing next "
         "to the forward, and some runs shared the CPU with other work, so the times are not compared here. "

@@ -20,7 +20,7 @@ pairs). Results (a row per run, then mean and range per arm) are appended to RES
 
     python benchmarks/training_quality.py parity --flag-python .venv-flag/bin/python --steps 120 --seeds 42 43
     python benchmarks/training_quality.py negatives --teacher outputs/minilm-squad --steps 120 --seeds 42 43
-    python benchmarks/training_quality.py few-labels --teacher outputs/minilm-squad --steps 240 --seeds 42
+    python benchmarks/training_quality.py few-labels --teacher outputs/minilm-squad --steps 120 --seeds 42 43
 """
 
 from __future__ import annotations
@@ -77,15 +77,18 @@ NEGATIVE_ARMS = {
     ],
 }
 
+# one teacher pass serves arms 4 and 5: candidates filtered and their scores written for distillation
+TEACHER_MINING = [
+    "--mine_retriever", "hybrid", "--mine_teacher", "{teacher}", "--mine_relative_margin", "0.05",
+    "--mine_output_scores", "true",
+]  # fmt: skip
 FEW_LABEL_ARMS = {
     "1: MiniLM, default settings (BM25 negatives, lr 2e-4)": [],
     "2: continued from the teacher, lr 2e-5": ["--model_name_or_path", "{teacher}", "--learning_rate", "2e-5"],
     "3: MiniLM, passages cut at 384 tokens in training": ["--passage_max_len", "384"],
-    "4: MiniLM, hybrid negatives filtered by the teacher (relative margin 0.05)": [
-        "--mine_retriever", "hybrid", "--mine_teacher", "{teacher}", "--mine_relative_margin", "0.05",
-    ],
-    "5: MiniLM, distillation (kl) from the teacher's scores": [
-        "--mine_teacher", "{teacher}", "--mine_output_scores", "true", "--distill_loss", "kl",
+    "4: MiniLM, hybrid negatives filtered by the teacher (relative margin 0.05)": [*TEACHER_MINING],
+    "5: MiniLM, arm 4's data plus distillation (kl) from the teacher's scores": [
+        *TEACHER_MINING, "--distill_loss", "kl",
     ],
 }  # fmt: skip
 
@@ -217,18 +220,43 @@ def train_negatives(args: argparse.Namespace, root: Path) -> list[dict]:
 
 
 def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
-    """Each arm: the default recipe on ``--queries`` sampled training questions for ``--steps`` steps, then
-    scored; the baseline arm runs with every seed (its spread), the others with the first seed only."""
+    """Each arm and seed: the default recipe on ``--queries`` sampled training questions for ``--steps`` steps,
+    then scored. Arms that mine with the same options and seed train on the first one's file (mining is
+    deterministic; the teacher pass is most of such an arm's time)."""
     rows = []
-    for arm, options in chosen(FEW_LABEL_ARMS, args).items():
-        for seed in args.seeds if arm.startswith("1:") else args.seeds[:1]:
+    mined: dict[tuple[str, ...], Path] = {}
+    for seed in args.seeds:
+        for arm, options in chosen(FEW_LABEL_ARMS, args).items():
             out = root / f"few-{arm[0]}-{seed}"
             arguments = [option.format(teacher=args.teacher) for option in options]
+            mining = (str(seed), *mining_options(arguments))
+            if mining in mined:
+                arguments = [*without_mining_options(arguments), "--train_data", str(mined[mining])]
             seconds = train_recipe_arm(args, root, out, seed, args.queries, arguments)
+            mined.setdefault(mining, out / "data" / "train.jsonl")
             rows.append({"arm": arm, "seed": seed, "train s": seconds,
                          **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def mining_options(arguments: list[str]) -> list[str]:
+    """The options of an arm that decide its training file: ``--mine_*`` and the lengths a teacher scores at."""
+    return [
+        item
+        for name, value in zip(arguments[::2], arguments[1::2], strict=True)
+        if name.startswith("--mine_") or name in ("--query_max_len", "--passage_max_len")
+        for item in (name, value)
+    ]
+
+
+def without_mining_options(arguments: list[str]) -> list[str]:
+    return [
+        item
+        for name, value in zip(arguments[::2], arguments[1::2], strict=True)
+        if not name.startswith("--mine_")
+        for item in (name, value)
+    ]
 
 
 EXPERIMENTS = {"parity": train_parity, "negatives": train_negatives, "few-labels": train_few_labels}

@@ -117,7 +117,11 @@ def test_the_loss_comparison_table_gives_every_run_bm25_and_the_seed_spread(tmp_
         (folder / "cisi" / "metrics.json").write_text(json.dumps(metrics))
     rows, spread = loss_comparison.table(runs, tmp_path)
     assert "| ce | `grouped_cross_entropy` | - | 42 | 0.8000 | 0.3000 |" in rows
-    assert "| kl | `kl` | teacher: the first run's model on 2,880 questions | 42 | 0.8200 | 0.3200 |" in rows
+    questions = f"{loss_comparison.TEACHER_QUESTIONS:,}"  # what the recipe's steps read
+    assert (
+        f"| kl | `kl` | teacher: the first run's model on {questions} questions | 42 | 0.8200 | 0.3200 |"
+        in rows
+    )
     assert "| BM25 (first stage) | - | - | - | 0.7000 | 0.4000 |" in rows
     assert (
         "`grouped_cross_entropy`, 2 seeds (42, 43), held-out SQuAD: 0.8000, 0.8100; mean 0.8050, range 0.0100"
@@ -184,6 +188,37 @@ def test_quality_table_gives_each_arms_mean_and_range_over_seeds():
     assert "| a | 2 | 0.8600 (0.0200) | 0.2700 (0.0400) |" in table
     assert "| b | 1 | 0.8000 (0.0000) | 0.3000 (0.0000) |" in table
     assert table.index("| a | 1 | 0.8500") < table.index("| b | 1 | 0.8000")  # rows sorted by arm
+
+
+def test_few_label_arms_that_mine_alike_share_one_teacher_pass(tmp_path, monkeypatch):
+    """Arms 4 and 5 mine with the same options: per seed the teacher scores once, and arm 5 trains on arm 4's
+    file; arms that mine differently, or another seed, mine for themselves."""
+    import argparse
+
+    import training_quality
+
+    commands = []
+
+    def fake_train(args, root, out, seed, queries, options):  # records the command, writes the mined file
+        commands.append((out.name, options))
+        (out / "data").mkdir(parents=True)
+        (out / "data" / "train.jsonl").write_text("")
+        return 1.0
+
+    monkeypatch.setattr(training_quality, "train_recipe_arm", fake_train)
+    monkeypatch.setattr(training_quality, "evaluate", lambda *args: {})
+    args = argparse.Namespace(teacher="T", seeds=[42, 43], arms=["1", "4", "5"], queries=800, cisi_top_k=50)
+    training_quality.train_few_labels(args, tmp_path)
+    by_run = dict(commands)
+    assert list(by_run) == ["few-1-42", "few-4-42", "few-5-42", "few-1-43", "few-4-43", "few-5-43"]
+    for seed in (42, 43):
+        assert (
+            "--mine_teacher" in by_run[f"few-4-{seed}"] and "--mine_output_scores" in by_run[f"few-4-{seed}"]
+        )
+        assert by_run[f"few-5-{seed}"] == [
+            "--distill_loss", "kl", "--train_data", str(tmp_path / f"few-4-{seed}" / "data" / "train.jsonl"),
+        ]  # fmt: skip
+    assert by_run["few-1-43"] == []
 
 
 def test_flag_worker_takes_its_own_save_option_out_of_flagembeddings_command_line():

@@ -75,6 +75,26 @@ def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_d
     assert eval_set.listwise_loss(run) == pytest.approx(metrics["eval_loss"], abs=1e-5)
 
 
+def test_without_the_pass_before_training_the_table_still_has_the_first_stage(
+    tmp_path, tiny_bert_dir, beir_slice
+):
+    """`evaluate_before_training: false` (the default recipe) skips the untrained model's pass, not BM25's row:
+    the first stage costs no model call."""
+    from rerankforge.trainer.train import train
+
+    config = eval_config(
+        tmp_path, tiny_bert_dir, beir_slice, max_steps=2, eval_strategy="no", evaluate_before_training=False
+    )
+    out = train(config)
+    rows = json.loads((out / "eval_before_after.json").read_text())
+    assert list(rows) == ["BM25 (first stage)", "reranker after training"]
+    first_stage = RerankEvalSet.from_dataset(load_beir(beir_slice, "test"), top_k=20).first_stage_metrics()
+    assert rows["BM25 (first stage)"]["ndcg@10"] == pytest.approx(first_stage["ndcg@10"])
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert sum("eval_ndcg@10" in entry for entry in history) == 1  # the final pass only
+    assert "| BM25 (first stage) |" in (out / "eval_table.md").read_text()
+
+
 def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
     tmp_path, tiny_bert_dir, beir_slice
 ):

@@ -149,7 +149,11 @@ class RerankerConfig(TrainingArguments):
         default=None, metadata={"help": "Evaluate on a seeded sample of this many queries (None: all)."}
     )
     evaluate_before_training: bool = field(
-        default=True, metadata={"help": "With an evaluation set: also measure BM25 and the untrained model."}
+        default=True,
+        metadata={
+            "help": "With an evaluation set: also score with the untrained model (one more evaluation pass; "
+            "the first stage's figures are always reported)."
+        },
     )
     remove_unused_columns: bool = field(
         default=False,

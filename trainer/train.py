@@ -244,8 +244,9 @@ def train(config: RerankerConfig) -> Path:
     trainer = build_trainer(config, records, eval_set)
     check_step_memory(trainer)  # before any compute: one step must fit in what the device has free
     rows: list[tuple[str, dict[str, float]]] = []
-    if eval_set is not None and config.evaluate_before_training:
+    if eval_set is not None:  # the first stage's figures cost no model call: always in the table
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
+    if eval_set is not None and config.evaluate_before_training:
         rows.append(("reranker before training", trainer.evaluate()))
     result = train_or_finish(trainer, resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
