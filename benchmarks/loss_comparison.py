@@ -4,7 +4,7 @@ Each run is `make train`'s recipe (recipes/minilm/cross_encoder/squad.yaml) unch
 its settings), the output folder and, for the spread, the seed: the same mined data, steps, schedule and
 evaluation. The teacher losses (margin_mse, mse, kl) need teacher scores, which the default data lacks: the first
 run's model (the default loss, seed 42) scores the first questions of the mined training file
-(``rerankforge-data score``, bf16, at the training length), and those runs train on the scored file. Those
+(``rerankforge-data score``, `--dtype auto`, at the training length), and those runs train on the scored file. Those
 are what the budget reads (the recipe's max_steps x 8: 2,880 for the 360 steps of docs/losses.md's runs);
 every other run reads as many random questions of the 8,378, drawn by its seed, so the teacher runs differ from
 them as one seed differs from another, and scoring the rest (~3x the time) would buy nothing. Their teacher is a
@@ -12,7 +12,7 @@ model of the same size trained on the same data: the table says what these losse
 a stronger one.
 
 Held-out SQuAD: the run's own final evaluation (200 questions, BM25 top 20 reranked; docs/losses.md has the table).
-CISI: ``rerankforge-eval`` (76 judged queries, BM25 top 100, bf16), no training on it.
+CISI: ``rerankforge-eval`` (76 judged queries, BM25 top 100, `--dtype auto`), no training on it.
 
 Runs are resumable: a run whose folder holds eval_results.json is not trained again, a CISI result that exists
 is not measured again. Each training is a subprocess whose log is kept in its folder. The table is appended to
@@ -89,6 +89,26 @@ def run_command(command: list[str], log: Path) -> float:
     return time.monotonic() - start
 
 
+def check_same_budget(out: Path) -> None:
+    """Refuse to resume runs made with another step count than the recipe's (the recipe changed since): their
+    rows would be labelled with today's budget."""
+    for state in sorted(out.glob("*/trainer_state.json")):
+        steps = json.loads(state.read_text(encoding="utf-8")).get("max_steps")
+        if steps != _RECIPE["max_steps"]:
+            raise SystemExit(
+                f"{state.parent} trained {steps} steps, the recipe now says {_RECIPE['max_steps']}: "
+                "resume only runs of the same budget (give --out a new folder)"
+            )
+    questions = out / "teacher_questions.jsonl"
+    if questions.is_file():
+        count = len(questions.read_text(encoding="utf-8").splitlines())
+        if count != TEACHER_QUESTIONS:
+            raise SystemExit(
+                f"{questions} holds {count} questions, the recipe's budget reads {TEACHER_QUESTIONS}: "
+                "give --out a new folder"
+            )
+
+
 def teacher_file(out: Path) -> Path:
     """The budget's worth of the mined training file, scored by the first run's model (made once)."""
     scored = out / "teacher_scored_train.jsonl"
@@ -99,7 +119,7 @@ def teacher_file(out: Path) -> Path:
             head = list(itertools.islice(mined, TEACHER_QUESTIONS))
         questions.write_text("".join(head), encoding="utf-8")
         command = [sys.executable, "-m", "rerankforge.data_tools", "score", str(questions), str(scored),
-                   "--teacher", str(model), "--dtype", "bfloat16", "--batch-size", "64",
+                   "--teacher", str(model), "--dtype", "auto", "--batch-size", "64",
                    "--max-length", str(TEACHER_MAX_LENGTH), "--device", "cpu"]  # fmt: skip
         seconds = run_command(command, out / "teacher_scoring.log")
         print(f"teacher scores written to {scored} in {seconds / 60:.1f} min", flush=True)
@@ -127,7 +147,7 @@ def cisi(run: Run, out: Path) -> dict[str, float]:
     metrics = folder / "metrics.json"
     if not metrics.is_file():
         command = [sys.executable, "-c", EVAL_MAIN, "--model", str(out / run.label),
-                   "--data", str(CISI), "--split", "test", "--top-k", "100", "--dtype", "bfloat16",
+                   "--data", str(CISI), "--split", "test", "--top-k", "100", "--dtype", "auto",
                    "--device", "cpu", "--output", str(folder)]  # fmt: skip
         run_command(command, out / f"{run.label}.cisi.log")
     return json.loads(metrics.read_text())
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-results", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
+    check_same_budget(out)
     runs = [r for r in RUNS if not args.only or r.label in args.only]
     for run in runs:
         train(run, out)
@@ -194,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, spread = table(runs, out)
     notes = (
         f"Each run: the default recipe ({_RECIPE['max_steps']} steps, 8 questions x 4 passages, passages cut to "
-        "192 tokens in training and read whole when scoring, lr 2e-4, bf16: auto) with only the named setting changed. Held-out SQuAD: "
-        "the run's final evaluation (200 questions, BM25 top 20). CISI: rerankforge-eval, 76 queries, BM25 top "
-        "100, bf16. Each run's wall time is in its folder (wall_seconds.json); the loss itself costs nothing next "
-        "to the forward, and some runs shared the CPU with other work, so the times are not compared here. "
+        "192 tokens in training and read whole when scoring, lr 2e-4, bf16: auto) with only the named setting "
+        "changed. Held-out SQuAD: the run's final evaluation (200 questions, BM25 top 20). CISI: rerankforge-eval, "
+        "76 queries, BM25 top 100, --dtype auto (bf16 where the CPU computes in it). Each run's wall time is in "
+        "its folder (wall_seconds.json); the loss itself costs nothing next to the forward, and some runs shared the CPU with other work, so the times are not compared here. "
         "Spread of the same recipe over seeds:\n\n" + spread
     )
     print(f"\n{rows}\n\n{notes}\n", flush=True)

@@ -10,8 +10,9 @@ Two experiments, each trained with several seeds so the run-to-run spread is mea
 - ``few-labels``: a user with a few hundred labelled queries, simulated with ``--queries`` (800) questions of
   SQuAD's training articles: the default recipe's settings from MiniLM, then one change per arm (continued
   fine-tuning of ``--teacher`` at a small learning rate, longer training passages, teacher-filtered hybrid
-  negatives, distillation from the teacher's scores). Each seed draws its own sample of questions, so the
-  spread of the baseline arm includes which questions were labelled.
+  negatives), and arm 4's data plus distillation from the teacher's scores. Each seed draws its own sample of
+  questions, so every arm's spread includes which questions were labelled; within a seed, arms mining alike
+  train on one file (the table says "data from arm N", and that arm's time holds the mining).
 
 Evaluation is the same for every model: ``rerankforge-eval`` on the recipe's 200 held-out SQuAD questions (BM25
 top 20) and on CISI's 76 judged queries (BM25 top ``--cisi-top-k``), in bf16 where the CPU computes in it
@@ -224,24 +225,27 @@ def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
     then scored. Arms that mine with the same options and seed train on the first one's file (mining is
     deterministic; the teacher pass is most of such an arm's time)."""
     rows = []
-    mined: dict[tuple[str, ...], Path] = {}
+    mined: dict[tuple[str, ...], tuple[str, Path]] = {}  # mining options and seed -> (arm, its file)
     for seed in args.seeds:
         for arm, options in chosen(FEW_LABEL_ARMS, args).items():
             out = root / f"few-{arm[0]}-{seed}"
             arguments = [option.format(teacher=args.teacher) for option in options]
             mining = (str(seed), *mining_options(arguments))
-            if mining in mined:
-                arguments = [*without_mining_options(arguments), "--train_data", str(mined[mining])]
+            source = mined.get(mining)
+            if source is not None:
+                arguments = [*without_mining_options(arguments), "--train_data", str(source[1])]
             seconds = train_recipe_arm(args, root, out, seed, args.queries, arguments)
-            mined.setdefault(mining, out / "data" / "train.jsonl")
+            mined.setdefault(mining, (arm[0], out / "data" / "train.jsonl"))
             rows.append({"arm": arm, "seed": seed, "train s": seconds,
+                         **({"data from": source[0]} if source else {}),
                          **evaluate(out, args.cisi_top_k, root / "cache")})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def mining_options(arguments: list[str]) -> list[str]:
-    """The options of an arm that decide its training file: ``--mine_*`` and the lengths a teacher scores at."""
+    """The options of an arm that decide its training file: ``--mine_*`` and the lengths a teacher scores at
+    (each option with one value, as every arm writes them)."""
     return [
         item
         for name, value in zip(arguments[::2], arguments[1::2], strict=True)
@@ -269,7 +273,8 @@ def table(rows: list[dict]) -> str:
         "| arm | seed | SQuAD held-out nDCG@10 | CISI nDCG@10 | train + mine s |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['arm']} | {r['seed']} | {r[metrics[0]]:.4f} | {r[metrics[1]]:.4f} | {r['train s']:.0f} |"
+    lines += [f"| {r['arm']} | {r['seed']} | {r[metrics[0]]:.4f} | {r[metrics[1]]:.4f} | {r['train s']:.0f}"
+              f"{' (data from arm ' + r['data from'] + ')' if 'data from' in r else ''} |"
               for r in sorted(rows, key=lambda r: (r["arm"], r["seed"]))]  # fmt: skip
     lines += ["", "| arm | runs | SQuAD mean (range) | CISI mean (range) |", "|---|---|---|---|"]
     for arm in sorted(dict.fromkeys(r["arm"] for r in rows)):

@@ -192,10 +192,13 @@ def test_quality_table_gives_each_arms_mean_and_range_over_seeds():
 
 def test_few_label_arms_that_mine_alike_share_one_teacher_pass(tmp_path, monkeypatch):
     """Arms 4 and 5 mine with the same options: per seed the teacher scores once, and arm 5 trains on arm 4's
-    file; arms that mine differently, or another seed, mine for themselves."""
+    file (and the trainer reads that command as distillation from the file's scores, with nothing to mine);
+    arm 2 reuses arm 1's BM25 file; another seed mines for itself."""
     import argparse
 
     import training_quality
+
+    from rerankforge.trainer.cli import parse_config
 
     commands = []
 
@@ -207,18 +210,46 @@ def test_few_label_arms_that_mine_alike_share_one_teacher_pass(tmp_path, monkeyp
 
     monkeypatch.setattr(training_quality, "train_recipe_arm", fake_train)
     monkeypatch.setattr(training_quality, "evaluate", lambda *args: {})
-    args = argparse.Namespace(teacher="T", seeds=[42, 43], arms=["1", "4", "5"], queries=800, cisi_top_k=50)
-    training_quality.train_few_labels(args, tmp_path)
+    args = argparse.Namespace(
+        teacher="T", seeds=[42, 43], arms=["1", "2", "4", "5"], queries=800, cisi_top_k=50
+    )
+    rows = training_quality.train_few_labels(args, tmp_path)
     by_run = dict(commands)
-    assert list(by_run) == ["few-1-42", "few-4-42", "few-5-42", "few-1-43", "few-4-43", "few-5-43"]
+    assert list(by_run) == [f"few-{arm}-{seed}" for seed in (42, 43) for arm in "1245"]
     for seed in (42, 43):
+        mined = {arm: str(tmp_path / f"few-{arm}-{seed}" / "data" / "train.jsonl") for arm in "14"}
+        assert by_run[f"few-1-{seed}"] == []
+        assert by_run[f"few-2-{seed}"] == [
+            "--model_name_or_path", "T", "--learning_rate", "2e-5", "--train_data", mined["1"],
+        ]  # fmt: skip
         assert (
             "--mine_teacher" in by_run[f"few-4-{seed}"] and "--mine_output_scores" in by_run[f"few-4-{seed}"]
         )
-        assert by_run[f"few-5-{seed}"] == [
-            "--distill_loss", "kl", "--train_data", str(tmp_path / f"few-4-{seed}" / "data" / "train.jsonl"),
-        ]  # fmt: skip
-    assert by_run["few-1-43"] == []
+        assert by_run[f"few-5-{seed}"] == ["--distill_loss", "kl", "--train_data", mined["4"]]
+    assert [row.get("data from") for row in rows[:4]] == [None, "1", None, "4"]
+
+    config = parse_config([str(training_quality.RECIPE), *by_run["few-5-42"]])
+    assert config.needs_teacher_scores and config.mine_teacher is None
+    assert config.train_data == [str(tmp_path / "few-4-42" / "data" / "train.jsonl")]
+
+
+def test_the_loss_comparison_refuses_to_resume_runs_of_another_budget(tmp_path):
+    import json
+
+    import loss_comparison
+
+    (tmp_path / "ce").mkdir()
+    (tmp_path / "ce" / "trainer_state.json").write_text(json.dumps({"max_steps": 360}))
+    if loss_comparison._RECIPE["max_steps"] != 360:
+        with pytest.raises(SystemExit, match="trained 360 steps, the recipe now says"):
+            loss_comparison.check_same_budget(tmp_path)
+    (tmp_path / "ce" / "trainer_state.json").write_text(
+        json.dumps({"max_steps": loss_comparison._RECIPE["max_steps"]})
+    )
+    loss_comparison.check_same_budget(tmp_path)  # the same budget resumes
+    (tmp_path / "teacher_questions.jsonl").write_text("{}\n" * (loss_comparison.TEACHER_QUESTIONS + 1))
+    with pytest.raises(SystemExit, match="questions, the recipe's budget reads"):
+        loss_comparison.check_same_budget(tmp_path)
 
 
 def test_flag_worker_takes_its_own_save_option_out_of_flagembeddings_command_line():
