@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "192 tokens in training and read whole when scoring, lr 2e-4, bf16: auto) with only the named setting "
         "changed. Held-out SQuAD: the run's final evaluation (200 questions, BM25 top 20). CISI: rerankforge-eval, "
         "76 queries, BM25 top 100, --dtype auto (bf16 where the CPU computes in it). Each run's wall time is in "
-        "its folder (wall_seconds.json); the loss itself costs nothing next to the forward, and some runs shared the CPU with other work, so the times are not compared here. "
+        "its folder (wall_seconds.json); the loss itself costs nothing next to the forward, and some runs "
+        "shared the CPU with other work, so the times are not compared here. "
         "Spread of the same recipe over seeds:\n\n" + spread
     )
     print(f"\n{rows}\n\n{notes}\n", flush=True)

@@ -230,10 +230,11 @@ def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
         for arm, options in chosen(FEW_LABEL_ARMS, args).items():
             out = root / f"few-{arm[0]}-{seed}"
             arguments = [option.format(teacher=args.teacher) for option in options]
-            mining = (str(seed), *mining_options(arguments))
+            mining_part, rest = split_mining_options(arguments)
+            mining = (str(seed), *mining_part)
             source = mined.get(mining)
             if source is not None:
-                arguments = [*without_mining_options(arguments), "--train_data", str(source[1])]
+                arguments = [*rest, "--train_data", str(source[1])]
             seconds = train_recipe_arm(args, root, out, seed, args.queries, arguments)
             mined.setdefault(mining, (arm[0], out / "data" / "train.jsonl"))
             rows.append({"arm": arm, "seed": seed, "train s": seconds,
@@ -243,24 +244,16 @@ def train_few_labels(args: argparse.Namespace, root: Path) -> list[dict]:
     return rows
 
 
-def mining_options(arguments: list[str]) -> list[str]:
-    """The options of an arm that decide its training file: ``--mine_*`` and the lengths a teacher scores at
-    (each option with one value, as every arm writes them)."""
-    return [
-        item
-        for name, value in zip(arguments[::2], arguments[1::2], strict=True)
-        if name.startswith("--mine_") or name in ("--query_max_len", "--passage_max_len")
-        for item in (name, value)
-    ]
-
-
-def without_mining_options(arguments: list[str]) -> list[str]:
-    return [
-        item
-        for name, value in zip(arguments[::2], arguments[1::2], strict=True)
-        if not name.startswith("--mine_")
-        for item in (name, value)
-    ]
+def split_mining_options(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """An arm's options (each with one value, as every arm writes them) as (what decides its training file:
+    ``--mine_*`` and the lengths a teacher scores at; everything but ``--mine_*``)."""
+    mining, rest = [], []
+    for name, value in zip(arguments[::2], arguments[1::2], strict=True):
+        if name.startswith("--mine_") or name in ("--query_max_len", "--passage_max_len"):
+            mining += [name, value]
+        if not name.startswith("--mine_"):
+            rest += [name, value]
+    return mining, rest
 
 
 EXPERIMENTS = {"parity": train_parity, "negatives": train_negatives, "few-labels": train_few_labels}

@@ -3,6 +3,7 @@ processors with and without bf16 units."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,33 @@ def test_auto_dtype_is_float32_for_the_graph_backends(monkeypatch):
         assert auto_dtype("cpu", backend) == torch.float32
     monkeypatch.setenv("RERANKFORGE_BACKEND", "onnx")
     assert auto_dtype("cpu") == torch.float32
+
+
+def dtype_choices(parser: argparse.ArgumentParser) -> list[set[str]]:
+    """The choices of every --dtype / --teacher-dtype option of ``parser`` and its subcommands."""
+    found = []
+    for action in parser._actions:
+        if action.dest in ("dtype", "teacher_dtype"):
+            found.append(set(action.choices))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += dtype_choices(sub)
+    return found
+
+
+def test_every_dtype_option_offers_the_names_scoring_dtype_reads():
+    """rerankforge-data keeps its own list of names (it starts without importing torch): it must be the one
+    precision.DTYPES holds, and every name resolves."""
+    from rerankforge.data_tools.cli import make_parser as data_parser
+    from rerankforge.trainer.eval_cli import make_parser as eval_parser
+    from rerankforge.trainer.precision import DTYPES, scoring_dtype
+
+    found = dtype_choices(data_parser()) + dtype_choices(eval_parser())
+    # rerankforge-data mine --teacher-dtype and score --dtype; rerankforge-eval --dtype
+    assert len(found) == 3
+    assert all(choices == {*DTYPES, "auto"} for choices in found)
+    for name in DTYPES:
+        assert scoring_dtype(name, "cpu") == getattr(torch, name)
 
 
 def test_attention_dropout_reaches_the_attention_modules(tiny_bert_dir):

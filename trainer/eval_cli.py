@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.ir_metrics import paired_comparison
@@ -22,10 +20,8 @@ from rerankforge.inference.sharded_scoring import (
     process_device,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
-from rerankforge.trainer.precision import scoring_dtype
+from rerankforge.trainer.precision import DTYPES, scoring_dtype
 from rerankforge.trainer.report import metric_table
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_parser() -> argparse.ArgumentParser:

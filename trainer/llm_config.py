@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from rerankforge.data_tools.llm_formats import DEFAULTS, INPUT_FORMATS, QWEN3, check_format
 from rerankforge.trainer.config import RerankerConfig
-from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, DTYPES, SCORE_MODES
+from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, SCORE_MODES
+from rerankforge.trainer.precision import DTYPES
 
 
 @dataclass

@@ -18,6 +18,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}  # by their --dtype names
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,4 +102,4 @@ def auto_dtype(device: str | torch.device | None, backend: str | None = None) ->
 def scoring_dtype(name: str, device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
     """A ``--dtype`` / ``--teacher-dtype`` value as a torch dtype: "auto" resolved for the device and backend,
     any other name ("float32", "bfloat16", "float16") as it is."""
-    return auto_dtype(device, backend) if name == "auto" else getattr(torch, name)
+    return auto_dtype(device, backend) if name == AUTO else DTYPES[name]

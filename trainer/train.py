@@ -246,8 +246,8 @@ def train(config: RerankerConfig) -> Path:
     rows: list[tuple[str, dict[str, float]]] = []
     if eval_set is not None:  # the first stage's figures cost no model call: always in the table
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
-    if eval_set is not None and config.evaluate_before_training:
-        rows.append(("reranker before training", trainer.evaluate()))
+        if config.evaluate_before_training:
+            rows.append(("reranker before training", trainer.evaluate()))
     result = train_or_finish(trainer, resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
         raise trainer.preemption.preempted_error(latest_complete_checkpoint(config.output_dir))

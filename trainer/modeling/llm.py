@@ -20,6 +20,7 @@ from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
 from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.trainer.modeling.base import RerankerModel, quiet_about
 from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.trainer.precision import DTYPES
 from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ def score_last_token(
     return score
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # "auto": transformers' own choice, sdpa where the architecture supports it (Gemma2 falls back to eager)
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
