@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 import torch
 from conftest import write_jsonl
+from transformers import TrainingArguments
 
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.inference import Reranker
@@ -28,6 +30,15 @@ WORDS = [
     "forest",
     "bridge",
 ]
+
+
+TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+# transformers up to 5.17 names it gradient_checkpointing, later releases activation_checkpointing
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TRAINING_ARGUMENT_FIELDS
+    else "gradient_checkpointing"
+)
 
 
 def toy_records(n_queries: int, n_negatives: int = 6, seed: int = 0) -> list[dict]:
@@ -286,3 +297,36 @@ def test_length_sorted_chunks_give_the_same_scores_gradients_and_training(tmp_pa
         return [entry["loss"] for entry in run.state.log_history if "loss" in entry]
 
     assert losses(3) == pytest.approx(losses(1), abs=1e-5)
+
+
+@pytest.mark.parametrize(("on", "reentrant", "chunks"), [(False, None, 4), (True, False, 4), (True, True, 1)])
+def test_cross_encoder_slices_follow_the_checkpointing_settings(tmp_path, on, reentrant, chunks):
+    """transformers 5.17 has no activation_checkpointing_kwargs: reading it failed before the first step
+    (so on the GPU machine's image, cross-encoder training could not start)."""
+    settings = {CHECKPOINTING: on}
+    if reentrant is not None:
+        settings[f"{CHECKPOINTING}_kwargs"] = {"use_reentrant": reentrant}
+    config = make_config(tmp_path, "model", "data.jsonl", **settings)
+    assert config.forward_chunks == chunks  # 4 length-sorted slices on the CPU unless reentrant checkpointing
+
+
+def test_a_cross_encoder_trains_with_checkpointing_switched_on_by_the_trainer(
+    tmp_path, tiny_bert_dir, monkeypatch
+):
+    import transformers.modeling_utils
+
+    calls = []
+    original = transformers.modeling_utils.checkpoint  # what the checkpointed layers call, in 5.0 to 5.25
+    monkeypatch.setattr(
+        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k)
+    )
+    data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
+    config = make_config(tmp_path, tiny_bert_dir, data, max_steps=2, **{CHECKPOINTING: True})
+    trainer = build(config)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    # each step's forward runs both of the tiny BERT's layers through checkpoint, in every length-sorted slice
+    assert len(calls) == 2 * 2 * config.forward_chunks
+    assert all(k.get("use_reentrant") is False for k in calls)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())

@@ -3,6 +3,7 @@ leaving no trace, the out-of-memory message, and the LLM families' FlagEmbedding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +29,13 @@ from rerankforge.trainer.memory_check import (
     check_step_memory,
     explain_oom,
     out_of_memory_explained,
+)
+from rerankforge.trainer.modeling.activation_checkpointing import (
+    RENAMED,
+    checkpointing_kwargs,
+    checkpointing_on,
+    flag_name,
+    is_checkpointing,
 )
 
 LLM_TOY = FE_TOY / "llm_reranker" / "toy_finetune_data.jsonl"
@@ -207,7 +215,7 @@ def test_a_run_over_the_limit_stops_before_the_first_step_with_what_to_change(tm
     assert (
         "--per_device_train_batch_size 1 --gradient_accumulation_steps 4 keeps the same 4 queries" in message
     )
-    assert "--gradient_checkpointing true (measured: activations" in message
+    assert f"--{flag_name()} true (measured: activations" in message
     assert "--torch_dtype bfloat16" in message and "--memory_check false" in message
     assert trainer.state.global_step == 0
     assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())  # no step was taken
@@ -270,7 +278,7 @@ def test_advice_keeps_the_queries_per_step_and_says_what_each_setting_needs():
     text = "\n".join(lines)
     assert "--per_device_train_batch_size 2 --gradient_accumulation_steps 4 keeps the same 8 queries" in text
     assert "--per_device_train_batch_size 1 --gradient_accumulation_steps 8" in text
-    assert "--gradient_checkpointing true (measured: activations 2.00 GiB instead of 32.00 GiB)" in text
+    assert f"--{flag_name()} true (measured: activations 2.00 GiB instead of 32.00 GiB)" in text
     assert ": fits" in text
     hopeless = estimate_for(activations=per_row(4 * GIB))
     assert "none of the measured settings fits: even 1 query x 8 passages" in "\n".join(
@@ -321,7 +329,7 @@ def test_a_run_with_the_check_trains_exactly_as_one_without(tmp_path, tiny_llm_d
             assert check_step_memory(trainer).checkpointing
             assert [m.training for m in model.modules()] == training
             assert [len(m._forward_hooks) for m in model.modules()] == hooks
-            assert not trainer.model.is_activation_checkpointing  # the Trainer switches it on in train()
+            assert not is_checkpointing(trainer.model)  # the Trainer switches it on in train()
             assert all(p.grad is None for p in model.parameters())
         results.append(losses_and_weights(trainer))
     (losses_on, weights_on), (losses_off, weights_off) = results
@@ -343,7 +351,7 @@ def test_an_out_of_memory_error_in_a_step_says_what_to_change(tmp_path, tiny_llm
     assert (
         "--per_device_train_batch_size 1 --gradient_accumulation_steps 8 keeps the same 8 queries" in message
     )
-    assert "--gradient_checkpointing true" in message and "--torch_dtype bfloat16" in message
+    assert f"--{flag_name()} true" in message and "--torch_dtype bfloat16" in message
     check_step_memory(trainer)  # with an estimate made before training, its breakdown comes along
     with pytest.raises(MemoryEstimateError) as raised, out_of_memory_explained(trainer):
         raise error
@@ -361,11 +369,12 @@ def test_llm_families_default_to_flagembeddings_batch_accumulation_and_checkpoin
     base = ["--family", family, "--model_name_or_path", "m", "--train_data", "d", "--output_dir", "o"]
     config = parse_config(base)
     assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 16)
-    assert config.activation_checkpointing and config.gradient_checkpointing
-    assert config.activation_checkpointing_kwargs == {"use_reentrant": False}
-    with pytest.warns(FutureWarning):  # transformers' deprecated alias still wins over the family default
+    assert checkpointing_on(config) and config.activation_checkpointing and config.gradient_checkpointing
+    assert checkpointing_kwargs(config) == {"use_reentrant": False}
+    # after transformers 5.17, gradient_checkpointing is a deprecated alias; either way it wins over the default
+    with pytest.warns(FutureWarning) if RENAMED else contextlib.nullcontext():
         off = parse_config([*base, "--gradient_checkpointing", "false"])
-    assert not off.activation_checkpointing and not off.gradient_checkpointing
+    assert not checkpointing_on(off) and not off.activation_checkpointing and not off.gradient_checkpointing
     assert not parse_config([*base, "--activation_checkpointing", "false"]).activation_checkpointing
     seed = parse_config([*base, "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"])
     assert (seed.per_device_train_batch_size, seed.gradient_accumulation_steps) == (8, 1)

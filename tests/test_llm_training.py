@@ -18,6 +18,7 @@ from rerankforge.inference import FlagLLMReranker, LLMReranker
 from rerankforge.inference.auto import load_reranker
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_kwargs, enable_checkpointing
 from rerankforge.trainer.modeling.llm import score_last_token
 from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.train import train
@@ -186,9 +187,7 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tin
         )
         model = trainer.model
         if checkpointing:  # as Trainer.train() does, with the kwargs the config defaulted
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs=trainer.args.activation_checkpointing_kwargs
-            )
+            enable_checkpointing(model, checkpointing_kwargs(trainer.args))
         model.train()
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
         calls.clear()

@@ -226,7 +226,7 @@ class RerankerTrainer(Trainer):
         """Training logs also carry each part of the loss (``loss_<part>``), averaged as ``loss`` is."""
         if "loss" in logs:
             self.nan_guard.raise_if_pending()  # before a NaN is logged as a number
-            logs.update(self.loss_parts.pop_means(self.args.parallel_mode, self.state.global_step))
+            logs.update(self.loss_parts.pop_means(self.accelerator.gather, self.state.global_step))
             if self.nan_guard.skipped_steps:
                 logs["nan_skipped_steps"] = self.nan_guard.skipped_steps
         super().log(logs, *args, **kwargs)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_kwargs, checkpointing_on
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ class CrossEncoderConfig(RerankerConfig):
             return self.length_sorted_chunks
         # measured on the CPU only; DeepSpeed ZeRO-3 would gather the weights again for every slice, and
         # reentrant checkpointing may not see one parameter's gradient arrive from several forwards
-        kwargs = self.activation_checkpointing_kwargs
-        checkpointing_kwargs = kwargs if isinstance(kwargs, dict) else {}
-        reentrant = self.activation_checkpointing and checkpointing_kwargs.get("use_reentrant")
+        reentrant = checkpointing_on(self) and checkpointing_kwargs(self).get("use_reentrant")
         if self.device.type != "cpu" or self.deepspeed or reentrant:
             return 1
         return CPU_LENGTH_SORTED_CHUNKS

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from rerankforge.data_tools.llm_formats import DEFAULTS, INPUT_FORMATS, QWEN3, check_format
 from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.modeling.activation_checkpointing import (
+    RENAMED,
+    checkpointing_kwargs,
+    checkpointing_on,
+    set_checkpointing_kwargs,
+)
 from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, SCORE_MODES
 from rerankforge.trainer.precision import DTYPES
 
@@ -33,6 +39,11 @@ class LLMRerankerConfig(RerankerConfig):
             "help": "Recompute each layer's activations in the backward pass instead of keeping them "
             "(default for this family: true, unless gradient_checkpointing says otherwise)."
         },
+    )
+    # unset by default here too (transformers up to 5.17 defaults it to False), so "neither was given" is seen
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "The older name of activation_checkpointing (what transformers up to 5.17 reads)."},
     )
     input_format: str = field(
         default="bge",
@@ -98,6 +109,12 @@ class LLMRerankerConfig(RerankerConfig):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             # on by default; not a field default, or transformers would ignore gradient_checkpointing (its alias)
             self.activation_checkpointing = True
+        if not RENAMED:
+            # this transformers reads only gradient_checkpointing: activation_checkpointing (ours here) feeds it
+            given = self.activation_checkpointing
+            self.activation_checkpointing = self.gradient_checkpointing = bool(
+                self.gradient_checkpointing if given is None else given
+            )
         super().__post_init__()
         self.resolve_format_defaults()
         if self.score not in SCORE_MODES:
@@ -113,12 +130,9 @@ class LLMRerankerConfig(RerankerConfig):
             raise ValueError("adapter_name_or_path continues a LoRA run: it needs use_lora: true")
         if self.merge_lora and not self.use_lora:
             raise ValueError("merge_lora needs use_lora: true (without LoRA the saved model is already full)")
-        if self.gradient_checkpointing and not self.gradient_checkpointing_kwargs:
-            # reentrant checkpointing passes no gradient through frozen embeddings to the adapters;
-            # transformers 5 reads activation_checkpointing_kwargs (gradient_* is its older alias)
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
-            if hasattr(self, "activation_checkpointing_kwargs"):
-                self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        if checkpointing_on(self) and not checkpointing_kwargs(self):
+            # reentrant checkpointing passes no gradient through frozen embeddings to the adapters
+            set_checkpointing_kwargs(self, {"use_reentrant": False})
 
     def resolve_format_defaults(self) -> None:
         """Unset prompt, score and answer words take the input format's own; qwen3 fixes its answer words."""

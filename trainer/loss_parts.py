@@ -8,9 +8,10 @@ divided by the steps since the last log and averaged over processes only when a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_pt_utils import nested_gather
 
 
 class LossPartMeans(TrainerCallback):
@@ -30,10 +31,12 @@ class LossPartMeans(TrainerCallback):
             value = value.detach().float() / accumulation_steps
             self.sums[name] = self.sums[name] + value if name in self.sums else value
 
-    def pop_means(self, parallel_mode, global_step: int) -> dict[str, float]:
+    def pop_means(self, gather: Callable[[torch.Tensor], torch.Tensor], global_step: int) -> dict[str, float]:
         """``{"loss_<part>": mean}`` over the steps and processes since the last call; then start again.
 
-        Every process must call this at the same log (the gather is collective), as the Trainer does for loss.
+        ``gather`` concatenates a tensor from every process (the Trainer's ``accelerator.gather``: public in every
+        accelerate version, where transformers 5.0 has no ``trainer_pt_utils.nested_gather``). Every process must
+        call this at the same log (the gather is collective), as the Trainer does for loss.
         """
         steps = global_step - self.last_step
         self.last_step = global_step
@@ -42,6 +45,6 @@ class LossPartMeans(TrainerCallback):
             return {}
         names = sorted(self.sums)
         local = torch.stack([self.sums[name] for name in names]) / steps
-        gathered = nested_gather(local, parallel_mode).reshape(-1, len(names)).mean(dim=0)
+        gathered = gather(local).reshape(-1, len(names)).mean(dim=0)
         self.sums.clear()
         return {f"loss_{name}": value for name, value in zip(names, gathered.tolist(), strict=True)}

@@ -43,6 +43,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rerankforge.data_tools.grouping import TrainGroup
+from rerankforge.trainer.modeling.activation_checkpointing import (
+    checkpointing_kwargs,
+    checkpointing_on,
+    enable_checkpointing,
+    flag_name,
+)
 
 if TYPE_CHECKING:
     from rerankforge.trainer.base_trainer import RerankerTrainer
@@ -619,7 +625,7 @@ class StepProbe:
         trainable_bytes = sum(p.numel() * p.element_size() for p in trainable_params)
         optimizer, optimizer_note = self.optimizer_bytes(trainable_bytes, trainable)
         distributed = args.world_size > 1 and args.parallel_mode.value == "distributed"
-        checkpointing = bool(args.activation_checkpointing)
+        checkpointing = checkpointing_on(args)
         fit = self.measure(checkpointing, args.per_device_train_batch_size * args.train_group_size)
         return MemoryEstimate(
             device=str(args.device),
@@ -678,13 +684,13 @@ def advice(estimate: MemoryEstimate, checkpointed: ActivationFit | None, args: A
     if checkpointed is not None:
         need = estimate.needed_for(estimate.queries, checkpointed)
         lines.append(
-            f"--gradient_checkpointing true (measured: activations {gib(checkpointed.at(estimate.rows))} instead "
+            f"--{flag_name()} true (measured: activations {gib(checkpointed.at(estimate.rows))} instead "
             f"of {gib(estimate.activation_bytes)}) {needs(need)}: {'fits' if need <= usable else 'too much too'}"
         )
         with_checkpointing = [q for q in divisors if estimate.needed_for(q, checkpointed) <= usable]
         something_fits |= bool(with_checkpointing)
         if need > usable and with_checkpointing:
-            lines.append(batch_line(with_checkpointing[0], " --gradient_checkpointing true", checkpointed))
+            lines.append(batch_line(with_checkpointing[0], f" --{flag_name()} true", checkpointed))
     if estimate.device.startswith("cpu") and estimate.activations.overhead > 1.15:
         fit = replace(estimate.activations, overhead=1.0)
         need = estimate.needed_for(estimate.queries, fit)
@@ -811,16 +817,7 @@ def _restore_numpy_state(state: Any) -> None:
 
 def _enable_checkpointing(trainer: RerankerTrainer) -> None:
     """Gradient checkpointing switched on as `Trainer.train` switches it on (it does so only inside train())."""
-    model = trainer.model
-    kwargs = dict(trainer.args.activation_checkpointing_kwargs or {"use_reentrant": False})
-    every_n_layers = kwargs.pop("every_n_layers", 1)
-    offload = kwargs.pop("offload", False)
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs=kwargs or None, every_n_layers=every_n_layers, offload=offload
-        )
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+    enable_checkpointing(trainer.model, checkpointing_kwargs(trainer.args) or {"use_reentrant": False})
 
 
 # ---- out of memory in a step -----------------------------------------------------------------------------
@@ -842,7 +839,7 @@ def explain_oom(error: BaseException, trainer: RerankerTrainer) -> str:
     lines = [
         f"Out of memory in a training step{facts}: {queries} queries x {group} passages per micro-batch, "
         f"gradient_accumulation_steps {args.gradient_accumulation_steps}, gradient checkpointing "
-        f"{'on' if args.activation_checkpointing else 'off'}.",
+        f"{'on' if checkpointing_on(args) else 'off'}.",
         f"  ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
     ]
     if estimate is not None:
@@ -857,10 +854,8 @@ def explain_oom(error: BaseException, trainer: RerankerTrainer) -> str:
                 f"  --per_device_train_batch_size 1 --gradient_accumulation_steps {per_step} keeps the same "
                 f"{per_step} queries per optimizer step with 1/{queries} of the activations"
             )
-        if not args.activation_checkpointing:
-            lines.append(
-                "  --gradient_checkpointing true keeps one layer's activations instead of all of them"
-            )
+        if not checkpointing_on(args):
+            lines.append(f"  --{flag_name()} true keeps one layer's activations instead of all of them")
         if getattr(args, "torch_dtype", None) == "float32":
             lines.append("  --torch_dtype bfloat16 halves the weights and roughly the activations")
         lines.append(

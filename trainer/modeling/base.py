@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from rerankforge.trainer.modeling.activation_checkpointing import enable_checkpointing
 from rerankforge.trainer.spec import RerankerSpec
 
 
@@ -78,9 +79,18 @@ class RerankerModel(PreTrainedModel):
     def tie_weights(self, *args: Any, **kwargs: Any) -> Any:
         return self.backbone.tie_weights(*args, **kwargs)
 
-    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
-        """For `Trainer(activation_checkpointing=True)`: the backbone checkpoints its layers."""
-        self.backbone.activation_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        """For `Trainer(activation_checkpointing=True)` (transformers after 5.17): the backbone checkpoints its
+        layers."""
+        enable_checkpointing(self.backbone, {**(activation_checkpointing_kwargs or {}), **options})
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        """The same for transformers up to 5.17, whose Trainer calls this name."""
+        enable_checkpointing(self.backbone, {**(gradient_checkpointing_kwargs or {}), **options})
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The scores of a collated batch (the model inputs it holds; group and index fields are ignored)."""

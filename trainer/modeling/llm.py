@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from rerankforge.data_tools.llm_formats import fixed_length, prompt_encoder
 from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
 from rerankforge.data_tools.pair_encoding import PairLengths
+from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_on
 from rerankforge.trainer.modeling.base import RerankerModel, quiet_about
 from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.precision import DTYPES
@@ -271,6 +272,6 @@ def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> 
             config.modules_to_save,
         )
     model.freeze_fixed_parameters(wrapped)
-    if config.gradient_checkpointing:
+    if checkpointing_on(config):
         model.enable_input_require_grads()  # so checkpointed blocks see a grad-requiring input
     return wrapped
