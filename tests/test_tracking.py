@@ -17,11 +17,38 @@ from rerankforge.trainer.train import train
 
 
 def wandb_records(run_file: Path) -> list[dict]:
-    """The run's records through wandb's reader (`wandb leet inspect --json`)."""
+    """The run's records through wandb's reader: `wandb leet inspect --json` where wandb has it, else (wandb
+    0.21, setup.cfg's floor) its DataStore, read into the same shape."""
     wandb_cli = Path(sys.executable).with_name("wandb")
     result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_file)],
-                            capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    if result.returncode == 0:
+        return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return datastore_records(run_file)
+
+
+def datastore_records(run_file: Path) -> list[dict]:
+    """History and config records as `leet inspect --json` gives them (items keyed by their joined key)."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    def items(repeated) -> dict:
+        return {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in repeated}
+
+    store = DataStore()
+    store.open_for_scan(str(run_file))
+    records = []
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            records.append({"type": kind, "history": {"item": items(record.history.item)}})
+        elif kind == "config":
+            records.append({"type": kind, "config": {"update": items(record.config.update)}})
+        elif kind == "run":
+            records.append({"type": kind, "run": {"config": {"update": items(record.run.config.update)}}})
+    return records
 
 
 def test_a_tracked_run_logs_config_metrics_and_histograms(tmp_path, tiny_bert_dir, beir_slice, monkeypatch):  # noqa: F811
