@@ -1,5 +1,6 @@
 """What `gpu_bench.py` measures with: device-aware timing and peak memory, the FLOPs of a cross-encoder pass, the
-GPU's dense fp16 peak, and a time budget that skips work rather than overrunning a lease.
+GPU's dense fp16 peak, a time budget that skips a part that would not fit, and each part's deadline, at which its
+rounds or steps stop, so no part overruns a lease.
 
 CUDA-only calls (synchronize, peak-memory counters) are behind device checks, so the CPU smoke run takes the same
 functions.
@@ -8,9 +9,13 @@ functions.
 from __future__ import annotations
 
 import gc
+import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -105,12 +110,49 @@ def encoder_forward_flops(model: torch.nn.Module, lengths: Sequence[int]) -> flo
     )
 
 
-class Budget:
-    """Wall-clock seconds for the whole run: a section starts only if its expected time still fits."""
+def process_start() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (from /proc on Linux; elsewhere: now), so a
+    budget counts the seconds that importing torch and transformers took."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+    except (OSError, ValueError, IndexError):
+        age = 0.0
+    if not 0.0 <= age <= MAX_PLAUSIBLE_AGE_S:  # a sandbox's /proc or clocks disagree: count from now instead
+        print(f"gpu_bench: process age read as {age:.0f} s; the budget counts from now", file=sys.stderr)
+        age = 0.0
+    return time.monotonic() - age
 
-    def __init__(self, seconds: float):
+
+MAX_PLAUSIBLE_AGE_S = 120.0  # imports take seconds; an older start is a misreading, never a spent budget
+
+
+PART_ALLOWANCE = 1.5  # a part may run this many times its expected seconds (within the budget), then stops
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a part stops starting rounds or steps (``time.monotonic()`` seconds): the first timed round or step
+    always runs, so a part that got through its loads and warm-up has numbers; a later one only if it fits."""
+
+    at: float
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def fits(self, seconds: float) -> bool:
+        """Whether work of about ``seconds`` ends before the deadline."""
+        return self.left() >= seconds
+
+
+class Budget:
+    """Wall-clock seconds for the whole run, counted from ``start`` (the process's start, so imports count): a part
+    starts only if its expected time still fits, and must stop by its deadline."""
+
+    def __init__(self, seconds: float, start: float | None = None):
         self.seconds = seconds
-        self.start = time.monotonic()
+        self.start = time.monotonic() if start is None else start
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -121,9 +163,17 @@ class Budget:
     def allows(self, expected_seconds: float) -> bool:
         return self.left() >= expected_seconds
 
+    def deadline(self, expected_seconds: float) -> Deadline:
+        """A part's deadline: ``PART_ALLOWANCE`` x its expected seconds from now, never past the budget's end; a
+        part with no estimate (0: the smoke run) may use what is left of the budget."""
+        end = self.start + self.seconds
+        if expected_seconds <= 0:
+            return Deadline(end)
+        return Deadline(min(time.monotonic() + PART_ALLOWANCE * expected_seconds, end))
+
     def skipped(self, expected_seconds: float) -> dict[str, Any]:
-        """What a skipped section records instead of its numbers."""
+        """What a skipped part records instead of its numbers."""
         return {
             "skipped": f"time budget: {self.left():.0f} s left of {self.seconds:.0f} s, "
-            f"the section expects {expected_seconds:.0f} s"
+            f"the part expects {expected_seconds:.0f} s"
         }

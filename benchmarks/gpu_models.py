@@ -12,16 +12,19 @@ its tokenizer into one folder, which every tool then loads.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-CARRIED = REPO / ".whl"  # what `gpu_wheels.sh` copies for the GPU machine, which sees only the repository
+# what `gpu_wheels.sh` copies for the GPU machine, which sees only the repository (GPU_BENCH_CARRIED: its DEST
+# elsewhere, as `make test-device-stack` puts it); the carried copies come first, so a stand-in run uses them
+CARRIED = Path(os.environ.get("GPU_BENCH_CARRIED", REPO / ".whl"))
 SQUAD_PATHS = (
-    REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json",
     CARRIED / "squad-dev-v1.1.json",
+    REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json",
 )
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_CARRIED = CARRIED / "minilm-tokenizer"
@@ -115,12 +118,22 @@ def squad_groups(path: Path, negatives: int, seed: int = 0) -> list[dict[str, An
     return groups
 
 
-def scoring_pairs(groups: list[dict[str, Any]], count: int, per_query: int) -> list[list[str]]:
-    """``count`` [question, paragraph] pairs: each question with its own paragraph and ``per_query - 1`` others."""
+def scoring_pairs(
+    groups: list[dict[str, Any]], count: int, per_query: int, distinct: bool = False
+) -> list[list[str]]:
+    """``count`` [question, paragraph] pairs: each question with its own paragraph and ``per_query - 1`` others.
+
+    A SQuAD paragraph serves several questions, and rerankforge tokenizes a repeated text once where the other
+    tools tokenize it for every pair: ``distinct`` appends the pair's index to each passage (as host_ceiling.py
+    does), so no two pairs share a passage and no tool is flattered by the repeats. Questions still recur over
+    their ``per_query`` candidates, as in any reranking call."""
     pairs = [[g["query"], p] for g in groups for p in (g["pos"] + g["neg"])[:per_query]]
     if len(pairs) < count:
         raise ValueError(f"only {len(pairs)} pairs available, {count} asked for")
-    return pairs[:count]
+    pairs = pairs[:count]
+    if distinct:
+        pairs = [[query, f"{passage} ({index})"] for index, (query, passage) in enumerate(pairs)]
+    return pairs
 
 
 def corpus_texts(groups: list[dict[str, Any]]) -> list[str]:

@@ -131,7 +131,7 @@ def test_the_loss_comparison_table_gives_every_run_bm25_and_the_seed_spread(tmp_
 
 @pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")
 def test_the_gpu_benchmark_smoke_run_fills_every_section_and_table(tmp_path):
-    """`gpu_bench.py --smoke`: the GPU benchmark's own code on the CPU with tiny models (about 20 s), so the
+    """`gpu_bench.py --smoke`: the GPU benchmark's own code on the CPU with tiny models (about 40 s), so the
     script that runs on a lent GPU cannot rot here."""
     import json
     import os
@@ -174,6 +174,21 @@ def test_the_gpu_benchmark_smoke_run_fills_every_section_and_table(tmp_path):
         )
     assert "| rerankforge (last position's Yes logit" in table and "| FlagEmbedding (all-vocabulary" in table
     assert "- command: `python benchmarks/gpu_bench.py --smoke" in table
+    # like for like: both tools compiled alike in their own part; the same ids for the long pairs
+    compiled = data["scoring_compiled"]["bge-reranker-base"]
+    for tool in (gpu_scoring.RERANKFORGE, gpu_scoring.SENTENCE_TRANSFORMERS):
+        assert compiled["tools"][tool + gpu_scoring.COMPILED]["max_abs_diff_to_reference"] < 1e-4
+        assert f"| bge-reranker-base ({compiled['shape']}) | {tool + gpu_scoring.COMPILED} | " in table
+    for scoring in (*data["scoring"].values(), compiled):
+        assert scoring["distinct_passages"] == scoring["pairs"]  # the headline: no passage repeats
+        assert set(scoring["truncation"]["ids_differ_from_plain_loop"].values()) == {0}
+        assert scoring["rounds_done"] == 1 and not scoring["stopped_at_deadline"]
+    repeated = data["scoring_repeated"]["minilm-l6"]
+    assert repeated["kind"] == "plain" and set(tools) <= set(repeated["tools"])
+    # every part was appended as it ended, then the notes
+    lines = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["part"] for r in lines] == ["start", "set-up", *lines[0]["parts"], "end"]
+    assert all(r["status"] == "done" for r in lines[1:-1]) and table.rstrip().endswith("budget.")
 
 
 def test_quality_table_gives_each_arms_mean_and_range_over_seeds():
