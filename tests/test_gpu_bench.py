@@ -151,7 +151,8 @@ def test_gpu_budget_gives_each_part_a_deadline_within_the_budget():
     assert budget.deadline(50).left() == pytest.approx(60, abs=0.5)  # never past the budget's end
     assert budget.deadline(0).left() == pytest.approx(60, abs=0.5)  # no estimate: what is left
     assert "the part expects 70 s" in budget.skipped(70)["skipped"]
-    assert 0 <= time.monotonic() - gpu_measure.process_start() < 3600
+    start = gpu_measure.process_start()  # before reading the clock: the age of a long test process reads as 0
+    assert 0 <= time.monotonic() - start <= gpu_measure.MAX_PLAUSIBLE_AGE_S
 
 
 def test_gpu_bench_expected_times_fit_the_default_budget_with_the_imports():
