@@ -196,3 +196,17 @@ def tiny_llm_dirs(tmp_path_factory, llm_tokenizer):
         return made[architecture]
 
     return get
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every activation-checkpointed layer call (transformers' `checkpoint`, which the
+    layers of 5.0 to 5.25 call through `transformers.modeling_utils`), recorded as the real function runs."""
+    import transformers.modeling_utils
+
+    calls: list[dict] = []
+    original = transformers.modeling_utils.checkpoint
+    monkeypatch.setattr(
+        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k)
+    )
+    return calls

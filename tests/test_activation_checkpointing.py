@@ -47,18 +47,12 @@ def test_settings_are_read_under_either_name(renamed):
 
 
 @pytest.mark.parametrize("method", ["activation_checkpointing_enable", "gradient_checkpointing_enable"])
-def test_the_family_model_passes_either_enable_call_to_its_backbone(tiny_bert_dir, method, monkeypatch):
+def test_the_family_model_passes_either_enable_call_to_its_backbone(tiny_bert_dir, method, checkpoint_calls):
     """transformers up to 5.17 calls gradient_checkpointing_enable, later releases activation_checkpointing_enable:
     either way the backbone's layers run through checkpoint in training, with the kwargs given."""
-    import transformers.modeling_utils
-
     from rerankforge.inference import Reranker
 
-    calls = []
-    original = transformers.modeling_utils.checkpoint
-    monkeypatch.setattr(
-        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k)
-    )
+    calls = checkpoint_calls
     model = Reranker.from_pretrained(str(tiny_bert_dir), backend="torch").model
     assert not is_checkpointing(model.backbone)
     getattr(model, method)(**{f"{method.split('_enable')[0]}_kwargs": {"use_reentrant": False}})

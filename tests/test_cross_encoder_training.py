@@ -311,15 +311,9 @@ def test_cross_encoder_slices_follow_the_checkpointing_settings(tmp_path, on, re
 
 
 def test_a_cross_encoder_trains_with_checkpointing_switched_on_by_the_trainer(
-    tmp_path, tiny_bert_dir, monkeypatch
+    tmp_path, tiny_bert_dir, checkpoint_calls
 ):
-    import transformers.modeling_utils
-
-    calls = []
-    original = transformers.modeling_utils.checkpoint  # what the checkpointed layers call, in 5.0 to 5.25
-    monkeypatch.setattr(
-        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k)
-    )
+    calls = checkpoint_calls
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
     config = make_config(tmp_path, tiny_bert_dir, data, max_steps=2, **{CHECKPOINTING: True})
     trainer = build(config)

@@ -170,14 +170,8 @@ def test_a_continued_run_starts_from_the_saved_adapter(tmp_path, tiny_llm_dirs):
     continued.train()
 
 
-def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tiny_llm_dirs, monkeypatch):
-    import transformers.modeling_utils
-
-    calls = []
-    original = transformers.modeling_utils.checkpoint
-    monkeypatch.setattr(
-        transformers.modeling_utils, "checkpoint", lambda *a, **k: calls.append(k) or original(*a, **k)
-    )
+def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tiny_llm_dirs, checkpoint_calls):
+    calls = checkpoint_calls
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
     grads = []
     for checkpointing in (False, True):
