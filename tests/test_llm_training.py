@@ -174,11 +174,10 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tmp_path, tin
     calls = checkpoint_calls
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
     grads = []
+    folder = tiny_llm_dirs("llama")  # made (seeding torch) before the loop: both builds start from one state
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same fresh adapters both times
-        trainer = build(
-            make_config(tmp_path, tiny_llm_dirs("llama"), data, gradient_checkpointing=checkpointing)
-        )
+        trainer = build(make_config(tmp_path, folder, data, gradient_checkpointing=checkpointing))
         model = trainer.model
         if checkpointing:  # as Trainer.train() does, with the kwargs the config defaulted
             enable_checkpointing(model, checkpointing_kwargs(trainer.args))
