@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -137,7 +138,7 @@ def test_the_toy_recipe_trains_with_every_loss_and_each_name_chooses_its_loss(
         assert state["global_step"] == 1
         first_losses[loss] = next(entry["loss"] for entry in state["log_history"] if "loss" in entry)
     values = sorted(first_losses.values())
-    assert all(b - a > 1e-6 for a, b in zip(values, values[1:])), first_losses
+    assert all(b - a > 1e-6 for a, b in itertools.pairwise(values)), first_losses
 
 
 def test_an_unknown_loss_on_the_command_line_exits_non_zero_naming_the_choices(tmp_path):
