@@ -35,7 +35,11 @@ def minilm_path() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
-    """A 2-layer, hidden-32 BERT cross-encoder with random weights and MiniLM's real WordPiece tokenizer."""
+    """A 2-layer, hidden-32 BERT cross-encoder with random weights and MiniLM's real WordPiece tokenizer.
+
+    The weights are drawn wide (std 0.2, not BERT's 0.02), so its scores spread (about 0.6 over FlagEmbedding's
+    toy pairs, neighbours about 0.01 apart): at 0.02 every pair scored within 2e-4 of every other, and a backend
+    returning one constant passed comparisons at 1e-4 (tests/score_checks.py compares relative to the spread)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -49,6 +53,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
         intermediate_size=64,
         max_position_embeddings=512,
         num_labels=1,
+        initializer_range=0.2,
     )
     folder = tmp_path_factory.mktemp("tiny-bert")
     BertForSequenceClassification(config).save_pretrained(folder)
@@ -82,7 +87,8 @@ def train_roberta_style_tokenizer(texts: list[str]):
 
 @pytest.fixture(scope="session")
 def tiny_xlmr_dir(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-32 XLM-R cross-encoder (514 positions, as the real one) with a tokenizer trained here."""
+    """A 2-layer, hidden-32 XLM-R cross-encoder (514 positions, as the real one) with a tokenizer trained here;
+    weights drawn wide as `tiny_bert_dir`'s, so its scores spread."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
@@ -103,6 +109,7 @@ def tiny_xlmr_dir(tmp_path_factory) -> Path:
         bos_token_id=0,
         eos_token_id=2,
         num_labels=1,
+        initializer_range=0.2,
     )
     folder = tmp_path_factory.mktemp("tiny-xlmr")
     XLMRobertaForSequenceClassification(config).save_pretrained(folder)

@@ -99,7 +99,7 @@ def test_training_changes_parameters_and_lowers_the_loss_on_a_learnable_task(tmp
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 36
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
-    assert first > 1.2  # about ln(4) = 1.386 at the start
+    assert first > 0.8  # the random start ranks at chance (ln(4) = 1.386 for flat scores; spread ones vary)
     assert last < 0.5 * first
 
 

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from conftest import tiny_decoder
+from score_checks import assert_same_scores
 
 from rerankforge.inference import (
     FlagLLMReranker,
@@ -113,9 +114,10 @@ def test_two_workers_score_as_one_process_in_input_order(one_process, two_worker
     assert two_workers.pool is not None and len(two_workers.pool.processes) == 2
     assert sum(p.numel() for p in two_workers.model.parameters()) == 0  # the weights live in the workers
     expected = one_process.compute_score(pairs)
-    assert two_workers.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
-    assert two_workers.compute_score(pairs, batch_size=4, normalize=True) == pytest.approx(
-        one_process.compute_score(pairs, normalize=True), abs=1e-5
+    assert_same_scores(two_workers.compute_score(pairs), expected)
+    assert_same_scores(
+        two_workers.compute_score(pairs, batch_size=4, normalize=True),
+        one_process.compute_score(pairs, normalize=True),
     )
     assert two_workers.compute_score(pairs[0]) == pytest.approx(expected[0], abs=1e-5)
     assert two_workers.compute_score([]) == []

