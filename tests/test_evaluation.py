@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import SHARED_DATA, write_jsonl
 from test_cross_encoder_training import make_config, toy_records
 
@@ -60,7 +64,6 @@ def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_d
     for key in ("eval_ndcg@10", "eval_mrr@10", "eval_recall@20", "eval_loss"):
         assert key in metrics and 0 <= metrics[key] < 100
     assert len(eval_set.pairs()) == 12 * 20
-    assert eval_set.first_stage_metrics()["recall@20"] == pytest.approx(metrics["eval_recall@20"])
 
     # the same model through the inference path gives the same metrics
     trainer.save_model(str(tmp_path / "saved"))
@@ -73,6 +76,19 @@ def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_d
     run = eval_set.run_from_scores(pairs, scores)
     assert eval_set.metrics(run)["ndcg@10"] == pytest.approx(metrics["eval_ndcg@10"], abs=1e-6)
     assert eval_set.listwise_loss(run) == pytest.approx(metrics["eval_loss"], abs=1e-5)
+    # and by hand from those scores (binary gains; ties as trec_eval breaks them, larger doc id first)
+    ndcg, reciprocal_rank, recall = [], [], []
+    for query_id, judged in eval_set.qrels.items():
+        relevant = {d for d, r in judged.items() if r > 0}
+        order = sorted(run[query_id], key=lambda d, docs=run[query_id]: (docs[d], d), reverse=True)
+        hits = [d in relevant for d in order]
+        dcg = sum(1 / math.log2(rank + 2) for rank, hit in enumerate(hits[:10]) if hit)
+        ndcg.append(dcg / sum(1 / math.log2(rank + 2) for rank in range(min(10, len(relevant)))))
+        reciprocal_rank.append(1 / (hits.index(True) + 1) if True in hits[:10] else 0.0)
+        recall.append(sum(hits) / len(relevant))
+    assert metrics["eval_ndcg@10"] == pytest.approx(statistics.fmean(ndcg), abs=1e-6)
+    assert metrics["eval_mrr@10"] == pytest.approx(statistics.fmean(reciprocal_rank), abs=1e-6)
+    assert metrics["eval_recall@20"] == pytest.approx(statistics.fmean(recall), abs=1e-6)
 
 
 def test_without_the_pass_before_training_the_table_still_has_the_first_stage(
@@ -155,6 +171,7 @@ def test_inference_passage_max_len_zero_means_the_training_length_and_negative_i
 
 
 def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir, beir_slice):
+    from safetensors.torch import load_file
     from transformers import EarlyStoppingCallback
 
     config = eval_config(
@@ -165,10 +182,20 @@ def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir
     trainer, _ = build_with_eval(config)
     trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=1))
     trainer.train()
-    evals = [entry for entry in trainer.state.log_history if "eval_ndcg@10" in entry]
-    assert len(evals) >= 2
-    assert trainer.state.best_metric == pytest.approx(max(e["eval_ndcg@10"] for e in evals))
-    assert trainer.state.best_model_checkpoint is not None
+    state = trainer.state
+    evals = {entry["step"]: entry["eval_ndcg@10"] for entry in state.log_history if "eval_ndcg@10" in entry}
+    assert state.global_step == max(evals) < state.max_steps  # stopped at an evaluation, before the last step
+    best_step = max(evals, key=evals.get)
+    assert best_step < state.global_step  # the stopping evaluation did not improve on an earlier one
+    out = Path(config.output_dir)
+    assert Path(state.best_model_checkpoint) == out / f"checkpoint-{best_step}"
+    # the weights at the end are the best checkpoint's, not those of the last step (saved there as well)
+    live = trainer.model.state_dict()
+    best = load_file(out / f"checkpoint-{best_step}" / "model.safetensors")
+    last = load_file(out / f"checkpoint-{state.global_step}" / "model.safetensors")
+    assert best.keys() == last.keys() and best.keys() <= live.keys()
+    assert all(torch.equal(live[name], tensor) for name, tensor in best.items())
+    assert not all(torch.equal(live[name], tensor) for name, tensor in last.items())
 
 
 def test_eval_listwise_loss_is_the_softmax_mass_on_relevant_candidates():

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_jsonl
+from safetensors.torch import load_file
 from test_cross_encoder_training import toy_records
 
 from rerankforge.inference import LayerwiseReranker, LLMReranker, Reranker
@@ -53,12 +55,23 @@ def folders(tmp_path_factory, tiny_bert_dir, tiny_llm_dirs) -> dict[str, Path]:
         "layerwise_lora": LayerwiseRerankerConfig(model_name_or_path=str(llama), start_layer=2, **lora, **common,
                                                   output_dir=str(root / "layerwise_lora")),
     }  # fmt: skip
-    for config in configs.values():
+    for name, config in configs.items():
         trainer = build_trainer(config, load_train_dataset(config.train_data, config.train_group_size))
+        if name == "llm_lora":  # LoRA B starts at zero: an untrained adapter would score as its base does
+            set_lora_b(trainer.model)
         trainer.save_model(config.output_dir)
         trainer.finish_saving(config.output_dir)
     found = {name: Path(config.output_dir) for name, config in configs.items()}
     return {**found, "llm_merged": found["llm_lora"] / "merged", "bert": tiny_bert_dir, "llama": llama}
+
+
+def set_lora_b(model) -> None:
+    """Every LoRA B matrix drawn from a seeded normal (std 0.2): the adapter then moves the scores by ~0.1."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
 def copy(folders: dict[str, Path], name: str, tmp_path: Path) -> Path:
@@ -214,12 +227,30 @@ def test_a_sharded_index_naming_a_missing_shard_names_both(tmp_path, tiny_bert_d
 
 
 def test_bytes_changed_inside_tensor_data_cannot_be_detected(folders, tmp_path):
-    """Safetensors has no checksum: the header checks pass (documented in file_checks)."""
-    file = copy(folders, "ce", tmp_path) / "model.safetensors"
+    """Safetensors has no checksum: the header checks pass and the file loads, with the changed weights and so
+    other scores (documented in file_checks)."""
+    folder = copy(folders, "ce", tmp_path)
+    file = folder / "model.safetensors"
+    raw = file.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    # the score head's weight, [1, hidden] F32: it reaches every score
+    name = next(k for k in header if k.endswith("classifier.weight"))
     with file.open("r+b") as handle:
-        handle.seek(file.stat().st_size - 50)
-        handle.write(b"\xff" * 8)
+        handle.seek(8 + length + header[name]["data_offsets"][0])
+        handle.write(struct.pack("<2f", 4.0, -4.0))  # its first two weights
     check_safetensors(file)
+    check_model_folder(folder)
+    reranker = Reranker.from_pretrained(str(folder), device="cpu")  # no error
+    weight = reranker.model.get_parameter(name)
+    original = load_file(folders["ce"] / "model.safetensors")[name]
+    assert weight.view(-1)[:2].tolist() == [4.0, -4.0]  # read back as written
+    assert torch.equal(weight.view(-1)[2:], original.view(-1)[2:])  # and the rest as it was
+    changed = reranker.compute_score(PAIRS)
+    with torch.no_grad():
+        weight.copy_(original)
+    before = reranker.compute_score(PAIRS)  # the undamaged file's scores
+    assert all(math.isfinite(a) and abs(a - b) > 1e-3 for a, b in zip(changed, before, strict=True))
 
 
 # --- tokenizer files -----------------------------------------------------------------------------------------
@@ -384,11 +415,17 @@ def test_valid_folders_of_every_family_load_and_score(folders, name):
 
 
 def test_an_adapter_saved_apart_loads_on_the_base_it_is_given(folders):
+    """The adapter (LoRA B set non-zero) moves both scores by ~0.1 from the base's: loaded from its folder, put
+    apart on the base, or merged, it gives the same scores, and none of them is the base's."""
+    base = LLMReranker.from_pretrained(str(folders["llama"]), device="cpu").compute_score(PAIRS)
     expected = LLMReranker.from_pretrained(str(folders["llm_lora"]), device="cpu").compute_score(PAIRS)
+    assert all(abs(a - b) > 0.02 for a, b in zip(expected, base, strict=True))
     apart = LLMReranker.from_pretrained(
         str(folders["llama"]), adapter_path=str(folders["llm_lora"]), device="cpu"
     )
-    assert apart.compute_score(PAIRS) == pytest.approx(expected)
+    assert apart.compute_score(PAIRS) == pytest.approx(expected, abs=1e-5)
+    merged = LLMReranker.from_pretrained(str(folders["llm_merged"]), device="cpu").compute_score(PAIRS)
+    assert merged == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_hub_name_is_left_to_transformers():

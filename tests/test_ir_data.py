@@ -137,15 +137,25 @@ def test_evaluate_module_gives_the_same_numbers_offline():
 
     from rerankforge.data_tools.rerank_metric import MODULE_DIR
 
-    qrels = {"q1": {"d1": 1, "d4": 1}, "q2": {"d9": 1}}
-    run = {"q1": {"d1": 3.0, "d2": 2.0, "d4": 1.0}, "q2": {"d8": 2.0, "d9": 1.0, "d5": 0.0}}
-    flat = [(q, d, s) for q in run for d, s in run[q].items()]
+    # q3 is judged but absent from the run (it counts as 0); q4 has no relevant document (not judged)
+    qrels = {"q1": {"d1": 1, "d4": 1}, "q2": {"d9": 1}, "q3": {"d7": 1}, "q4": {"d8": 0}}
+    run = {
+        "q1": {"d1": 3.0, "d2": 2.0, "d4": 1.0},
+        "q2": {"d8": 2.0, "d5": 1.0, "d9": 0.0},
+        "q4": {"d8": 1.0},
+    }
+    flat = [(q, d, s) for q in run for d, s in run[q].items()][::-1]  # pairs in no particular order
     metric = evaluate.load(MODULE_DIR)
     result = metric.compute(
         predictions=[s for *_, s in flat], query_ids=[q for q, *_ in flat], doc_ids=[d for _, d, _ in flat],
         qrels=qrels, k=2,
     )  # fmt: skip
-    assert result == pytest.approx(ranking_metrics(qrels, run, recall_at=2))
+    # by hand: q1 has its relevant documents at ranks 1 and 3, q2 its one at rank 3
+    ndcg_q1 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    ndcg_q2 = 1 / math.log2(4)
+    assert result == pytest.approx(
+        {"ndcg@10": (ndcg_q1 + ndcg_q2) / 3, "mrr@10": (1 + 1 / 3) / 3, "recall@2": (1 / 2 + 0) / 3}
+    )
 
 
 def test_ties_are_ordered_as_trec_eval_orders_them():

@@ -199,10 +199,20 @@ def test_evaluation_reports_ndcg_at_every_layer(tmp_path, four_layer_llama, beir
     config = make_config(tmp_path, four_layer_llama, data, eval_data=str(beir_slice), eval_top_k=10,
                          per_device_eval_batch_size=16)  # fmt: skip
     eval_set = prepare_data(config)
-    metrics = build(config, eval_set).evaluate()
-    for layer in (2, 3, 4):
-        assert 0 <= metrics[f"eval_layer{layer}_ndcg@10"] <= 1
+    trainer = build(config, eval_set)
+    metrics = trainer.evaluate()
     assert metrics["eval_ndcg@10"] == metrics["eval_layer4_ndcg@10"]
+    # each layer's number is that layer's ranking: the saved model's scores stopped at that layer
+    trainer.save_model(config.output_dir)
+    reranker = LayerwiseReranker.from_pretrained(config.output_dir, device="cpu")
+    pairs = eval_set.pairs()
+    by_layer = {}
+    for layer in (2, 3, 4):
+        scores = reranker.compute_score(eval_set.texts(pairs), cutoff_layers=[layer], batch_size=16)
+        by_layer[layer] = eval_set.metrics(eval_set.run_from_scores(pairs, scores))["ndcg@10"]
+        assert metrics[f"eval_layer{layer}_ndcg@10"] == pytest.approx(by_layer[layer], abs=1e-6)
+    # the layers rank differently, so a layer reported with another's scores would show
+    assert len({round(v, 6) for v in by_layer.values()}) == 3
 
 
 def test_train_writes_the_before_after_table_by_layer(tmp_path, four_layer_llama, beir_slice):  # noqa: F811
