@@ -38,8 +38,9 @@ def run_zero(tmp_path, model_dir, stage_file: str, family: str = "cross_encoder"
         train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2, max_steps=4,
         gradient_accumulation_steps=1, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         disable_tqdm=True, dataloader_pin_memory=False, seed=0,
-        deepspeed=str(REPO / "recipes" / "deepspeed" / stage_file), **extra,
+        deepspeed=str(REPO / "recipes" / "deepspeed" / stage_file),
     )  # fmt: skip
+    recipe.update(extra)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(WORKER.parent)}
@@ -66,12 +67,31 @@ def test_zero2_trains_the_cross_encoder(tmp_path, tiny_bert_dir):
 
 
 def test_zero3_trains_and_saves_gathered_full_weights(tmp_path, tiny_bert_dir):
-    out = run_zero(tmp_path, tiny_bert_dir, "zero3.json")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    out = run_zero(tmp_path, tiny_bert_dir, "zero3.json", save_strategy="steps", save_steps=4)
     saved = load_file(out / "model.safetensors")
     start = load_file(tiny_bert_dir / "model.safetensors")
-    assert saved["classifier.weight"].shape == start["classifier.weight"].shape  # gathered, not a shard
-    assert not torch.equal(saved["classifier.weight"], start["classifier.weight"])
-    Reranker.from_pretrained(str(out), device="cpu").compute_score([["a", "b"]])
+    numel = [sum(t.numel() for t in weights.values()) for weights in (saved, start)]
+    assert len(saved) == len(start) and numel[0] == numel[1]  # gathered, not shards
+    # the engine's own (sharded) fp32 weights after the last step, put together by DeepSpeed's tool
+    engine = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoint-4"))
+    loaded = Reranker.from_pretrained(str(out), device="cpu")
+    weights = loaded.model.state_dict()
+    assert "classifier.weight" in engine and set(engine) <= set(weights)
+    for name, tensor in engine.items():  # the folder holds the trained values, whole
+        assert weights[name].shape == start[name].shape == tensor.shape, name
+        assert torch.allclose(weights[name], tensor, atol=1e-6), name
+    assert not torch.equal(weights["classifier.weight"], start["classifier.weight"])
+
+    pairs = [[r["query"], p] for r in toy_records(4) for p in r["pos"] + r["neg"][:2]]
+    trained = Reranker.from_pretrained(str(tiny_bert_dir), device="cpu")
+    untrained = trained.compute_score(pairs)
+    missing, unexpected = trained.model.load_state_dict(engine, strict=False)
+    assert not unexpected and all(not k.endswith(("weight", "bias")) for k in missing)  # buffers only
+    scores = loaded.compute_score(pairs)
+    assert scores == pytest.approx(trained.compute_score(pairs), abs=1e-5)  # as the engine's weights score
+    assert max(abs(a - b) for a, b in zip(scores, untrained, strict=True)) > 1e-3  # and not as it started
 
 
 def test_zero2_trains_the_llm_family_with_lora(tmp_path, tiny_llm_dirs):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_jsonl
+from conftest import REPO, write_jsonl
 from safetensors.torch import load_file
 from test_cross_encoder_training import toy_records
 from test_resume import MAX_STEPS, launch, losses, wait_for_file, write_recipe
@@ -25,7 +25,7 @@ from rerankforge.trainer.checkpoints import (
     incomplete_reason,
     latest_complete_checkpoint,
 )
-from rerankforge.trainer.cli import EXIT_NON_FINITE, EXIT_WRITE_FAILED
+from rerankforge.trainer.cli import EXIT_NON_FINITE, EXIT_OUT_OF_MEMORY, EXIT_WRITE_FAILED
 from rerankforge.trainer.preemption import EXIT_PREEMPTED
 
 
@@ -170,6 +170,45 @@ def test_nan_policy_is_checked_with_the_config():
         CrossEncoderConfig(model_name_or_path="m", train_data=["t"], output_dir="o", nan_policy="ignore")
 
 
+def test_skip_is_refused_under_deepspeed_set_by_the_accelerate_config(tmp_path, tiny_bert_dir, monkeypatch):
+    """DeepSpeed's engine applies the update inside backward, before the norm is known: nothing to drop.
+    Set by an accelerate config (no --deepspeed), the Trainer finds DeepSpeed in the accelerator's state,
+    faked here."""
+    from transformers import Trainer
+
+    from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED
+
+    original = Trainer.create_accelerator_and_postprocess
+
+    def as_under_deepspeed(self):
+        original(self)
+        self.is_deepspeed_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_under_deepspeed)
+    with pytest.raises(ValueError) as refused:
+        skip_trainer(tmp_path, tiny_bert_dir, bad_steps=set())
+    message = str(refused.value)
+    assert message == SKIP_UNDER_DEEPSPEED
+    assert (
+        "nan_policy skip cannot drop an update under DeepSpeed" in message
+        and "use nan_policy stop" in message
+    )
+
+
+def test_skip_is_refused_with_the_config_when_deepspeed_is_set(tmp_path):
+    pytest.importorskip("deepspeed")  # transformers reads the DeepSpeed file only with deepspeed installed
+    from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+    from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED
+
+    zero2 = str(REPO / "recipes" / "deepspeed" / "zero2.json")
+    settings = dict(model_name_or_path="m", train_data=["t"], output_dir=str(tmp_path), use_cpu=True,
+                    report_to="none", deepspeed=zero2)  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        CrossEncoderConfig(**settings, nan_policy="skip")
+    assert str(refused.value) == SKIP_UNDER_DEEPSPEED
+    assert CrossEncoderConfig(**settings, nan_policy="stop").nan_policy == "stop"  # only skip is refused
+
+
 def test_evaluation_reports_nonfinite_scores_and_collapse(caplog):
     from rerankforge.trainer.evaluation import RerankEvalSet
 
@@ -309,6 +348,18 @@ def test_a_full_disk_while_writing_the_final_model_leaves_no_partial_model(tmp_p
     assert not os.path.exists(os.path.join(output_dir, "model.safetensors"))
     assert not os.path.exists(os.path.join(output_dir, "rerankforge.json"))
     assert not os.path.exists(os.path.join(output_dir, ".final-model-partial"))
+
+
+def test_a_step_that_will_not_fit_in_memory_exits_4_before_the_first_step(tmp_path, tiny_bert_dir):
+    recipe, output_dir = write_recipe(tmp_path, tiny_bert_dir, "too_big")
+    edit_recipe(recipe, memory_limit_gb=0.001)  # what this machine has free, as the check reads it
+    run = launch(recipe)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == EXIT_OUT_OF_MEMORY == 4, output
+    assert "error: One training step will not fit in memory" in output
+    assert "Stopped before the first step." in output and "--memory_check false skips this check" in output
+    assert "'loss'" not in output  # no step ran
+    assert not os.path.exists(output_dir) or not os.listdir(output_dir)  # nothing was written
 
 
 def test_signal_handlers_are_restored_when_training_raises(tmp_path, tiny_bert_dir):

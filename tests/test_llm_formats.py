@@ -277,8 +277,25 @@ def test_chat_format_wraps_the_tokenizers_own_template_and_trains(tmp_path, qwen
     assert row == ids(qwen_tokenizer, "<|im_start|>user\n") + ids(qwen_tokenizer, user) + ids(
         qwen_tokenizer, "<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert trainer.model.spec.input_format == "chat" and trainer.model.spec.score == "yes_minus_no"
+    # the exact layout: the template's own frame around the user message, token for token, nothing added
+    assert qwen_tokenizer.decode(row) == rendered == encoder.text("where is the apple", "the apple is here")
+    tokens = qwen_tokenizer.convert_ids_to_tokens(row)
+    assert tokens[:3] == ["<|im_start|>", "user", "Ċ"]
+    # the generation prompt closes the row: the score is read at its last token
+    assert tokens[-5:] == ["<|im_end|>", "Ċ", "<|im_start|>", "assistant", "Ċ"]
+    long_row = encoder.encode(["where is the apple"], ["the stone is there, cloud maybe " * 20])[0]
+    assert len(long_row) == encoder.max_length and long_row[:3] == row[:3] and long_row[-5:] == row[-5:]
+    batch = trainer.data_collator([trainer.train_dataset[0]])  # left-padded: every row ends with the frame
+    assert all(r[-5:].tolist() == row[-5:] for r in batch["input_ids"])
+    spec = trainer.model.spec
+    assert spec.input_format == "chat" and spec.score == "yes_minus_no"
+    yes, no = ids(qwen_tokenizer, "yes"), ids(qwen_tokenizer, "no")
+    assert (spec.yes_token_id, spec.no_token_id) == (yes[0], no[0])
+
+    pairs = [(g.query, p) for g in [trainer.train_dataset[i] for i in range(2)] for p in g.passages]
+    before = trainer_scores(trainer, pairs)
     trainer.train()
+    assert trainer_scores(trainer, pairs) != pytest.approx(before, abs=1e-3)  # it trained
 
 
 def test_format_settings_that_contradict_the_format_are_refused(tmp_path, qwen3_dir, tiny_llm_dirs):

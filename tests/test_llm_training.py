@@ -286,11 +286,34 @@ def test_llm_settings_are_checked_before_any_weights_load(tmp_path, tiny_llm_dir
         build(make_config(tmp_path, tiny_llm_dirs("llama"), data, yes_token="Absolutely"))
 
 
-def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs):
+def grouped_loss(scores: list[float], group_size: int) -> float:
+    """The grouped cross-entropy (positive first in each group) of flat scores."""
+    groups = torch.tensor(scores).view(-1, group_size)
+    return torch.nn.functional.cross_entropy(groups, torch.zeros(len(groups), dtype=torch.long)).item()
+
+
+def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs, monkeypatch):
+    import rerankforge.trainer.train as train_module
+
+    built = []  # the trainer train() builds, to compare the saved folder with
+    monkeypatch.setattr(
+        train_module, "build_trainer", lambda *a, **k: built.append(build_trainer(*a, **k)) or built[-1]
+    )
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(6))
     config = make_config(tmp_path, tiny_llm_dirs("llama"), data, family="llm")
     out = train(config)
     assert (out / "adapter_model.safetensors").is_file() and (out / "rerankforge.json").is_file()
+    (trainer,) = built
+    # 3 micro-batches of 2 queries, with the family's 16 accumulated: one optimizer step
+    assert trainer.state.global_step == 1
+
+    groups = [trainer.train_dataset[i] for i in range(6)]
+    pairs = [[g.query, p] for g in groups for p in g.passages]
+    saved = LLMReranker.from_pretrained(str(out), device="cpu").compute_score(pairs)
+    untrained = LLMReranker.from_pretrained(str(tiny_llm_dirs("llama")), device="cpu").compute_score(pairs)
+    assert saved == pytest.approx(batch_scores(trainer, groups), abs=1e-4)  # the folder is the trained model
+    assert saved != pytest.approx(untrained, abs=1e-3)  # and it trained
+    assert grouped_loss(saved, 4) < grouped_loss(untrained, 4)  # towards the positives
 
 
 @pytest.mark.parametrize("module", ["norm", "lm_head"])
@@ -323,4 +346,8 @@ def test_scores_are_float32_when_the_model_runs_in_bfloat16(tiny_llm_dirs):
     with torch.no_grad():
         raw = score_last_token(half.model.backbone, pad_left(sequences, 2), half.yes_token_id)
     assert raw.dtype == torch.float32 and torch.isfinite(raw).all()
-    assert half.compute_score(pairs) == pytest.approx(full.compute_score(pairs), abs=0.05)
+    expected, got = full.compute_score(pairs), half.compute_score(pairs)
+    gap = abs(expected[0] - expected[1])
+    assert gap > 0.02  # the pairs score apart: bf16's rounding (~1e-3 here) must stay well inside that
+    assert got == pytest.approx(expected, abs=gap / 10)
+    assert (got[0] < got[1]) == (expected[0] < expected[1])  # and keeps their order
