@@ -165,6 +165,22 @@ class RerankerTrainer(Trainer):
         finally:
             self.preemption.restore_handlers()
 
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Resuming a multi-process CPU run: transformers up to at least 5.17 maps the optimizer state to the
+        process's device, ``cpu:0``, which torch.load refuses ("don't know how to restore data location"), so the
+        resume failed; plain ``cpu`` is the same memory (newer releases map it so themselves)."""
+        device = self.args.device
+        if self.args.world_size == 1 or device.type != "cpu" or device.index is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        cached = self.args.__dict__.get(
+            "_setup_devices"
+        )  # TrainingArguments.device reads this cached property
+        self.args.__dict__["_setup_devices"] = torch.device("cpu")
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            self.args.__dict__["_setup_devices"] = cached
+
     @property
     def reranker(self) -> RerankerModel:
         """The family model inside the Trainer's wrappers (DDP, DeepSpeed, peft)."""
