@@ -19,6 +19,7 @@ import yaml
 from conftest import REPO, write_jsonl
 from safetensors.torch import load_file
 from test_cross_encoder_training import toy_records
+from test_faults import wait_for_log_lines
 from test_resume import losses, write_recipe
 
 from rerankforge.trainer.checkpoints import (
@@ -166,11 +167,7 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_with_one_checkpoi
     )  # the only checkpoint: SIGTERM's
     Path(recipe).write_text(yaml.safe_dump(settings))
     with cli_launch(recipe) as run:
-        seen = []
-        for line in run.stdout:  # until rank 0 has logged 2 steps
-            seen.append(line)
-            if sum("'loss'" in s for s in seen) >= 2:
-                break
+        seen = wait_for_log_lines(run, 2)  # rank 0 has logged 2 steps
         # rank 1 alone: each process receives the signal at its own point in its step, and the request is
         # summed across processes at every step end: rank 0 must stop after the same step (not hang or go on)
         os.kill(worker_pid(run, 1), signal.SIGTERM)

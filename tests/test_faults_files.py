@@ -89,11 +89,16 @@ def truncate(file: Path, cut: int = 100) -> None:
         handle.truncate(file.stat().st_size - cut)
 
 
+def read_header(raw: bytes) -> tuple[int, dict]:
+    """A safetensors file's header length and header (the tensor data starts at ``8 + length``)."""
+    (length,) = struct.unpack("<Q", raw[:8])
+    return length, json.loads(raw[8 : 8 + length])
+
+
 def rewrite_header(file: Path, change: Callable[[dict], None]) -> None:
     """``file`` with its header changed by ``change`` (the tensor data kept as it is)."""
     raw = file.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
+    length, header = read_header(raw)
     change(header)
     text = json.dumps(header).encode()
     file.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
@@ -231,9 +236,7 @@ def test_bytes_changed_inside_tensor_data_cannot_be_detected(folders, tmp_path):
     other scores (documented in file_checks)."""
     folder = copy(folders, "ce", tmp_path)
     file = folder / "model.safetensors"
-    raw = file.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
+    length, header = read_header(file.read_bytes())
     # the score head's weight, [1, hidden] F32: it reaches every score
     name = next(k for k in header if k.endswith("classifier.weight"))
     with file.open("r+b") as handle:
