@@ -157,7 +157,9 @@ def llm_tokenizer():
 
 
 def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
-    """A random hidden-32 decoder of one of the architectures the LLM families support."""
+    """A random hidden-32 decoder of one of the architectures the LLM families support, drawn wide
+    (initializer_range 0.1, not 0.02) so that its scores of the toy pairs spread over more than 0.05 and a
+    comparison at a fraction of that range can fail (tests/score_checks.py)."""
     import torch
     from transformers import (
         Gemma2Config,
@@ -175,7 +177,8 @@ def tiny_decoder(architecture: str, vocab_size: int, num_layers: int = 2):
     )
 
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.1)  # fmt: skip
     config_class, model_class = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),

@@ -132,7 +132,7 @@ def test_flag_reranker_on_two_devices(tiny_bert_dir):
     pairs = varied_pairs(seed=1)
     reranker = FlagReranker(str(tiny_bert_dir), devices=["cpu", "cpu"], max_length=64)
     single = FlagReranker(str(tiny_bert_dir), devices="cpu", max_length=64)
-    assert reranker.compute_score(pairs) == pytest.approx(single.compute_score(pairs), abs=1e-5)
+    assert_same_scores(reranker.compute_score(pairs), single.compute_score(pairs))
     pool = reranker.pool
     pool.close()
     assert not any(alive(pool))
@@ -185,7 +185,7 @@ def test_llm_reranker_on_two_devices_scores_as_one_process(tiny_llm_dirs):
     try:
         assert len(pooled.pool.processes) == 2 and holds_no_weights(pooled)
         expected = single.compute_score(pairs)
-        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
+        assert_same_scores(pooled.compute_score(pairs), expected)
         assert pooled.compute_score(
             pairs, max_length=40, normalize=True, prompt="Relevant?"
         ) == pytest.approx(
@@ -193,7 +193,7 @@ def test_llm_reranker_on_two_devices_scores_as_one_process(tiny_llm_dirs):
         )
         assert pooled.compute_score(pairs[3]) == pytest.approx(expected[3], abs=1e-5)
         pooled.max_batch_tokens = 64  # sent to the workers with each call
-        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
+        assert_same_scores(pooled.compute_score(pairs), expected)
         passages = [passage for _, passage in pairs[:7]]
         assert [r["index"] for r in pooled.rank("the cat", passages, top_k=3)] == [
             r["index"] for r in single.rank("the cat", passages, top_k=3)
@@ -213,7 +213,7 @@ def test_flag_llm_reranker_on_two_devices_loads_each_worker_as_the_wrapper(tiny_
         expected = single.compute_score(pairs)
         # the workers build FlagLLMReranker's input ids: a plain LLMReranker's prefixes would score otherwise
         assert expected != pytest.approx(LLMReranker.compute_score(single, pairs, max_length=64), abs=1e-3)
-        assert pooled.compute_score(pairs) == pytest.approx(expected, abs=1e-5)
+        assert_same_scores(pooled.compute_score(pairs), expected)
         assert pooled.compute_score(pairs, prompt="Relevant?", normalize=True) == pytest.approx(
             single.compute_score(pairs, prompt="Relevant?", normalize=True), abs=1e-5
         )
@@ -246,11 +246,11 @@ def test_layerwise_reranker_on_two_devices_scores_every_cutoff_layer_as_one_proc
         per_layer = pooled.compute_score(pairs, cutoff_layers=[1, 2])
         assert len(per_layer) == 2
         for scores, wanted in zip(per_layer, expected, strict=True):
-            assert scores == pytest.approx(wanted, abs=1e-5)
+            assert_same_scores(scores, wanted)
         normalized = pooled.compute_score(pairs, cutoff_layers=[2, 1], normalize=True)
         for scores, wanted in zip(normalized, single.compute_score(pairs, cutoff_layers=[2, 1], normalize=True),
                                   strict=True):  # fmt: skip
-            assert scores == pytest.approx(wanted, abs=1e-5)
+            assert_same_scores(scores, wanted)
         assert pooled.compute_score(pairs, cutoff_layers=1) == pytest.approx(expected[0], abs=1e-5)
         assert pooled.compute_score(pairs[5], cutoff_layers=[1, 2]) == pytest.approx(
             [expected[0][5], expected[1][5]], abs=1e-5
@@ -273,6 +273,6 @@ def test_layerwise_flag_reranker_on_two_devices(layerwise_dir):
     try:
         assert holds_no_weights(pooled)
         for scores, wanted in zip(pooled.compute_score(pairs), single.compute_score(pairs), strict=True):
-            assert scores == pytest.approx(wanted, abs=1e-5)
+            assert_same_scores(scores, wanted)
     finally:
         pooled.pool.close()

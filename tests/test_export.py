@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_jsonl
+from score_checks import assert_same_scores
 from test_cross_encoder_training import make_config as cross_encoder_config
 from test_cross_encoder_training import toy_records
 from test_evaluation import beir_slice  # noqa: F401  (the fixture)
@@ -68,8 +69,8 @@ with torch.no_grad():
 print(json.dumps(st + hf))
 """
     scores = run_isolated(script)
-    assert scores[:2] == pytest.approx(expected, abs=1e-5)  # sentence-transformers' CrossEncoder
-    assert scores[2:] == pytest.approx(expected, abs=1e-5)  # plain transformers
+    assert_same_scores(scores[:2], expected)  # sentence-transformers' CrossEncoder
+    assert_same_scores(scores[2:], expected)  # plain transformers
 
 
 def test_the_cards_metrics_are_the_ones_the_run_logged(tmp_path, trained_cross_encoder):

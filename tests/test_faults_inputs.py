@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_decoder
+from score_checks import assert_same_scores
 from test_inference import PASSAGES as INFERENCE_PASSAGES
 from test_inference import QUERY
 
@@ -242,7 +243,7 @@ def test_chunked_scores_equal_unchunked_in_input_order(request, monkeypatch, fam
     chunked = reranker.compute_score(pairs, batch_size=2)
     assert sizes == [4, 4, 4, 4, 1]  # never more than one chunk of pairs encoded at a time
     assert chunked == pytest.approx(whole, abs=1e-5)
-    assert reranker.compute_score(pairs[::-1], batch_size=2) == pytest.approx(whole[::-1], abs=1e-5)
+    assert_same_scores(reranker.compute_score(pairs[::-1], batch_size=2), whole[::-1])
 
 
 def test_onnx_backend_scores_in_chunks_too(tmp_path, monkeypatch, tiny_bert_dir):
@@ -251,7 +252,7 @@ def test_onnx_backend_scores_in_chunks_too(tmp_path, monkeypatch, tiny_bert_dir)
     onnx = Reranker.from_pretrained(str(tiny_bert_dir), backend="onnx")
     whole = onnx.compute_score(PAIRS * 2, batch_size=2)
     onnx.chunk_size = 4
-    assert onnx.compute_score(PAIRS * 2, batch_size=2) == pytest.approx(whole, abs=1e-5)
+    assert_same_scores(onnx.compute_score(PAIRS * 2, batch_size=2), whole)
 
 
 def test_progress_bar_is_automatic_one_bar_across_chunks(capsys, monkeypatch, cross_encoder):
@@ -372,7 +373,7 @@ def test_batches_split_on_out_of_memory_and_keep_the_smaller_size(request, monke
             scores = reranker.compute_score(PAIRS * 5, batch_size=16)
     finally:
         handle.remove()
-    assert scores == pytest.approx(expected, abs=1e-5)  # all 40 pairs, in input order
+    assert_same_scores(scores, expected)  # all 40 pairs, in input order
     assert injector.seen[:5] == [16, 12, 9, 6, 4] and max(injector.seen[5:]) <= 4  # 3/4 each time, then kept
     assert sum(b for b in injector.seen if b <= 5) == len(PAIRS) * 5
     assert caplog.text.count("out of memory at a batch of 16") == 1

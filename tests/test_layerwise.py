@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import tiny_decoder, write_jsonl
 from safetensors.torch import load_file
+from score_checks import assert_same_scores
 from test_cross_encoder_training import toy_records
 from test_evaluation import beir_slice  # noqa: F401  (the fixture)
 
@@ -162,10 +163,8 @@ def test_saved_model_scores_equal_the_trainers_at_every_layer(tmp_path, four_lay
         assert isinstance(reranker, LayerwiseReranker)
         per_layer = reranker.compute_score(pairs, cutoff_layers=[2, 3, 4], batch_size=5)
         for layer, scores in zip([2, 3, 4], per_layer, strict=True):
-            assert scores == pytest.approx(trained[f"layer{layer}"].tolist(), abs=1e-4)
-        assert reranker.compute_score(pairs) == pytest.approx(
-            trained["layer4"].tolist(), abs=1e-4
-        )  # default: last
+            assert_same_scores(scores, trained[f"layer{layer}"].tolist())
+        assert_same_scores(reranker.compute_score(pairs), trained["layer4"].tolist())  # default: last
     flag = LayerWiseFlagLLMReranker(str(out), devices="cpu")
     assert flag.compute_score(pairs[0], cutoff_layers=[3]) == pytest.approx(
         trained["layer3"][0].item(), abs=1e-4
@@ -327,7 +326,7 @@ def test_full_fine_tuning_keeps_the_heads_among_the_weights_and_resumes_them(
         "UNEXPECTED" not in capfd.readouterr().err
     )  # the heads are ours to load: no transformers report of them
     for layer, scores in zip([2, 3], reranker.compute_score(pairs, cutoff_layers=[2, 3]), strict=True):
-        assert scores == pytest.approx(trained[f"layer{layer}"].tolist(), abs=1e-5)
+        assert_same_scores(scores, trained[f"layer{layer}"].tolist())
 
     # the Trainer resumes it through load_state_dict: the heads come back with the weights
     resumed = build(make_config(tmp_path, four_layer_llama, data, **settings))

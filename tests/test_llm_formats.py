@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import LLM_TEXTS, write_jsonl
 from safetensors.torch import load_file
+from score_checks import assert_same_scores
 from test_cross_encoder_training import toy_records
 
 from rerankforge.data_tools import load_train_dataset
@@ -60,12 +61,14 @@ def qwen_tokenizer():
 
 
 def tiny_qwen3(vocab_size: int, num_layers: int = 3):
+    """A random Qwen3 drawn wide (initializer_range 0.1, not 0.02): its yes/no log-odds then spread over more than
+    0.05 on the toy pairs (0.014 at 0.02), so a comparison at 1e-4 of that range can fail."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-                         tie_word_embeddings=True)  # fmt: skip
+                         tie_word_embeddings=True, initializer_range=0.1)  # fmt: skip
     return Qwen3ForCausalLM(config).eval()
 
 
@@ -203,11 +206,11 @@ def test_qwen3_lora_training_saved_adapter_merged_and_classifier_give_the_traine
     for folder in (out, out / "merged"):
         reranker = load_reranker(str(folder), device="cpu")
         assert reranker.spec.input_format == "qwen3"
-        assert reranker.compute_score(pairs, batch_size=3) == pytest.approx(trained, abs=1e-4)
+        assert_same_scores(reranker.compute_score(pairs, batch_size=3), trained)
 
     assert export_main([str(out), str(tmp_path / "seq"), "--as-sequence-classification"]) == 0
     classifier_scores = classify_in_a_process_without_peft(tmp_path / "seq", pairs)
-    assert classifier_scores == pytest.approx(trained, abs=1e-4)
+    assert_same_scores(classifier_scores, trained)
     fmt = json.loads((tmp_path / "seq" / "text_format.json").read_text())
     assert fmt["input_format"] == "qwen3" and fmt["template"].startswith(QWEN3_PREFIX)
     assert "Qwen3ForSequenceClassification" in (tmp_path / "seq" / "README.md").read_text()
@@ -244,12 +247,9 @@ def test_layerwise_heads_on_qwen3_start_as_its_score_and_export_a_chosen_layer(t
     config = config_for(tmp_path, qwen3_dir, data, cls=LayerwiseRerankerConfig, start_layer=2,
                         loss="bce", num_train_epochs=1)  # fmt: skip
     trainer = build(config)
-    pairs = [
-        ("where is the apple", "the apple is here, apple indeed"),
-        ("where is the stone", "the cloud maybe"),
-    ]
+    pairs = [(g.query, p) for g in [trainer.train_dataset[i] for i in range(3)] for p in g.passages]
     plain = LLMReranker.from_pretrained(str(qwen3_dir), device="cpu")  # the qwen3 log-odds, untrained
-    assert trainer_scores(trainer, pairs, layers=[3]) == pytest.approx(plain.compute_score(pairs), abs=1e-4)
+    assert_same_scores(trainer_scores(trainer, pairs, layers=[3]), plain.compute_score(pairs))
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if n.endswith(".bias"))
     trainer.train()  # a pointwise loss, which a bias could have absorbed: it stays zero
     trainer.save_model(config.output_dir)
@@ -260,7 +260,7 @@ def test_layerwise_heads_on_qwen3_start_as_its_score_and_export_a_chosen_layer(t
                         "--layer", "2"]) == 0  # fmt: skip
     config_json = json.loads((tmp_path / "seq2" / "config.json").read_text())
     assert config_json["num_hidden_layers"] == 2 and len(config_json["id2label"]) == 1
-    assert classify_in_a_process_without_peft(tmp_path / "seq2", pairs) == pytest.approx(expected, abs=1e-4)
+    assert_same_scores(classify_in_a_process_without_peft(tmp_path / "seq2", pairs), expected)
 
 
 def test_chat_format_wraps_the_tokenizers_own_template_and_trains(tmp_path, qwen3_dir, qwen_tokenizer):

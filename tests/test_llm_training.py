@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import write_jsonl
 from safetensors.torch import load_file
+from score_checks import assert_same_scores
 from test_cross_encoder_training import toy_records
 
 from rerankforge.data_tools import load_train_dataset
@@ -130,7 +131,7 @@ def test_saved_adapter_and_merged_model_give_the_trainers_scores(tmp_path, tiny_
     trained = batch_scores(trainer, groups)
     for folder in (out, merged):
         reranker = LLMReranker.from_pretrained(str(folder), device="cpu")
-        assert reranker.compute_score(pairs, batch_size=5) == pytest.approx(trained, abs=1e-4)
+        assert_same_scores(reranker.compute_score(pairs, batch_size=5), trained)
 
     # the merged folder loads and scores with peft made unimportable
     script = f"""
@@ -140,7 +141,7 @@ from rerankforge.inference import LLMReranker
 print(json.dumps(LLMReranker.from_pretrained({str(merged)!r}, device="cpu").compute_score({pairs!r})))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == pytest.approx(trained, abs=1e-4)
+    assert_same_scores(json.loads(result.stdout.strip().splitlines()[-1]), trained)
 
 
 def test_a_continued_run_starts_from_the_saved_adapter(tmp_path, tiny_llm_dirs):
@@ -207,7 +208,7 @@ def test_yes_minus_no_is_stored_and_used_by_inference(tmp_path, tiny_llm_dirs, l
     reranker = LLMReranker.from_pretrained(config.output_dir, device="cpu")
     assert reranker.spec.score == "yes_minus_no"
     scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
-    assert scores == pytest.approx(batch_scores(trainer, groups), abs=1e-4)
+    assert_same_scores(scores, batch_scores(trainer, groups))
 
 
 def test_a_records_prompt_replaces_the_default_in_training_rows(tmp_path, tiny_llm_dirs, llm_tokenizer):
@@ -311,7 +312,7 @@ def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs,
     pairs = [[g.query, p] for g in groups for p in g.passages]
     saved = LLMReranker.from_pretrained(str(out), device="cpu").compute_score(pairs)
     untrained = LLMReranker.from_pretrained(str(tiny_llm_dirs("llama")), device="cpu").compute_score(pairs)
-    assert saved == pytest.approx(batch_scores(trainer, groups), abs=1e-4)  # the folder is the trained model
+    assert_same_scores(saved, batch_scores(trainer, groups))  # the folder is the trained model
     assert saved != pytest.approx(untrained, abs=1e-3)  # and it trained
     assert grouped_loss(saved, 4) < grouped_loss(untrained, 4)  # towards the positives
 
@@ -334,7 +335,7 @@ def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tin
     reranker = load_reranker(config.output_dir, device="cpu")
     assert isinstance(reranker, LLMReranker)
     scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
-    assert scores == pytest.approx(batch_scores(trainer, groups), abs=1e-4)
+    assert_same_scores(scores, batch_scores(trainer, groups))
 
 
 def test_scores_are_float32_when_the_model_runs_in_bfloat16(tiny_llm_dirs):
