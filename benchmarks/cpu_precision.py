@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import append_results, cpu_bf16_units  # noqa: E402
 
-from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder  # noqa: E402
-from rerankforge.trainer.precision import cpu_has_native_bf16  # noqa: E402
+from rerankforge.inference.modeling.cross_encoder import load_cross_encoder  # noqa: E402
+from rerankforge.inference.modeling.precision import cpu_has_native_bf16  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 VARIANTS = {  # name -> (attention dropout override, autocast to bf16)

@@ -176,7 +176,7 @@ def byte_level_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
+    from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT
 
     rust = Tokenizer(models.BPE())
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -197,7 +197,7 @@ def minilm_tokenizer():
     """MiniLM's real WordPiece tokenizer: from its package here, from the carried copy on the GPU machine."""
     from transformers import AutoTokenizer
 
-    from rerankforge.trainer.modeling.sources import resolve_model_path
+    from rerankforge.inference.modeling.sources import resolve_model_path
 
     folder = resolve_model_path(MINILM)
     if not Path(folder).is_dir():

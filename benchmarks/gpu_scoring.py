@@ -185,7 +185,7 @@ def truncation_check(tools: Tools, pairs: Pairs, max_length: int) -> dict[str, A
     max_length, then the passage until the pair fits; the plain loop: the passage only (``only_second``);
     CrossEncoder: the longer side first (``longest_first``). They give the same ids unless a question is longer
     than what the passage keeps: the pairs over ``max_length`` are encoded each tool's own way and compared."""
-    from rerankforge.data_tools.pair_encoding import PairEncoder
+    from rerankforge.inference.modeling.pair_encoding import PairEncoder
 
     whole = tools.loop.tokenizer([q for q, _ in pairs], [p for _, p in pairs], verbose=False)["input_ids"]
     over = [pair for pair, ids in zip(pairs, whole, strict=True) if len(ids) > max_length]

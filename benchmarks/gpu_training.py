@@ -167,8 +167,8 @@ def lora_variants(attentions: list[str]) -> list[LoraVariant]:
 
 def llm_config(variant: LoraVariant, output_dir: Path, device: torch.device, bf16: bool):
     """rerankforge's LLM family config for this variant (its LoRA, prompt, score and loss defaults)."""
+    from rerankforge.inference.modeling.activation_checkpointing import flag_name
     from rerankforge.trainer.llm_config import LLMRerankerConfig
-    from rerankforge.trainer.modeling.activation_checkpointing import flag_name
 
     checkpointing = {flag_name(): variant.checkpointing}
     return LLMRerankerConfig(
@@ -188,7 +188,7 @@ def llm_batches(tokenizer: Any, groups: list[dict[str, Any]], config: Any, batch
     """``count`` left-padded batches of ``batch_groups`` groups, built by rerankforge's LLM collator."""
     from rerankforge.data_tools.collators import LLMCollator
     from rerankforge.data_tools.grouping import TrainGroup
-    from rerankforge.data_tools.pair_encoding import PairLengths
+    from rerankforge.inference.modeling.pair_encoding import PairLengths
 
     lengths = PairLengths(
         config.query_max_len, config.passage_max_len, config.query_max_len + config.passage_max_len
@@ -206,11 +206,11 @@ def lora_model(variant: LoraVariant, config: Any, shape: Any, tokenizer: Any, de
     """The family model around a random decoder, with rerankforge's LoRA and checkpointing set-up."""
     from gpu_models import decoder_model
 
-    from rerankforge.trainer.modeling.activation_checkpointing import (
+    from rerankforge.inference.modeling.activation_checkpointing import (
         checkpointing_kwargs,
         enable_checkpointing,
     )
-    from rerankforge.trainer.modeling.llm import DTYPES, LLMRerankerModel, prepare_for_training
+    from rerankforge.inference.modeling.llm import DTYPES, LLMRerankerModel, prepare_for_training
 
     backbone = decoder_model(shape, tokenizer, DTYPES[config.torch_dtype], device, variant.attention)
     backbone.config.use_cache = False  # as for_training does: no generation in training

@@ -76,13 +76,9 @@ def build_pairs(queries: int, top_k: int, llm_pairs: int, data: Path = SQUAD) ->
 def portable_folder(model: str, out: Path) -> Path:
     """A folder both environments load: `rerankforge-export` for our checkpoints; for a plain model (the
     untrained SmolLM2 used for LLM speed) a copy with the config and tokenizer spellings transformers 4.x reads."""
-    from rerankforge.trainer.export import (
-        copy_model_files,
-        export,
-        make_config_portable,
-        make_tokenizer_portable,
-    )
-    from rerankforge.trainer.modeling.sources import resolve_model_path
+    from rerankforge.inference.modeling.sources import resolve_model_path
+    from rerankforge.trainer.export import copy_model_files, export
+    from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
 
     path = Path(resolve_model_path(model))
     if (path / "rerankforge.json").is_file():

@@ -202,13 +202,13 @@ def reference_scores(reference: Path, pairs: list[tuple[str, str]], fmt: dict | 
 
     if (reference / "rerankforge.json").is_file():
         from rerankforge.inference.auto import load_reranker
-        from rerankforge.trainer.modeling.file_checks import folder_family
+        from rerankforge.inference.modeling.folder_checks import folder_family
 
         family = folder_family(reference)
         reranker = load_reranker(str(reference), backend="torch", device="cpu")
         kwargs: dict = {}
         if family == "cross_encoder":
-            from rerankforge.data_tools.pair_encoding import PairLengths
+            from rerankforge.inference.modeling.pair_encoding import PairLengths
 
             saved = reranker.lengths
             saved_scores = reranker.compute_score(pairs, normalize=True)
@@ -370,9 +370,9 @@ def build_tiny_seqcls(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
-    from rerankforge.trainer.export import make_config_portable, make_tokenizer_portable
-    from rerankforge.trainer.modeling.sources import resolve_model_path
+    from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
+    from rerankforge.inference.modeling.sources import resolve_model_path
+    from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct"))
     tokenizer.padding_side = "left"

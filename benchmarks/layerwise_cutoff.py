@@ -22,11 +22,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import append_results  # noqa: E402
 
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT  # noqa: E402
 from rerankforge.inference import LayerwiseReranker  # noqa: E402
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, decoder_layers  # noqa: E402
-from rerankforge.trainer.modeling.llm import llm_scoring_fields, load_causal_lm, load_tokenizer  # noqa: E402
-from rerankforge.trainer.spec import LayerwiseSpec  # noqa: E402
+from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, decoder_layers  # noqa: E402
+from rerankforge.inference.modeling.llm import llm_scoring_fields, load_causal_lm, load_tokenizer  # noqa: E402
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT  # noqa: E402
+from rerankforge.inference.modeling.spec import LayerwiseSpec  # noqa: E402
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"

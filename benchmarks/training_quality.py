@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import append_results  # noqa: E402
 from training_speed import SQUAD, run_worker, write_start_model, write_training_groups  # noqa: E402
 
-from rerankforge.trainer.precision import native_bf16  # noqa: E402
+from rerankforge.inference.modeling.precision import native_bf16  # noqa: E402
 
 CISI = REPO.parent / "shared" / "data" / "cisi"
 RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"

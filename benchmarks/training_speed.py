@@ -87,9 +87,9 @@ def write_start_model(folder: str | Path, seed: int, attention_dropout: float | 
     import torch
     from transformers import AutoTokenizer
 
-    from rerankforge.trainer.export import make_config_portable, make_tokenizer_portable
-    from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder
-    from rerankforge.trainer.modeling.sources import resolve_model_path
+    from rerankforge.inference.modeling.cross_encoder import load_cross_encoder
+    from rerankforge.inference.modeling.sources import resolve_model_path
+    from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
 
     folder = Path(folder)
     torch.manual_seed(seed)

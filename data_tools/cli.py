@@ -5,15 +5,32 @@ distillation, `split` writes a BEIR folder with train and test qrels."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
-from rerankforge.data_tools.first_stage import DEFAULT_DENSE_MODEL, RETRIEVERS
-from rerankforge.data_tools.mining import MARGIN_REFERENCES, SAMPLING
-from rerankforge.data_tools.schema import iter_lines, validate_files
-from rerankforge.data_tools.sources import resolve_data_files
+from transformers import AutoConfig, AutoTokenizer
+
+from rerankforge.data_tools.dense_retrieval import DEFAULT_DENSE_MODEL
+from rerankforge.data_tools.first_stage import RETRIEVERS
+from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group, write_beir
+from rerankforge.data_tools.mining import (
+    MARGIN_REFERENCES,
+    SAMPLING,
+    MiningOptions,
+    mine_from_dataset,
+    write_jsonl,
+)
+from rerankforge.data_tools.retrieval import read_trec_run
+from rerankforge.data_tools.schema import DataValidationError, iter_lines, validate_files
+from rerankforge.data_tools.sources import load_train_dataset, resolve_data_files
 from rerankforge.data_tools.stats import count_summary, token_lengths
-from rerankforge.data_tools.teacher_scoring import add_teacher_scores
+from rerankforge.data_tools.teacher_scoring import add_teacher_scores, load_teacher
+from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.backend_choice import scoring_dtype
+from rerankforge.inference.modeling.pair_encoding import model_position_limit
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.sharded_scoring import compute_score_sharded, current_launch, process_device
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -148,9 +165,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def mine(args: argparse.Namespace) -> int:
-    from rerankforge.data_tools.ir_data import load_ir_split
-    from rerankforge.data_tools.mining import MiningOptions, mine_from_dataset, write_jsonl
-    from rerankforge.data_tools.retrieval import read_trec_run
 
     options = MiningOptions(
         num_negatives=args.num_negatives,
@@ -188,15 +202,12 @@ def mine(args: argparse.Namespace) -> int:
 
 
 def teacher_scorer(args: argparse.Namespace):
-    from rerankforge.data_tools.teacher_scoring import load_teacher
-    from rerankforge.trainer.precision import scoring_dtype
 
     dtype = scoring_dtype(args.teacher_dtype, args.device)
     return load_teacher(args.teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length)
 
 
 def split(args: argparse.Namespace) -> int:
-    from rerankforge.data_tools.ir_data import load_ir_dataset, split_by_group, write_beir
 
     dataset = load_ir_dataset(args.data, args.split)
     train, test = split_by_group(dataset, args.test_fraction, args.split_seed)
@@ -210,13 +221,6 @@ def split(args: argparse.Namespace) -> int:
 
 def score(args: argparse.Namespace) -> int:
     """Every process of a launch validates, loads the teacher and scores its shard; the main one writes."""
-    import json
-
-    from rerankforge.data_tools.mining import write_jsonl
-    from rerankforge.data_tools.schema import DataValidationError
-    from rerankforge.data_tools.sources import load_train_dataset
-    from rerankforge.inference.auto import load_reranker
-    from rerankforge.inference.sharded_scoring import compute_score_sharded, current_launch, process_device
 
     files = resolve_data_files(args.input)
     try:
@@ -225,7 +229,6 @@ def score(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     records = [json.loads(text) for path in files for _, text in iter_lines(path)]  # as validation reads them
-    from rerankforge.trainer.precision import scoring_dtype
 
     launch = current_launch()
     device = process_device(launch, args.device)
@@ -255,11 +258,6 @@ def check(args: argparse.Namespace) -> int:
         print(report.format(), file=sys.stderr)
         return 1
     if args.tokenizer:
-        from transformers import AutoConfig, AutoTokenizer
-
-        from rerankforge.data_tools.pair_encoding import model_position_limit
-        from rerankforge.trainer.modeling.sources import resolve_model_path
-
         path = resolve_model_path(args.tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(path)
         max_length = args.max_length

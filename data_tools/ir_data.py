@@ -13,6 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
+
+from rerankforge.inference.modeling.files import atomic_writer
+
 
 @dataclass
 class IRDataset:
@@ -120,7 +124,6 @@ def squad_from_articles(data: list[dict], name: str) -> IRDataset:
 
 def load_hub_beir(name: str, split: str = "test") -> IRDataset:  # pragma: no cover - needs the Hub
     """A BEIR data set on the Hub (``BeIR/<name>`` with ``BeIR/<name>-qrels``), through `datasets`."""
-    import datasets
 
     corpus_rows = datasets.load_dataset(name, "corpus", split="corpus")
     query_rows = datasets.load_dataset(name, "queries", split="queries")
@@ -143,7 +146,6 @@ SQUAD_HUB_NAMES = ("squad", "rajpurkar/squad")
 
 def load_hub_squad(name: str = "rajpurkar/squad", split: str = "validation") -> IRDataset:  # pragma: no cover
     """SQuAD v1.1 from the Hub, through `datasets`, in the same form as `load_squad`."""
-    import datasets
 
     articles: dict[str, dict] = {}
     for row in datasets.load_dataset(name, split=split):
@@ -209,7 +211,6 @@ def write_beir(
     Passages are written as ``text`` with an empty title (they already carry theirs, see `passage_text`), so
     reading the folder gives the same texts; each file is written atomically.
     """
-    from rerankforge.data_tools.files import atomic_writer
 
     folder = Path(folder)
     (folder / "qrels").mkdir(parents=True, exist_ok=True)

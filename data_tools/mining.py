@@ -22,9 +22,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rerankforge.data_tools.files import atomic_writer
+from rerankforge.data_tools.first_stage import candidate_run
 from rerankforge.data_tools.ir_data import IRDataset
 from rerankforge.data_tools.retrieval import Run, ranked
+from rerankforge.inference.modeling.files import atomic_writer
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +261,6 @@ def mine_from_dataset(
 ) -> tuple[list[dict], MiningReport]:
     """Candidates from ``retriever`` over the data set's corpus (unless a run is given), then the filters."""
     if run is None:
-        from rerankforge.data_tools.first_stage import candidate_run
-
         judged = {q: dataset.queries[q] for q in dataset.judged_queries()}
         run = candidate_run(
             dataset.corpus, judged, retriever, options.rank_range[1], dense_model, show_progress

@@ -9,7 +9,7 @@ from pathlib import Path
 import bm25s
 import Stemmer
 
-from rerankforge.data_tools.files import atomic_writer
+from rerankforge.inference.modeling.files import atomic_writer
 
 logger = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from rerankforge.inference.auto import load_reranker
+
 ScoreFn = Callable[[list[list[str]]], list[float]]
 
 
@@ -25,7 +27,6 @@ def load_teacher(
     name_or_path: str, device: str | None, dtype, batch_size: int, max_length: int | None
 ) -> ScoreFn:
     """A reranker (anything `rerankforge.inference` loads) as a function from pairs to raw scores, loaded once."""
-    from rerankforge.inference.auto import load_reranker
 
     teacher = load_reranker(name_or_path, device=device, dtype=dtype)
 

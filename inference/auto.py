@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rerankforge.inference.backend_choice import AUTO
-from rerankforge.trainer.modeling.file_checks import folder_family
-from rerankforge.trainer.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.folder_checks import folder_family
+from rerankforge.inference.modeling.sources import resolve_model_path
 
 
 def load_reranker(name_or_path: str, backend: str | None = None, **kwargs: object):
@@ -14,8 +15,6 @@ def load_reranker(name_or_path: str, backend: str | None = None, **kwargs: objec
     ``backend`` None or "auto" is the measured default for cross-encoders and torch for the other families;
     the CPU graph backends (ONNX, OpenVINO) are for cross-encoders, and the other families refuse them.
     """
-    from rerankforge.trainer.families import get_family  # the one family mapping (imports the trainers)
-
     family = folder_family(resolve_model_path(name_or_path)) or "cross_encoder"
     if family != "cross_encoder" and backend in (None, AUTO):
         backend = "torch"

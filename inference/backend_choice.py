@@ -18,14 +18,23 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
-from rerankforge.data_tools.files import atomic_write_text
-from rerankforge.inference.onnx_backend import EXACT_BACKENDS, cache_key, example_batch, graph_scorer
-from rerankforge.trainer.modeling.cross_encoder import score_pairs
-from rerankforge.trainer.modeling.sources import cache_root
+from rerankforge.inference.modeling.cross_encoder import score_pairs
+from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.precision import DTYPES, native_bf16
+from rerankforge.inference.modeling.sources import cache_root
+from rerankforge.inference.onnx_backend import (
+    EXACT_BACKENDS,
+    GRAPH_BACKENDS,
+    cache_key,
+    example_batch,
+    graph_scorer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +63,6 @@ def installed_exact_backends() -> list[str]:
 
 def machine_key() -> str:
     """What the choice depends on besides the checkpoint: processor, threads and runtime versions."""
-    from importlib.metadata import PackageNotFoundError, version
 
     def installed(name: str) -> str:
         try:
@@ -152,7 +160,6 @@ def choose_backend(
     candidates = installed_exact_backends()
     if device.type != "cpu" or len(candidates) == 1:
         return "torch", None
-    from filelock import FileLock
 
     path, key = choice_file(model_path)
     try:
@@ -194,3 +201,18 @@ def choose_backend(
     measured = ", ".join(f"{name} {speed:.0f}" for name, speed in sorted(speeds.items(), key=lambda x: -x[1]))
     logger.info("backend auto: %s (pairs/s here: %s); cached in %s", backend, measured, path)
     return backend, scorers.get(backend)
+
+
+def auto_dtype(device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
+    """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32; always
+    float32 for the CPU graph backends (named, or set by RERANKFORGE_BACKEND), which run the fp32 export."""
+    if (backend or default_backend()) in GRAPH_BACKENDS:
+        return torch.float32
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    return torch.bfloat16 if native_bf16(use_cpu=on_cpu) else torch.float32
+
+
+def scoring_dtype(name: str, device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
+    """A ``--dtype`` / ``--teacher-dtype`` value as a torch dtype: "auto" resolved for the device and backend,
+    any other name ("float32", "bfloat16", "float16") as it is."""
+    return auto_dtype(device, backend) if name == AUTO else DTYPES[name]

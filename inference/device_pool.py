@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.batching import pair_length, progress_bar, shard_indices
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ class ConfigOnlyModel(torch.nn.Module):
 
 
 def default_loader(path: str, device: str, **load_kwargs: Any) -> Any:
-    from rerankforge.inference.auto import load_reranker  # imports the trainers: only in the worker
 
     return load_reranker(path, device=device, **load_kwargs)
 

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 import torch
 
-from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
-from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.inference.backend_choice import default_backend
 from rerankforge.inference.device_pool import factory_loader, several_devices
 from rerankforge.inference.layerwise_reranker import LayerwiseReranker
@@ -19,6 +17,8 @@ from rerankforge.inference.llm_reranker import (
     flag_llm_lengths,
     separator_and_prompt_length,
 )
+from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
+from rerankforge.inference.modeling.pair_encoding import PairLengths
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import DEFAULT_MAX_LENGTH, Pair, Reranker, flag_reranker_lengths
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rerankforge.data_tools.llm_inputs import pad_left, pad_token_id
 from rerankforge.inference.batching import (
     BatchSize,
     padded_width,
@@ -16,10 +15,11 @@ from rerankforge.inference.batching import (
     sigmoid,
 )
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
+from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, layer_name
+from rerankforge.inference.modeling.llm_inputs import pad_left, pad_token_id
+from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, layer_name
-from rerankforge.trainer.spec import LayerwiseSpec
 
 
 class LayerwiseReranker(LLMReranker):

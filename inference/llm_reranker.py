@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,17 +13,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.data_tools.llm_formats import (
-    BGE,
-    DEFAULTS,
-    QWEN3,
-    QWEN3_MAX_LENGTH,
-    TemplateEncoder,
-    check_format,
-    looks_like_qwen3_reranker,
-    prompt_encoder,
-)
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
 from rerankforge.inference.batching import (
     BatchSize,
     RanksCandidates,
@@ -39,17 +29,29 @@ from rerankforge.inference.device_pool import (
     one_device,
     several_devices,
 )
-from rerankforge.inference.pairs import to_pairs
-from rerankforge.inference.reranker import Pair, default_device
-from rerankforge.trainer.modeling.llm import (
+from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.llm import (
     LLMRerankerModel,
     ensure_pad_token,
     llm_scoring_fields,
     load_tokenizer,
 )
-from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import LLMSpec, RerankerSpec
+from rerankforge.inference.modeling.llm_formats import (
+    BGE,
+    DEFAULTS,
+    QWEN3,
+    QWEN3_MAX_LENGTH,
+    TemplateEncoder,
+    check_format,
+    looks_like_qwen3_reranker,
+    prompt_encoder,
+)
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder, pad_left, pad_token_id
+from rerankforge.inference.modeling.lora import adapter_base_model, is_adapter_folder
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
+from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.reranker import Pair, default_device
 
 logger = logging.getLogger(__name__)
 FLAG_MAX_LENGTH = 512  # FlagLLMReranker's default for folders that rerankforge did not write
@@ -151,7 +153,6 @@ class LLMReranker(RanksCandidates):
             raise ValueError(
                 f"backend={backend!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
             )
-        from rerankforge.trainer.modeling.file_checks import check_model_folder
 
         # missing, damaged or mismatched files, by name (an adapter saved apart: its base is name_or_path)
         check_model_folder(spec_folder, family, cls.__name__, base=path if adapter_path else None)
@@ -315,7 +316,6 @@ def plain_llm_spec(tokenizer: PreTrainedTokenizerBase, base_model: str, input_fo
 
 def plain_input_format(path: str, tokenizer: PreTrainedTokenizerBase) -> str:
     """qwen3 for a folder laid out as Qwen3-Reranker, else bge (as FlagLLMReranker reads any causal LM)."""
-    import json
 
     config_path = Path(path) / "config.json"
     if config_path.is_file():

@@ -21,11 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
+from filelock import FileLock
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import cached_file
 
-from rerankforge.data_tools.files import atomic_folder
-from rerankforge.trainer.modeling.cross_encoder import MODEL_INPUT_NAMES, score_pairs
-from rerankforge.trainer.modeling.sources import cache_root
+from rerankforge.inference.modeling.cross_encoder import MODEL_INPUT_NAMES, score_pairs
+from rerankforge.inference.modeling.files import atomic_folder
+from rerankforge.inference.modeling.sources import cache_root
+from rerankforge.inference.openvino_backend import PRECISIONS, OpenVinoScorer, require_openvino
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ FORMAT_VERSION = 2  # bump when the export changes, so old cache entries are not
 
 def require_onnxruntime():
     try:
-        import onnxruntime
+        import onnxruntime  # optional: the [onnx] extra
     except ImportError as error:
         raise ImportError("backend='onnx' needs ONNX Runtime: pip install 'rerankforge[onnx]'") from error
     return onnxruntime
@@ -58,7 +62,6 @@ def local_folder(model_path: str | Path) -> Path:
     """The folder holding the checkpoint's files: the path itself, or a Hub name's downloaded snapshot."""
     if Path(model_path).is_dir():
         return Path(model_path)
-    from transformers.utils import cached_file
 
     config = cached_file(str(model_path), "config.json")
     if config is None:
@@ -80,7 +83,6 @@ def cache_key(model_path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def hashed_files(stamps: tuple[tuple[str, int, int], ...]) -> str:
-    import transformers
 
     digest = hashlib.sha256()
     for name, _, _ in stamps:
@@ -157,8 +159,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantization of the MatMul weights; activations are quantized per batch at run time, so a
     pair's int8 score depends slightly on the other pairs in its batch."""
     require_onnxruntime()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # optional: the [onnx] extra
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # optional: the [onnx] extra
 
     fp32_bytes = sum(f.stat().st_size for f in fp32_path.parent.iterdir() if f.is_file())
     if fp32_bytes > LARGE_MODEL_BYTES:  # weights beside the graph; no pre-processing (it needs one file)
@@ -215,8 +217,6 @@ def exporting_checker(path: Path):
     try:
         require_onnxruntime()
     except ImportError:
-        from rerankforge.inference.openvino_backend import OpenVinoScorer
-
         return OpenVinoScorer(path, "f32")
     return OnnxScorer(path)
 
@@ -232,12 +232,9 @@ def graph_scorer(
     if backend not in GRAPH_BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend.startswith("openvino"):
-        from rerankforge.inference.openvino_backend import PRECISIONS, OpenVinoScorer, require_openvino
-
         require_openvino()
     else:
         require_onnxruntime()
-    from filelock import FileLock
 
     folder = cache_root() / "onnx" / cache_key(model_path)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 def require_openvino():
     try:
-        import openvino
+        import openvino  # optional: the [openvino] extra
     except ImportError as error:
         raise ImportError("backend='openvino' needs OpenVINO: pip install 'rerankforge[openvino]'") from error
     return openvino

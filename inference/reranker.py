@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.backend_choice import AUTO, choose_backend, default_backend
 from rerankforge.inference.batching import (
     BatchSize,
@@ -19,13 +18,15 @@ from rerankforge.inference.batching import (
 )
 from rerankforge.inference.collate import PairCollator, as_tensors
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
+from rerankforge.inference.modeling.cross_encoder import CrossEncoderModel
+from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.pair_encoding import PairEncoder, PairLengths
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.spec import CrossEncoderSpec, RerankerSpec
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, graph_scorer
 from rerankforge.inference.onnx_backend import input_names as encoder_input_names
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.pipeline import Stages, run_pipeline
-from rerankforge.trainer.modeling.cross_encoder import CrossEncoderModel
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import CrossEncoderSpec, RerankerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ class Reranker(RanksCandidates):
             raise ValueError(
                 f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
             )
-        from rerankforge.trainer.modeling.file_checks import check_model_folder
 
         path = resolve_model_path(name_or_path)
         check_model_folder(path, "cross_encoder", cls.__name__)  # missing, damaged or mismatched files

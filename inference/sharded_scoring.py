@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from accelerate import PartialState
 from accelerate.logging import get_logger
+from accelerate.utils import gather_object, parse_flag_from_env
 
 from rerankforge.inference.batching import pair_length, shard_indices
 from rerankforge.inference.pairs import Pair
@@ -61,8 +63,6 @@ def current_launch() -> Launch:
     GPUs) is made only when there are several processes."""
     if launched_world_size() <= 1:
         return Launch()
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
     # PartialState picks gloo only when told cpu=True: `use_cpu` in the config, or a machine without CUDA
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
@@ -127,7 +127,6 @@ def compute_score_sharded(
     pairs = list(pairs)
     if not launch.distributed:
         return score_shard(reranker, pairs, batch_size, max_length, show_progress)
-    from accelerate.utils import gather_object
 
     indices = shard_indices([pair_length(p) for p in pairs], launch.num_processes)[launch.process_index]
     progress = show_progress if launch.is_main_process else False

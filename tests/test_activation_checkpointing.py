@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from rerankforge.trainer.modeling.activation_checkpointing import (
+from rerankforge.inference.modeling.activation_checkpointing import (
     RENAMED,
     checkpointing_kwargs,
     checkpointing_on,

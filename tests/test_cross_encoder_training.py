@@ -13,9 +13,9 @@ from transformers import TrainingArguments
 
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.inference import Reranker
+from rerankforge.inference.modeling.cross_encoder import score_pairs
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.modeling.cross_encoder import score_pairs
 
 WORDS = [
     "apple",
@@ -263,7 +263,7 @@ def test_length_sorted_chunks_give_the_same_scores_gradients_and_training(tmp_pa
     import json
     import shutil
 
-    from rerankforge.trainer.modeling.cross_encoder import score_pairs_by_length
+    from rerankforge.inference.modeling.cross_encoder import score_pairs_by_length
 
     folder = tmp_path / "no-dropout"
     shutil.copytree(tiny_bert_dir, folder)

@@ -26,8 +26,8 @@ from rerankforge.inference import (
 )
 from rerankforge.inference.batching import pair_length, shard_indices
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
-from rerankforge.trainer.spec import LayerwiseSpec
+from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel
+from rerankforge.inference.modeling.spec import LayerwiseSpec
 
 pytestmark = pytest.mark.distributed
 

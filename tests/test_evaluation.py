@@ -149,7 +149,7 @@ def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
     trainer.save_model(str(tmp_path / "saved"))
 
     from rerankforge.inference import Reranker
-    from rerankforge.trainer.spec import RerankerSpec
+    from rerankforge.inference.modeling.spec import RerankerSpec
 
     spec = RerankerSpec.load(tmp_path / "saved")
     assert (spec.query_max_len, spec.passage_max_len, spec.max_length) == (16, 120, 136)

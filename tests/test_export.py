@@ -147,8 +147,8 @@ def test_hub_metadata_carries_hub_ids_never_local_paths(tmp_path):
 
 
 def test_the_card_gives_the_losses_own_description_as_the_spec_records_it(tmp_path):
+    from rerankforge.inference.modeling.spec import LayerwiseSpec
     from rerankforge.trainer.model_card import model_card
-    from rerankforge.trainer.spec import LayerwiseSpec
 
     objective = {
         "per_layer": {

@@ -19,8 +19,9 @@ from test_cross_encoder_training import toy_records
 
 from rerankforge.inference import LayerwiseReranker, LLMReranker, Reranker
 from rerankforge.inference.auto import load_reranker
-from rerankforge.trainer.modeling.file_checks import ModelFilesError, check_model_folder, check_safetensors
-from rerankforge.trainer.spec import CrossEncoderSpec, LLMSpec
+from rerankforge.inference.modeling.file_checks import ModelFilesError, check_safetensors
+from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.spec import CrossEncoderSpec, LLMSpec
 
 PAIRS = [
     ["where is the apple", "the apple is here, apple indeed"],

@@ -22,10 +22,10 @@ from score_checks import assert_same_scores
 from test_inference import PASSAGES as INFERENCE_PASSAGES
 from test_inference import QUERY
 
-from rerankforge.data_tools.pair_encoding import PairEncoder
 from rerankforge.inference import FlagLLMReranker, FlagReranker, LayerwiseReranker, LLMReranker, Reranker
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel
-from rerankforge.trainer.spec import LayerwiseSpec
+from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel
+from rerankforge.inference.modeling.pair_encoding import PairEncoder
+from rerankforge.inference.modeling.spec import LayerwiseSpec
 
 PASSAGES = [
     *INFERENCE_PASSAGES,

@@ -16,6 +16,13 @@ import torch
 from conftest import FE_TOY, REPO, write_jsonl
 
 from rerankforge.data_tools import load_train_dataset
+from rerankforge.inference.modeling.activation_checkpointing import (
+    RENAMED,
+    checkpointing_kwargs,
+    checkpointing_on,
+    flag_name,
+    is_checkpointing,
+)
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
 from rerankforge.trainer.memory_check import (
@@ -29,13 +36,6 @@ from rerankforge.trainer.memory_check import (
     check_step_memory,
     explain_oom,
     out_of_memory_explained,
-)
-from rerankforge.trainer.modeling.activation_checkpointing import (
-    RENAMED,
-    checkpointing_kwargs,
-    checkpointing_on,
-    flag_name,
-    is_checkpointing,
 )
 
 LLM_TOY = FE_TOY / "llm_reranker" / "toy_finetune_data.jsonl"

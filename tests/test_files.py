@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rerankforge.data_tools.files import atomic_folder, atomic_write_text, atomic_writer
+from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text, atomic_writer
 
 
 def test_a_failed_file_write_keeps_the_previous_file(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from score_checks import assert_same_scores
 
-from rerankforge.data_tools.pair_encoding import PairLengths
 from rerankforge.inference import FlagReranker, Reranker
-from rerankforge.trainer.spec import CrossEncoderSpec, LayerwiseSpec, LLMSpec, RerankerSpec
+from rerankforge.inference.modeling.pair_encoding import PairLengths
+from rerankforge.inference.modeling.spec import CrossEncoderSpec, LayerwiseSpec, LLMSpec, RerankerSpec
 
 QUERY = "what do women wear on the beach"
 PASSAGES = [

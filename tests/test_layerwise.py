@@ -11,14 +11,14 @@ from test_cross_encoder_training import toy_records
 from test_evaluation import beir_slice  # noqa: F401  (the fixture)
 
 from rerankforge.data_tools import load_train_dataset
-from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
 from rerankforge.inference import LayerWiseFlagLLMReranker, LayerwiseReranker
 from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, decoder_layers
+from rerankforge.inference.modeling.llm import score_last_token
+from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
+from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.modeling.layerwise import LayerwiseRerankerModel, decoder_layers
-from rerankforge.trainer.modeling.llm import score_last_token
-from rerankforge.trainer.spec import LayerwiseSpec
 from rerankforge.trainer.train import prepare_data
 
 

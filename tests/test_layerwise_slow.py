@@ -10,8 +10,8 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
+from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.train import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

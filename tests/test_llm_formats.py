@@ -15,20 +15,20 @@ from score_checks import assert_same_scores
 from test_cross_encoder_training import toy_records
 
 from rerankforge.data_tools import load_train_dataset
-from rerankforge.data_tools.llm_formats import (
+from rerankforge.inference import LayerwiseReranker, LLMReranker
+from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.modeling.llm_formats import (
     CHAT_INSTRUCTION,
     QWEN3_INSTRUCTION,
     QWEN3_PREFIX,
     QWEN3_SUFFIX,
     prompt_encoder,
 )
-from rerankforge.inference import LayerwiseReranker, LLMReranker
-from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.spec import RerankerSpec
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import tiny_decoder
 
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder
-from rerankforge.trainer.modeling.llm import score_last_token, single_token_id
+from rerankforge.inference.modeling.llm import score_last_token, single_token_id
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT, LLMPromptEncoder
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from rerankforge.inference import LLMReranker
+from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.train import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -14,14 +14,14 @@ from score_checks import assert_same_scores
 from test_cross_encoder_training import toy_records
 
 from rerankforge.data_tools import load_train_dataset
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT, pad_left
 from rerankforge.inference import FlagLLMReranker, LLMReranker
 from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.modeling.activation_checkpointing import checkpointing_kwargs, enable_checkpointing
+from rerankforge.inference.modeling.llm import score_last_token
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT, pad_left
+from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_kwargs, enable_checkpointing
-from rerankforge.trainer.modeling.llm import score_last_token
-from rerankforge.trainer.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.train import train
 
 ARCHITECTURES = ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"]

@@ -51,7 +51,7 @@ def test_a_new_run_continues_from_a_version_1_layerwise_adapter_heads_included(t
     from test_cross_encoder_training import toy_records
 
     from rerankforge.data_tools import load_train_dataset
-    from rerankforge.data_tools.llm_inputs import LLMPromptEncoder
+    from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
     from rerankforge.trainer.families import build_trainer
     from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
 

@@ -106,7 +106,7 @@ def test_bad_backend_requests_get_clear_errors(cache, tiny_bert_dir):
 
 
 def test_other_families_are_refused_by_name(cache, tmp_path):
-    from rerankforge.trainer.spec import LLMSpec
+    from rerankforge.inference.modeling.spec import LLMSpec
 
     folder = tmp_path / "llm-like"
     folder.mkdir()

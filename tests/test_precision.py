@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rerankforge.trainer.cli import parse_config
-from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
-from rerankforge.trainer.modeling.cross_encoder import load_cross_encoder
-from rerankforge.trainer.precision import (
-    auto_dtype,
+from rerankforge.inference.backend_choice import auto_dtype
+from rerankforge.inference.modeling.cross_encoder import load_cross_encoder
+from rerankforge.inference.modeling.precision import (
     cpu_has_native_bf16,
     native_bf16,
     resolve_auto_bf16,
 )
+from rerankforge.trainer.cli import parse_config
+from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "squad.yaml"
@@ -65,7 +65,7 @@ def test_the_default_recipe_resolves_auto_and_drops_attention_dropout():
 def test_auto_on_each_kind_of_device(monkeypatch):
     """A CPU with bf16 units, a GPU with and without its own bf16, and a run that is not on the CPU while no GPU
     exists (transformers refuses bf16 there, so auto must say false)."""
-    import rerankforge.trainer.precision as precision
+    import rerankforge.inference.modeling.precision as precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -88,7 +88,7 @@ def test_auto_on_each_kind_of_device(monkeypatch):
 
 
 def test_auto_dtype_is_float32_for_the_graph_backends(monkeypatch):
-    import rerankforge.trainer.precision as precision
+    import rerankforge.inference.modeling.precision as precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert auto_dtype("cpu") == torch.bfloat16
@@ -114,8 +114,9 @@ def test_every_dtype_option_offers_the_names_scoring_dtype_reads():
     """rerankforge-data keeps its own list of names (it starts without importing torch): it must be the one
     precision.DTYPES holds, and every name resolves."""
     from rerankforge.data_tools.cli import make_parser as data_parser
+    from rerankforge.inference.backend_choice import scoring_dtype
+    from rerankforge.inference.modeling.precision import DTYPES
     from rerankforge.trainer.eval_cli import make_parser as eval_parser
-    from rerankforge.trainer.precision import DTYPES, scoring_dtype
 
     found = dtype_choices(data_parser()) + dtype_choices(eval_parser())
     # rerankforge-data mine --teacher-dtype and score --dtype; rerankforge-eval --dtype

@@ -109,7 +109,7 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
     # training moved the encoder away from the packaged MiniLM weights
     from safetensors.torch import load_file
 
-    from rerankforge.trainer.modeling.sources import resolve_model_path
+    from rerankforge.inference.modeling.sources import resolve_model_path
 
     base = load_file(f"{resolve_model_path('sentence-transformers/all-MiniLM-L6-v2')}/model.safetensors")
     trained = load_file(str(out / "model.safetensors"))

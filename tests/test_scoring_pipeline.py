@@ -13,10 +13,10 @@ from score_checks import assert_same_scores
 from test_faults_inputs import WORDS, OutOfMemoryAbove, layerwise, llm  # noqa: F401 (fixtures)
 from test_inference import PAIRS, PASSAGES, QUERY
 
-from rerankforge.data_tools.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference import Reranker
 from rerankforge.inference.batching import BatchSize
 from rerankforge.inference.collate import PairCollator, rows
+from rerankforge.inference.modeling.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.pipeline import Prefetcher, Stages, plan_batches, run_pipeline
 
 

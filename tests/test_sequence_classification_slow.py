@@ -15,9 +15,9 @@ from conftest import FE_TOY, SHARED_DATA
 
 from rerankforge.data_tools.ir_data import load_squad
 from rerankforge.inference import LLMReranker
+from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.train import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -96,7 +96,7 @@ def test_the_shard_split_gives_every_pair_once_balanced_and_merges_in_input_orde
 
 def test_the_main_process_merges_the_gathered_shards_and_refuses_different_pair_lists(monkeypatch):
     """The gather, faked in one process: rank 0's call sees its own shard and rank 1's."""
-    import accelerate.utils
+    from rerankforge.inference import sharded_scoring
 
     pairs = [(f"query {i}", "passage " * (i % 5)) for i in range(9)]
     rank0 = Launch(num_processes=2, process_index=0, device=torch.device("cpu"))
@@ -106,11 +106,11 @@ def test_the_main_process_merges_the_gathered_shards_and_refuses_different_pair_
     def fake_gather(fingerprint_of_rank1):
         return lambda mine: [*mine, (fingerprint_of_rank1 or mine[0][0], rank1_indices, rank1_scores)]
 
-    monkeypatch.setattr(accelerate.utils, "gather_object", fake_gather(None))
+    monkeypatch.setattr(sharded_scoring, "gather_object", fake_gather(None))
     scorer = LengthScorer()
     assert compute_score_sharded(scorer, pairs, rank0) == [float(pair_length(p)) for p in pairs]
     assert scorer.calls == [5]  # rank 0 scored its shard only
-    monkeypatch.setattr(accelerate.utils, "gather_object", fake_gather("another list"))
+    monkeypatch.setattr(sharded_scoring, "gather_object", fake_gather("another list"))
     with pytest.raises(RuntimeError, match="different pair lists"):
         compute_score_sharded(scorer, pairs, rank0)
 

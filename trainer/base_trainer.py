@@ -18,7 +18,10 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from rerankforge.data_tools.files import atomic_write_text
+from rerankforge.data_tools.grouping import GroupedDataset
+from rerankforge.inference.modeling.base import RerankerModel
+from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.lora import unwrap_adapters
 from rerankforge.trainer.checkpoints import (
     MARKER,
     WRITE_ERRORS,
@@ -31,8 +34,6 @@ from rerankforge.trainer.checkpoints import (
 )
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.loss_parts import LossPartMeans
-from rerankforge.trainer.modeling.base import RerankerModel
-from rerankforge.trainer.modeling.lora import unwrap_adapters
 from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED, NanGuard, RunFacts
 from rerankforge.trainer.preemption import PreemptionCallback
 from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
@@ -330,7 +331,6 @@ def as_columns(scores: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
 
 def data_arguments(config: RerankerConfig, records, eval_pairs) -> dict[str, Any]:
     """The Trainer arguments every family passes alike: seeded training groups, eval pairs and their metrics."""
-    from rerankforge.data_tools.grouping import GroupedDataset
 
     seed = config.data_seed if config.data_seed is not None else config.seed
     return {

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from rerankforge.data_tools.files import atomic_write_text
+from rerankforge.inference.modeling.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 MARKER = "rerankforge_checkpoint.json"

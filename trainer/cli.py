@@ -14,9 +14,15 @@ import yaml
 from transformers import HfArgumentParser
 
 from rerankforge.data_tools.schema import DataValidationError
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.file_checks import ModelFilesError
+from rerankforge.inference.modeling.precision import resolve_auto_bf16
+from rerankforge.trainer.checkpoints import CheckpointWriteError
 from rerankforge.trainer.config import RerankerConfig
-from rerankforge.trainer.families import get_family
-from rerankforge.trainer.precision import resolve_auto_bf16
+from rerankforge.trainer.memory_check import MemoryEstimateError
+from rerankforge.trainer.nan_guard import NonFiniteTrainingError
+from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
+from rerankforge.trainer.train import train
 
 EXIT_BAD_INPUT = 2  # a recipe, option or data file that cannot be used as written
 EXIT_NON_FINITE = 3  # the loss or gradient norm went NaN/inf (trainer/nan_guard.py)
@@ -85,12 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # RecipeError and the config's own checks
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from rerankforge.trainer.checkpoints import CheckpointWriteError
-    from rerankforge.trainer.memory_check import MemoryEstimateError
-    from rerankforge.trainer.modeling.file_checks import ModelFilesError
-    from rerankforge.trainer.nan_guard import NonFiniteTrainingError
-    from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
-    from rerankforge.trainer.train import train
 
     exit_codes = {
         DataValidationError: EXIT_BAD_INPUT,

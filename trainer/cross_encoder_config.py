@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from rerankforge.inference.modeling.activation_checkpointing import checkpointing_kwargs, checkpointing_on
 from rerankforge.trainer.config import RerankerConfig
-from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_kwargs, checkpointing_on
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
+from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.backend_choice import scoring_dtype
+from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.precision import DTYPES
 from rerankforge.inference.sharded_scoring import (
     Launch,
     compute_score_sharded,
@@ -20,7 +23,6 @@ from rerankforge.inference.sharded_scoring import (
     process_device,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
-from rerankforge.trainer.precision import DTYPES, scoring_dtype
 from rerankforge.trainer.report import metric_table
 
 
@@ -69,7 +71,6 @@ def make_parser() -> argparse.ArgumentParser:
 def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> dict[str, object]:
     """Every process of a launch builds the same first stage (BM25 is deterministic and cheap next to the
     reranker) and scores its shard of the pairs; every process gets all scores back."""
-    from rerankforge.inference.auto import load_reranker
 
     launch = launch or Launch()
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)

@@ -14,11 +14,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rerankforge.data_tools.files import atomic_folder, atomic_write_text
+from huggingface_hub import HfApi
+
+from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
+from rerankforge.inference.modeling.lora import is_adapter_folder
+from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.trainer.checkpoints import MARKER
+from rerankforge.trainer.merge import write_merged
 from rerankforge.trainer.model_card import model_card
-from rerankforge.trainer.modeling.lora import is_adapter_folder
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
+from rerankforge.trainer.sequence_classification import write_sequence_classification
 
 # what a model folder needs; optimizer, scheduler and RNG pickles of checkpoints never travel
 # (*.py: the modelling code of trust_remote_code models)
@@ -30,9 +35,6 @@ SKIP_NAMES = {
     "eval_before_after.json",
     MARKER,
 }
-# transformers 5 saves the class name TokenizersBackend; transformers 4.x (FlagEmbedding 1.4, older sentence-transformers)
-# cannot load it, while both load the fast tokenizer from tokenizer.json under this one
-PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def copy_model_files(source: Path, target: Path) -> None:
@@ -40,34 +42,6 @@ def copy_model_files(source: Path, target: Path) -> None:
         for path in source.glob(pattern):
             if path.is_file() and path.name not in SKIP_NAMES:
                 shutil.copy2(path, target / path.name)
-
-
-def make_tokenizer_portable(folder: Path) -> None:
-    config_path = folder / "tokenizer_config.json"
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.get("tokenizer_class") == "TokenizersBackend" and (folder / "tokenizer.json").is_file():
-        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
-        atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def make_config_portable(folder: Path) -> None:
-    """transformers 5 writes RoPE settings as ``rope_parameters`` and the precision as ``dtype``; 4.x reads
-    ``rope_theta`` / ``rope_scaling`` and ``torch_dtype``, and silently falls back to defaults without them
-    (SmolLM2's rope_theta 100000 became 10000). Both spellings are written; 5.x reads its own."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope:
-        config.setdefault("rope_theta", rope["rope_theta"])
-        if rope.get("rope_type", "default") != "default":
-            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
-    if "dtype" in config:
-        config.setdefault("torch_dtype", config["dtype"])
-    atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def point_adapter_at_the_hub_base(folder: Path, spec: RerankerSpec) -> None:
@@ -98,8 +72,6 @@ def export(
         raise ValueError(f"--merge-lora: {checkpoint} holds a full model, not a LoRA adapter")
     with atomic_folder(out) as staging:
         if merge_lora:
-            from rerankforge.trainer.merge import write_merged
-
             write_merged(checkpoint, staging, trust_remote_code=trust_remote_code)
             for name in ("training_args.json",):
                 if (checkpoint / name).is_file():
@@ -117,7 +89,6 @@ def export(
 
 def push(folder: Path, repo_id: str, private: bool) -> str:
     """Upload ``folder`` to the Hub; returns the repository URL."""
-    from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
@@ -158,8 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--layer and --drop-head-bias go with --as-sequence-classification")
     try:
         if args.as_sequence_classification:
-            from rerankforge.trainer.sequence_classification import write_sequence_classification
-
             folder = write_sequence_classification(args.checkpoint, args.out, args.layer, args.trust_remote_code,
                                                    args.drop_head_bias)  # fmt: skip
         else:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rerankforge.data_tools.llm_formats import DEFAULTS, INPUT_FORMATS, QWEN3, check_format
-from rerankforge.trainer.config import RerankerConfig
-from rerankforge.trainer.modeling.activation_checkpointing import (
+from rerankforge.inference.modeling.activation_checkpointing import (
     RENAMED,
     checkpointing_kwargs,
     checkpointing_on,
     set_checkpointing_kwargs,
 )
-from rerankforge.trainer.modeling.llm import ATTENTION_IMPLEMENTATIONS, SCORE_MODES
-from rerankforge.trainer.precision import DTYPES
+from rerankforge.inference.modeling.llm import ATTENTION_IMPLEMENTATIONS, SCORE_MODES
+from rerankforge.inference.modeling.llm_formats import DEFAULTS, INPUT_FORMATS, QWEN3, check_format
+from rerankforge.inference.modeling.precision import DTYPES
+from rerankforge.trainer.config import RerankerConfig
 
 
 @dataclass

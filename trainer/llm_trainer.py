@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rerankforge.trainer.base_trainer import RerankerTrainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.merge import merge_adapter_folder
 
 logger = logging.getLogger(__name__)
 MERGED_DIR = "merged"
@@ -21,7 +22,6 @@ class LLMRerankerTrainer(RerankerTrainer):
         """With ``merge_lora``: also write ``<output_dir>/merged``, a full model (and its heads) without peft."""
         if not (self.args.merge_lora and self.args.should_save):
             return
-        from rerankforge.trainer.merge import merge_adapter_folder
 
         merged = merge_adapter_folder(
             output_dir, Path(output_dir) / MERGED_DIR, trust_remote_code=self.args.trust_remote_code

@@ -38,12 +38,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy
+import psutil
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from rerankforge.data_tools.grouping import TrainGroup
-from rerankforge.trainer.modeling.activation_checkpointing import (
+from rerankforge.inference.modeling.activation_checkpointing import (
     checkpointing_kwargs,
     checkpointing_on,
     enable_checkpointing,
@@ -335,7 +337,6 @@ def free_memory(device: torch.device, limit_gb: float | None = None) -> tuple[in
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), "free GPU memory"
-    import psutil
 
     available = int(psutil.virtual_memory().available)
     cgroup = cgroup_available()
@@ -801,17 +802,11 @@ def _drop_grad(on_gradient: Callable[[torch.Tensor], None] | None, parameter: to
 
 
 def _numpy_state() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        return None
     return numpy.random.get_state()
 
 
 def _restore_numpy_state(state: Any) -> None:
     if state is not None:
-        import numpy
-
         numpy.random.set_state(state)
 
 

@@ -7,10 +7,16 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from rerankforge.data_tools.files import atomic_folder
-from rerankforge.trainer.modeling.llm import load_causal_lm
-from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, merged_copy
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.files import atomic_folder
+from rerankforge.inference.modeling.llm import load_causal_lm
+from rerankforge.inference.modeling.lora import (
+    adapter_base_model,
+    is_adapter_folder,
+    load_plain_adapter,
+    merged_copy,
+)
+from rerankforge.inference.modeling.spec import RerankerSpec
 
 
 def merge_adapter_folder(
@@ -38,14 +44,10 @@ def write_merged(
         raise ValueError(f"{adapter_dir} holds no LoRA adapter (no adapter_config.json)")
     spec = RerankerSpec.load(adapter_dir)
     if spec is not None:
-        from rerankforge.trainer.families import get_family  # the family mapping imports the trainers
-
         model = get_family(spec.family).model_class.from_pretrained(
             adapter_dir, dtype, trust_remote_code=trust_remote_code
         )
     else:
-        from rerankforge.trainer.modeling.lora import load_plain_adapter
-
         base = adapter_base_model(adapter_dir)
         if base is None:
             raise ValueError(f"{adapter_dir}: no base model recorded in adapter_config.json")

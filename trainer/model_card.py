@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-from rerankforge.trainer.spec import LayerwiseSpec, LLMSpec, RerankerSpec
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
+from rerankforge.trainer.losses import describe_objective
 
 HYPER_PARAMETERS = (
     "train_group_size", "query_max_len", "passage_max_len", "inference_passage_max_len", "learning_rate",
@@ -48,7 +50,6 @@ def training_record(checkpoint: Path) -> tuple[dict[str, Any], dict[str, float],
 def loss_description(spec: RerankerSpec, args: dict[str, Any]) -> str:
     """The objective's own description: from the spec's record of it, or (older checkpoints) rebuilt from the
     run's settings, which were grouped cross-entropy and optional KL then."""
-    from rerankforge.trainer.losses import describe_objective
 
     record = spec.loss
     if record is None:
@@ -147,9 +148,7 @@ scores = reranker.compute_score({PAIR}, cutoff_layers=[{spec.layers[-1]}])""",
 
 def usage(spec: RerankerSpec, repo_id: str, adapter: bool) -> str:
     """Snippets for the stacks that load this family (the family entry names them)."""
-    from rerankforge.trainer.families import get_family
-
-    blocks = get_family(spec.family).card_usage(spec, repo_id, adapter)
+    blocks = get_family(spec.family).usage(spec, repo_id, adapter)
     return "\n\n".join(f"{name}:\n\n```python\n{code}\n```" for name, code in blocks)
 
 
@@ -203,8 +202,6 @@ def model_card(
     meta = front_matter(
         spec, metrics, args.get("ir_data") or args.get("eval_data"), license_id, adapter, name
     )
-    from rerankforge.trainer.families import get_family
-
     title = get_family(spec.family).title
     lines = [
         *card_header(meta, name),

@@ -20,9 +20,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from rerankforge.data_tools.files import atomic_folder, atomic_write_text
-from rerankforge.trainer.modeling.layerwise import layer_name
-from rerankforge.trainer.spec import LayerwiseSpec, LLMSpec, RerankerSpec
+from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.llm_reranker import LLMLengths
+from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
+from rerankforge.inference.modeling.layerwise import layer_name
+from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
+from rerankforge.trainer.model_card import sequence_classification_card
+from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
 
 logger = logging.getLogger(__name__)
 TEXT_FORMAT_FILE = "text_format.json"
@@ -94,7 +98,6 @@ def build_classifier(reranker, layer: int | None) -> PreTrainedModel:
 
 def uncut_encoder(reranker):
     """The reranker's format with budgets no pair reaches: the ids of the whole formatted text."""
-    from rerankforge.inference.llm_reranker import LLMLengths
 
     return reranker.encoder(LLMLengths(UNCUT, UNCUT, UNCUT))
 
@@ -148,7 +151,6 @@ def write_sequence_classification(
     drop_head_bias: bool = False,
 ) -> Path:  # fmt: skip
     """Convert ``checkpoint`` (llm or layerwise) into a one-logit classifier folder at ``out``."""
-    from rerankforge.inference.auto import load_reranker
 
     checkpoint, out = Path(checkpoint), Path(out)
     spec = RerankerSpec.load(checkpoint)
@@ -194,8 +196,6 @@ def write_sequence_classification(
         tokenizer.save_pretrained(staging)
         (staging / "chat_template.jinja").unlink(missing_ok=True)
         atomic_write_text(staging / TEXT_FORMAT_FILE, json.dumps(fmt, indent=2, ensure_ascii=False) + "\n")
-        from rerankforge.trainer.export import make_config_portable, make_tokenizer_portable
-        from rerankforge.trainer.model_card import sequence_classification_card
 
         make_tokenizer_portable(staging)
         make_config_portable(staging)

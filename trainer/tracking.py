@@ -11,7 +11,9 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 
 logger = logging.getLogger(__name__)
 CURVES_FILE = "training_curves.png"
@@ -36,7 +38,7 @@ class ScoreHistogramCallback(TrainerCallback):
         if not positives and not negatives:
             return
         if "wandb" in args.report_to:
-            import wandb
+            import wandb  # optional: the [wandb] extra
 
             if wandb.run is not None:
                 wandb.run.log(
@@ -45,9 +47,6 @@ class ScoreHistogramCallback(TrainerCallback):
                      "train/global_step": state.global_step},
                 )  # fmt: skip
         if "tensorboard" in args.report_to:
-            import numpy as np
-            from transformers.integrations import TensorBoardCallback
-
             for callback in self.trainer.callback_handler.callbacks:
                 writer = (
                     getattr(callback, "tb_writer", None)
@@ -73,10 +72,10 @@ class TrainingCurvesCallback(TrainerCallback):
 
 
 def plot_training_curves(log_history: list[dict], path: Path) -> Path | None:
-    import matplotlib
+    import matplotlib  # imported only when a plot is drawn: the Agg backend is chosen first
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported only when a plot is drawn: the Agg backend is chosen first
 
     losses = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     ndcg = [(e["step"], e["eval_ndcg@10"]) for e in log_history if "eval_ndcg@10" in e]

@@ -10,13 +10,19 @@ import random
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
-from rerankforge.data_tools.files import atomic_write_text
 from rerankforge.data_tools.ir_data import IRDataset, load_ir_dataset, load_ir_split, split_by_group
 from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.sources import load_train_dataset
+from rerankforge.data_tools.teacher_scoring import load_teacher
+from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.layerwise import LEGACY_HEADS_FILE
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.spec import SPEC_FILENAME
 from rerankforge.trainer.checkpoints import (
     WRITE_ERRORS,
     CheckpointWriteError,
@@ -29,11 +35,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
-from rerankforge.trainer.modeling.file_checks import check_model_folder
-from rerankforge.trainer.modeling.layerwise import LEGACY_HEADS_FILE
-from rerankforge.trainer.modeling.sources import resolve_model_path
 from rerankforge.trainer.report import layer_table, metric_table
-from rerankforge.trainer.spec import SPEC_FILENAME
 
 logger = logging.getLogger(__name__)
 MINED_TRAIN_FILE = Path("data") / "train.jsonl"
@@ -143,9 +145,6 @@ def mining_teacher(config: RerankerConfig):
     """``mine_teacher`` as a function from pairs to raw scores, in bf16 when the run trains in bf16."""
     if not config.mine_teacher:
         return None
-    import torch
-
-    from rerankforge.data_tools.teacher_scoring import load_teacher
 
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     device = "cpu" if config.use_cpu else None

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rerankforge.data_tools.files import atomic_write_text
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
-from rerankforge.trainer.modeling.file_checks import ModelFilesError
+from rerankforge.inference.modeling.file_checks import ModelFilesError
+from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT
 
 SPEC_FILENAME = "rerankforge.json"
 SPEC_VERSION = 2
@@ -79,9 +79,10 @@ class RerankerSpec:
             data = {**{k: v for k, v in data.items() if k != "extra"}, **(data.get("extra") or {})}
             data["version"] = SPEC_VERSION
         family = data.get("family")
-        if family not in SPEC_CLASSES:
-            raise ModelFilesError(f"{source}: unknown family {family!r}; known: {', '.join(SPEC_CLASSES)}")
-        cls = SPEC_CLASSES[family]
+        classes = spec_classes()
+        if family not in classes:
+            raise ModelFilesError(f"{source}: unknown family {family!r}; known: {', '.join(classes)}")
+        cls = classes[family]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -116,7 +117,7 @@ class LLMSpec(RerankerSpec):
     """
 
     family_name: ClassVar[str] = "llm"
-    input_format: str = "bge"  # rerankforge.data_tools.llm_formats: bge, qwen3 or chat
+    input_format: str = "bge"  # rerankforge.inference.modeling.llm_formats: bge, qwen3 or chat
     prompt: str = DEFAULT_PROMPT
     score: str = "yes"
     yes_token: str = "Yes"
@@ -152,6 +153,13 @@ class LayerwiseSpec(LLMSpec):
         ]
 
 
-SPEC_CLASSES: dict[str, type[RerankerSpec]] = {
-    cls.family_name: cls for cls in (CrossEncoderSpec, LLMSpec, LayerwiseSpec)
-}
+def spec_classes() -> dict[str, type[RerankerSpec]]:
+    """``family -> spec class`` of every RerankerSpec subclass defined so far: a family's spec is declared by its
+    class alone (a new family's spec becomes readable from rerankforge.json by being defined)."""
+    found: dict[str, type[RerankerSpec]] = {}
+    pending = list(RerankerSpec.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        found.setdefault(cls.family_name, cls)
+        pending.extend(cls.__subclasses__())
+    return found

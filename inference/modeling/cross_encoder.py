@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import (
@@ -14,13 +14,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rerankforge.data_tools.pair_encoding import PairLengths
-from rerankforge.trainer.modeling.base import RerankerModel
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.spec import CrossEncoderSpec, RerankerSpec
-
-if TYPE_CHECKING:
-    from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
+from rerankforge.inference.modeling.base import RerankerModel
+from rerankforge.inference.modeling.pair_encoding import PairLengths
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.spec import CrossEncoderSpec, RerankerSpec
+from rerankforge.inference.modeling.training_options import EncoderTrainingOptions
 
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -145,7 +143,7 @@ class CrossEncoderModel(RerankerModel):
         return cls(backbone, spec)
 
     @classmethod
-    def load_tokenizer(cls, config: CrossEncoderConfig) -> PreTrainedTokenizerBase:
+    def load_tokenizer(cls, config: EncoderTrainingOptions) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(
             resolve_model_path(config.tokenizer_name or config.model_name_or_path),
             trust_remote_code=config.trust_remote_code,
@@ -153,7 +151,7 @@ class CrossEncoderModel(RerankerModel):
 
     @classmethod
     def for_training(
-        cls, config: CrossEncoderConfig, tokenizer: PreTrainedTokenizerBase
+        cls, config: EncoderTrainingOptions, tokenizer: PreTrainedTokenizerBase
     ) -> CrossEncoderModel:
         """The base model with a fresh one-logit head (or the trained one it has); the spec holds the scoring
         budgets, which may read longer passages than training does (``inference_passage_max_len``)."""
@@ -173,6 +171,8 @@ class CrossEncoderModel(RerankerModel):
         )
         return cls(backbone, spec, forward_chunks=config.forward_chunks)
 
-    def training_lengths(self, config: CrossEncoderConfig, tokenizer: PreTrainedTokenizerBase) -> PairLengths:
+    def training_lengths(
+        self, config: EncoderTrainingOptions, tokenizer: PreTrainedTokenizerBase
+    ) -> PairLengths:
         """Training's budgets: the config's, the pair within the model's positions."""
         return PairLengths.for_model(config.query_max_len, config.passage_max_len, self.config, tokenizer)

@@ -62,6 +62,7 @@ def add_lora(
 
     No task type: peft wraps the family model as it is, so its forward (the score) is what the wrapper runs.
     """
+    # peft is optional when scoring: merged and plain folders score without it
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -82,6 +83,7 @@ def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
     the adapter does not hold yet (a version-1 adapter's, loaded from their file before this) join its
     ``modules_to_save``, so they train and are saved with it from now on.
     """
+    # peft is optional when scoring: merged and plain folders score without it
     from peft import LoraConfig, PeftModel
     from peft.tuners.tuners_utils import BaseTuner
     from peft.utils.other import set_additional_trainable_modules
@@ -103,7 +105,7 @@ def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
 
 def load_plain_adapter(model: PreTrainedModel, adapter_path: str | Path):
     """A peft adapter that rerankforge did not write, on the model it was made for, frozen."""
-    from peft import PeftModel
+    from peft import PeftModel  # optional when scoring: merged and plain folders score without peft
 
     return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.data_tools.llm_inputs import (
+from rerankforge.inference.modeling.llm_inputs import (
     DEFAULT_PROMPT,
     LLMPromptEncoder,
     pad_left,

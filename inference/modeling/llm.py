@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import is_flash_attn_2_available
 
-from rerankforge.data_tools.llm_formats import fixed_length, prompt_encoder
-from rerankforge.data_tools.llm_inputs import DEFAULT_PROMPT
-from rerankforge.data_tools.pair_encoding import PairLengths
-from rerankforge.trainer.modeling.activation_checkpointing import checkpointing_on
-from rerankforge.trainer.modeling.base import RerankerModel, quiet_about
-from rerankforge.trainer.modeling.sources import resolve_model_path
-from rerankforge.trainer.precision import DTYPES
-from rerankforge.trainer.spec import LLMSpec, RerankerSpec
-
-if TYPE_CHECKING:
-    from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.inference.modeling.activation_checkpointing import checkpointing_on
+from rerankforge.inference.modeling.base import RerankerModel, quiet_about
+from rerankforge.inference.modeling.llm_formats import fixed_length, prompt_encoder
+from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT
+from rerankforge.inference.modeling.lora import adapter_base_model, add_lora, is_adapter_folder, load_adapter
+from rerankforge.inference.modeling.pair_encoding import PairLengths
+from rerankforge.inference.modeling.precision import DTYPES
+from rerankforge.inference.modeling.sources import resolve_model_path
+from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
+from rerankforge.inference.modeling.training_options import LLMTrainingOptions
 
 SCORE_MODES = ("yes", "yes_minus_no")
 
@@ -99,13 +99,10 @@ def check_attention(attn_implementation: str) -> str | None:
         raise ValueError(
             f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
         )
-    if attn_implementation == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
-        if not is_flash_attn_2_available():
-            raise ValueError(
-                "attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU; use auto or sdpa"
-            )
+    if attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        raise ValueError(
+            "attn_implementation flash_attention_2 needs the flash-attn package and a CUDA GPU; use auto or sdpa"
+        )
     return None if attn_implementation == "auto" else attn_implementation
 
 
@@ -116,7 +113,6 @@ def load_causal_lm(
     trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """A decoder LLM from safetensors only, in ``dtype`` (fp32 unless asked), with the chosen attention."""
-    from transformers import AutoModelForCausalLM
 
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
@@ -174,7 +170,6 @@ class LLMRerankerModel(RerankerModel):
     ) -> LLMRerankerModel:
         """For scoring: our full folders; our adapter folders (on the base model their spec names, merged); any
         causal LM with a stand-in ``spec``; ``adapter_path``: an adapter saved apart, put on ``name_or_path``."""
-        from rerankforge.trainer.modeling.lora import adapter_base_model, is_adapter_folder, load_adapter
 
         path = resolve_model_path(str(name_or_path))
         spec_folder = str(adapter_path or path)
@@ -209,11 +204,11 @@ class LLMRerankerModel(RerankerModel):
         """Parameters that must not train, after peft made its trainable copies (none for this family)."""
 
     @classmethod
-    def load_tokenizer(cls, config: LLMRerankerConfig) -> PreTrainedTokenizerBase:
+    def load_tokenizer(cls, config: LLMTrainingOptions) -> PreTrainedTokenizerBase:
         return load_tokenizer(config.tokenizer_name or config.model_name_or_path, config.trust_remote_code)
 
     @classmethod
-    def for_training(cls, config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    def for_training(cls, config: LLMTrainingOptions, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
         """The base LLM in the family model, with fresh adapters, a saved adapter to continue, or (no LoRA)
         every weight trainable."""
         backbone = load_causal_lm(
@@ -227,7 +222,9 @@ class LLMRerankerModel(RerankerModel):
         return prepare_for_training(model, config)
 
     @staticmethod
-    def training_spec_fields(config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    def training_spec_fields(
+        config: LLMTrainingOptions, tokenizer: PreTrainedTokenizerBase
+    ) -> dict[str, Any]:
         scoring = llm_scoring_fields(
             tokenizer, config.prompt, config.score, config.yes_token, config.no_token, config.input_format
         )
@@ -244,17 +241,16 @@ class LLMRerankerModel(RerankerModel):
 
     @classmethod
     def for_training_from(
-        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LLMRerankerConfig
+        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LLMTrainingOptions
     ) -> LLMRerankerModel:
         return cls(backbone, LLMSpec(**spec_fields))
 
-    def training_lengths(self, config: LLMRerankerConfig, tokenizer: PreTrainedTokenizerBase) -> PairLengths:
+    def training_lengths(self, config: LLMTrainingOptions, tokenizer: PreTrainedTokenizerBase) -> PairLengths:
         return PairLengths(config.query_max_len, config.passage_max_len, self.spec.max_length)
 
 
-def prepare_for_training(model: LLMRerankerModel, config: LLMRerankerConfig) -> nn.Module:
+def prepare_for_training(model: LLMRerankerModel, config: LLMTrainingOptions) -> nn.Module:
     """LoRA as the config asks: fresh adapters, or a saved adapter (and its heads) to continue; none: as is."""
-    from rerankforge.trainer.modeling.lora import add_lora, load_adapter
 
     if not config.use_lora:
         model.freeze_fixed_parameters(model)

@@ -14,6 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rerankforge.inference.modeling.files import atomic_folder
+
 logger = logging.getLogger(__name__)
 
 # Hub name -> (module, function returning the folder)
@@ -55,7 +61,6 @@ def convert_gguf(gguf_file: Path, folder: Path) -> Path:
     """
     if (folder / "config.json").is_file():
         return folder
-    from filelock import FileLock
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):  # one process converts (DDP ranks, parallel tests); others wait
@@ -65,10 +70,6 @@ def convert_gguf(gguf_file: Path, folder: Path) -> Path:
 
 
 def _convert_gguf_unlocked(gguf_file: Path, folder: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rerankforge.data_tools.files import atomic_folder
 
     logger.info("converting %s into %s (once; about a minute)", gguf_file, folder)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)

@@ -12,20 +12,20 @@ adapter carries them as peft's ``modules_to_save``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
-from rerankforge.trainer.modeling.llm import LLMRerankerModel
-from rerankforge.trainer.spec import LayerwiseSpec
-
-if TYPE_CHECKING:
-    from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+from rerankforge.inference.modeling.llm import LLMRerankerModel
+from rerankforge.inference.modeling.spec import LayerwiseSpec
+from rerankforge.inference.modeling.training_options import LayerwiseTrainingOptions
 
 LEGACY_HEADS_FILE = "layerwise_heads.safetensors"  # version 1 kept the heads beside the weights
 HEAD_PREFIX = "heads."
@@ -85,7 +85,7 @@ class LayerwiseRerankerModel(LLMRerankerModel):
 
     @classmethod
     def for_training_from(
-        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LayerwiseRerankerConfig
+        cls, backbone: PreTrainedModel, spec_fields: dict[str, Any], config: LayerwiseTrainingOptions
     ) -> LayerwiseRerankerModel:
         """Heads on every layer from ``start_layer`` to the last, started as the "Yes" row; ``train_layers`` of
         them train (default: all)."""
@@ -236,17 +236,15 @@ def read_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def zero3_enabled() -> bool:
-    from transformers.integrations import is_deepspeed_zero3_enabled
 
     return is_deepspeed_zero3_enabled()
 
 
 def gathered(parameter: torch.nn.Parameter):
     """A context in which a ZeRO-3 sharded parameter is whole (a no-op otherwise)."""
-    import contextlib
 
     if zero3_enabled():
-        import deepspeed
+        import deepspeed  # optional: the [deepspeed] extra
 
         return deepspeed.zero.GatheredParameters([parameter], modifier_rank=None)
     return contextlib.nullcontext()

@@ -85,21 +85,3 @@ def resolve_auto_bf16(recipe: dict[str, Any], argv: list[str]) -> tuple[dict[str
         else:
             argv[i] = f"--bf16={str(choice).lower()}"
     return recipe, argv
-
-
-def auto_dtype(device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
-    """Scoring precision for ``--dtype auto``: bfloat16 where the device computes in it, else float32; always
-    float32 for the CPU graph backends (named, or set by RERANKFORGE_BACKEND), which run the fp32 export."""
-    from rerankforge.inference.backend_choice import default_backend
-    from rerankforge.inference.onnx_backend import GRAPH_BACKENDS
-
-    if (backend or default_backend()) in GRAPH_BACKENDS:
-        return torch.float32
-    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
-    return torch.bfloat16 if native_bf16(use_cpu=on_cpu) else torch.float32
-
-
-def scoring_dtype(name: str, device: str | torch.device | None, backend: str | None = None) -> torch.dtype:
-    """A ``--dtype`` / ``--teacher-dtype`` value as a torch dtype: "auto" resolved for the device and backend,
-    any other name ("float32", "bfloat16", "float16") as it is."""
-    return auto_dtype(device, backend) if name == AUTO else DTYPES[name]

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from rerankforge.trainer.modeling.activation_checkpointing import enable_checkpointing
-from rerankforge.trainer.spec import RerankerSpec
+from rerankforge.inference.modeling.activation_checkpointing import enable_checkpointing
+from rerankforge.inference.modeling.spec import RerankerSpec
 
 
 class RerankerModel(PreTrainedModel):
