@@ -107,11 +107,16 @@ def test_zero2_trains_the_llm_family_with_lora(tmp_path, tiny_llm_dirs):
 def test_the_layerwise_family_trains_and_saves_its_heads_under_zero2_and_zero3(
     tmp_path, tiny_llm_dirs, stage_file
 ):
-    """The heads are the model's own weights (peft's modules_to_save): ZeRO-3 gathers them with the adapter."""
+    """The heads are the model's own weights (peft's modules_to_save): ZeRO-3 gathers them with the adapter.
+
+    Their biases are frozen at zero (LayerwiseRerankerModel.freeze_fixed_parameters), which ZeRO-3's gather for a
+    peft model leaves out: the adapter (the final one and the checkpoint's) still holds them, zero."""
     from rerankforge.inference import LayerwiseReranker
 
-    settings = dict(family="layerwise", lora_rank=4, lora_alpha=8, start_layer=1, self_distill_weight=0.5)
-    out = run_zero(tmp_path, tiny_llm_dirs("llama"), stage_file, **settings)
+    model_dir = tiny_llm_dirs("llama")
+    settings = dict(family="layerwise", lora_rank=4, lora_alpha=8, start_layer=1, self_distill_weight=0.5,
+                    save_strategy="steps", save_steps=4)  # fmt: skip
+    out = run_zero(tmp_path, model_dir, stage_file, **settings)
     assert not (out / "model.safetensors").exists()
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [k for k in adapter if "lora_B" in k]
@@ -119,7 +124,21 @@ def test_the_layerwise_family_trains_and_saves_its_heads_under_zero2_and_zero3(
     assert heads == [f"base_model.model.heads.{k}.{n}" for k in (1, 2) for n in ("bias", "weight")]
     assert all(adapter[k].numel() > 0 for k in adapter)  # gathered, not a ZeRO-3 shard
     assert any(adapter[k].abs().sum() > 0 for k in lora_b)  # lora_B starts at zero: it trained
-    assert all(adapter[k].abs().sum() > 0 for k in heads if k.endswith("bias"))  # biases start at zero too
+    # the heads started as the LM head's "Yes" row with a zero bias; the biases stay zero, the weights train
+    spec = json.loads((out / "rerankforge.json").read_text())
+    base = load_file(model_dir / "model.safetensors")
+    lm_head = base["lm_head.weight" if "lm_head.weight" in base else "model.embed_tokens.weight"].float()
+    start = lm_head[spec["yes_token_id"]]
+    if spec["score"] == "yes_minus_no":
+        start = start - lm_head[spec["no_token_id"]]
+    for k in (1, 2):
+        bias, weight = (adapter[f"base_model.model.heads.{k}.{n}"].float() for n in ("bias", "weight"))
+        assert bias.shape == (1,) and torch.count_nonzero(bias) == 0, bias
+        assert weight.shape == (1, start.numel()) and torch.isfinite(weight).all()
+        moved = (weight[0] - start).abs().max().item()
+        assert 1e-6 < moved < 0.1, moved  # trained from the "Yes" row: 4 steps at learning rate 1e-3
+    checkpoint = load_file(out / "checkpoint-4" / "adapter_model.safetensors")
+    assert set(checkpoint) == set(adapter) and all(torch.equal(checkpoint[k], adapter[k]) for k in adapter)
     reranker = LayerwiseReranker.from_pretrained(str(out), device="cpu")
     scores = reranker.compute_score([["where is the apple", "the apple is here"]] * 2, cutoff_layers=[1, 2])
     assert all(torch.isfinite(torch.tensor(s)).all() for s in scores)

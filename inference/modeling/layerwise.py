@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rerankforge.inference.modeling.llm import LLMRerankerModel
+from rerankforge.inference.modeling.lora import save_fixed_tensors_with_adapter
 from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.inference.modeling.training_options import LayerwiseTrainingOptions
 
@@ -111,10 +112,17 @@ class LayerwiseRerankerModel(LLMRerankerModel):
     def freeze_fixed_parameters(self, wrapped: nn.Module) -> None:
         """The heads' biases stay zero (in peft's trainable copies of the heads too): a bias shifts every score
         of a query alike, so listwise losses give it no gradient (only rounding noise, which Adam would amplify),
-        and a one-logit export (transformers' score heads have no bias) could not carry it."""
+        and a one-logit export (transformers' score heads have no bias) could not carry it.
+
+        They stay in an adapter's saves: DeepSpeed ZeRO-3 leaves frozen parameters out of what the Trainer gathers
+        for a peft model, so their values, taken here, complete it (see `save_fixed_tensors_with_adapter`)."""
+        fixed = {}
         for name, parameter in wrapped.named_parameters():
             if f"{HEAD_PREFIX}" in name and name.endswith(".bias"):
                 parameter.requires_grad_(False)
+                with gathered(parameter):  # whole already, unless built inside DeepSpeed's zero.Init
+                    fixed[name] = parameter.detach().to("cpu", copy=True)
+        save_fixed_tensors_with_adapter(wrapped, fixed)
 
     def score_columns(self) -> list[str]:
         """Evaluation reports each head: ``layer<k>_ndcg@10``, ...; the unprefixed metrics are the last layer's."""

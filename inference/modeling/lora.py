@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -101,6 +102,42 @@ def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
             wrapped.base_model, extra, BaseTuner.get_model_config(wrapped), "default"
         )
     return wrapped
+
+
+def save_fixed_tensors_with_adapter(wrapped: nn.Module, fixed: dict[str, torch.Tensor]) -> None:
+    """Frozen tensors of a peft model (``fixed``: its state-dict keys and values) go into each of its saves, also
+    when the caller hands peft a state dict that leaves them out.
+
+    Under DeepSpeed ZeRO-3 the Trainer gathers a peft model's weights for saving with DeepSpeed's
+    ``_zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)``, which skips every parameter that
+    does not require grad: a frozen parameter of peft's ``modules_to_save`` copies too, which peft's
+    ``get_peft_model_state_dict`` then looks for in vain (``KeyError: 'modules_to_save.default.bias'``). Only the
+    main process saves, so nothing can be gathered then; a frozen parameter gets no gradient and no optimizer
+    state, so its value taken before training (``fixed``) is the one it still has. A key the state dict holds is
+    kept as it is; a missing one comes from the live parameter when that is whole (no ZeRO-3 shard), otherwise
+    from ``fixed``, in the live parameter's dtype (the 16-bit one DeepSpeed gathers in).
+    """
+    if not fixed or not hasattr(wrapped, "peft_config"):  # a full model's save holds its frozen weights
+        return
+    fixed = {key: value.detach().to("cpu", copy=True) for key, value in fixed.items()}
+    save = wrapped.save_pretrained
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        state_dict = kwargs.get("state_dict")
+        if state_dict is not None and any(key not in state_dict for key in fixed):
+            live = dict(wrapped.named_parameters())
+            completed = dict(state_dict)
+            for key, value in fixed.items():
+                parameter = live.get(key)
+                if key in completed or parameter is None:
+                    continue
+                whole = not hasattr(parameter, "ds_id")  # DeepSpeed ZeRO-3 marks its (sharded) parameters
+                source = parameter.detach().cpu() if whole else value
+                completed[key] = source.to(parameter.dtype, copy=True)
+            kwargs["state_dict"] = completed
+        return save(save_directory, *args, **kwargs)
+
+    wrapped.save_pretrained = save_pretrained
 
 
 def load_plain_adapter(model: PreTrainedModel, adapter_path: str | Path):
