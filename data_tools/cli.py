@@ -34,9 +34,29 @@ from rerankforge.inference.sharded_scoring import compute_score_sharded, current
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """One sub-command per verb; each verb's arguments come from its own function, in --help's order."""
     parser = argparse.ArgumentParser(prog="rerankforge-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate training JSONL and print statistics")
+    add_check_arguments(commands.add_parser("check", help="validate training JSONL and print statistics"))
+    add_mine_arguments(
+        commands.add_parser(
+            "mine",
+            help="write training JSONL with hard negatives (BM25, dense, hybrid or a run file), filtered",
+        )
+    )
+    add_split_arguments(
+        commands.add_parser(
+            "split",
+            help="write a BEIR folder with train and test qrels from one data set (by article or query)",
+        )
+    )
+    add_score_arguments(
+        commands.add_parser("score", help="add pos_scores / neg_scores from a teacher reranker")
+    )
+    return parser
+
+
+def add_check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("paths", nargs="+", help="JSONL files or folders of them")
     check.add_argument("--tokenizer", help="tokenizer (folder or name) for token-length percentiles")
     check.add_argument(
@@ -54,9 +74,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--sample", type=int, default=20000, help="pairs tokenized for the length statistics")
 
-    mine = commands.add_parser(
-        "mine", help="write training JSONL with hard negatives (BM25, dense, hybrid or a run file), filtered"
-    )
+
+def add_mine_arguments(mine: argparse.ArgumentParser) -> None:
+    """The data set, its first stage and how negatives are sampled; the teacher's filters have a group."""
     mine.add_argument("data", help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
     mine.add_argument("output", help="training JSONL to write")
     mine.add_argument("--split", default="train", help="BEIR qrels split; SQuAD: train, test or all")
@@ -87,6 +107,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="random: a seeded sample of the rank range's survivors; top: the best-ranked survivors",
     )
     mine.add_argument("--seed", type=int, default=0)
+    add_false_negative_filters(mine)
+    mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
+    mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
+
+
+def add_false_negative_filters(mine: argparse.ArgumentParser) -> None:
+    """`mine`'s teacher and the filters that read its scores."""
     filters = mine.add_argument_group(
         "false-negative filters (need --teacher; they read the teacher's probability, sigmoid of its score, "
         "against the query's best-scored positive, or see --margin-reference)"
@@ -121,12 +148,9 @@ def make_parser() -> argparse.ArgumentParser:
     filters.add_argument(
         "--device", help="cpu, cuda, ... for the teacher and bi-encoder (default: cuda if any)"
     )
-    mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
-    mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
 
-    to_beir = commands.add_parser(
-        "split", help="write a BEIR folder with train and test qrels from one data set (by article or query)"
-    )
+
+def add_split_arguments(to_beir: argparse.ArgumentParser) -> None:
     to_beir.add_argument("data", help="BEIR folder (its --split qrels are split by query) or SQuAD JSON file")
     to_beir.add_argument("output", help="BEIR folder to write (corpus.jsonl, queries.jsonl, qrels/)")
     to_beir.add_argument("--split", default="test", help="BEIR qrels split to divide")
@@ -135,7 +159,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     to_beir.add_argument("--split-seed", type=int, default=0)
 
-    score = commands.add_parser("score", help="add pos_scores / neg_scores from a teacher reranker")
+
+def add_score_arguments(score: argparse.ArgumentParser) -> None:
     score.add_argument("input", help="training JSONL (file or folder)")
     score.add_argument("output", help="training JSONL to write, with teacher scores")
     score.add_argument("--teacher", required=True, help="any reranker rerankforge.inference loads")
@@ -161,7 +186,6 @@ def make_parser() -> argparse.ArgumentParser:
         type=int,
         help="cap each pair at this many tokens (default: the teacher's own budgets)",
     )
-    return parser
 
 
 def mine(args: argparse.Namespace) -> int:

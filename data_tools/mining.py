@@ -183,14 +183,7 @@ def mine_hard_negatives(
     if options.needs_teacher and teacher is None:
         raise ValueError("margins, max_score and output_scores need a teacher (--teacher MODEL)")
     report = MiningReport(options)
-    judged = []
-    for query_id in dataset.judged_queries():
-        report.queries += 1
-        positives = [d for d in sorted(dataset.relevant(query_id)) if d in dataset.corpus]
-        if not positives:
-            report.without_positive += 1
-            continue
-        judged.append((query_id, positives, unjudged_candidates(dataset, run, query_id, options, report)))
+    judged = judged_candidates(dataset, run, options, report)
     scores = teacher_scores(dataset, judged, teacher) if teacher is not None else None
     records = []
     for index, (query_id, positives, candidates) in enumerate(
@@ -199,21 +192,10 @@ def mine_hard_negatives(
         query = dataset.queries[query_id]
         if scores is not None:
             pos_scores, cand_scores = scores[index]
-            reference = MARGIN_REFERENCES[options.margin_reference]([sigmoid(s) for s in pos_scores])
-            survivors = []
-            for doc_id, score in zip(candidates, cand_scores, strict=True):
-                reason = margin_filter(reference, sigmoid(score), options)
-                if reason:
-                    report.dropped[reason] += 1
-                else:
-                    survivors.append((doc_id, score))
+            survivors = teacher_survivors(candidates, pos_scores, cand_scores, options, report)
         else:
             survivors = [(doc_id, None) for doc_id in candidates]
-        if options.sampling == "top":
-            chosen = survivors[: options.num_negatives]
-        else:
-            rng = random.Random(f"{options.seed}:{query_id}")
-            chosen = rng.sample(survivors, min(options.num_negatives, len(survivors)))
+        chosen = choose_negatives(survivors, query_id, options)
         if not chosen:  # a group needs negatives: such a query cannot train, so it is reported and left out
             report.left_out.append(query)
             continue
@@ -230,6 +212,50 @@ def mine_hard_negatives(
         records.append(record)
     report.written = len(records)
     return records, report
+
+
+def judged_candidates(
+    dataset: IRDataset, run: Run, options: MiningOptions, report: MiningReport
+) -> list[tuple[str, list[str], list[str]]]:
+    """(query id, positives, unjudged candidates) for each judged query with a positive in the corpus."""
+    judged = []
+    for query_id in dataset.judged_queries():
+        report.queries += 1
+        positives = [d for d in sorted(dataset.relevant(query_id)) if d in dataset.corpus]
+        if not positives:
+            report.without_positive += 1
+            continue
+        judged.append((query_id, positives, unjudged_candidates(dataset, run, query_id, options, report)))
+    return judged
+
+
+def teacher_survivors(
+    candidates: list[str],
+    pos_scores: list[float],
+    cand_scores: list[float],
+    options: MiningOptions,
+    report: MiningReport,
+) -> list[tuple[str, float]]:
+    """The candidates (with their raw scores) that no margin filter drops against the reference positive."""
+    reference = MARGIN_REFERENCES[options.margin_reference]([sigmoid(s) for s in pos_scores])
+    survivors = []
+    for doc_id, score in zip(candidates, cand_scores, strict=True):
+        reason = margin_filter(reference, sigmoid(score), options)
+        if reason:
+            report.dropped[reason] += 1
+        else:
+            survivors.append((doc_id, score))
+    return survivors
+
+
+def choose_negatives(
+    survivors: list[tuple[str, float | None]], query_id: str, options: MiningOptions
+) -> list[tuple[str, float | None]]:
+    """Up to ``num_negatives`` survivors: the best-ranked, or a sample seeded per query so runs repeat."""
+    if options.sampling == "top":
+        return survivors[: options.num_negatives]
+    rng = random.Random(f"{options.seed}:{query_id}")
+    return rng.sample(survivors, min(options.num_negatives, len(survivors)))
 
 
 def teacher_scores(

@@ -79,19 +79,39 @@ def check_record(
     """Return ``(field, problem)`` pairs for one parsed JSON line; an empty list means it is valid."""
     if not isinstance(record, dict):
         return [("<line>", f"expected a JSON object, got {type(record).__name__}")]
-    problems: list[tuple[str, str]] = []
-    for key in record:
-        if key not in KNOWN_FIELDS:
-            problems.append((key, f"unknown key (known keys: {', '.join(KNOWN_FIELDS)})"))
+    return [
+        *_unknown_key_problems(record),
+        *_query_problems(record),
+        *_passage_problems(record),
+        *_group_size_problems(record, train_group_size),
+        *_teacher_score_problems(record, require_teacher_scores),
+        *_prompt_problems(record),
+    ]
 
-    query = record.get("query")
+
+def _unknown_key_problems(record: dict) -> list[tuple[str, str]]:
+    """Keys outside the schema, most often a misspelt field."""
+    return [
+        (key, f"unknown key (known keys: {', '.join(KNOWN_FIELDS)})")
+        for key in record
+        if key not in KNOWN_FIELDS
+    ]
+
+
+def _query_problems(record: dict) -> list[tuple[str, str]]:
     if "query" not in record:
-        problems.append(("query", "missing"))
-    elif not isinstance(query, str):
-        problems.append(("query", f"must be a string, got {type(query).__name__}"))
-    elif not query.strip():
-        problems.append(("query", "empty"))
+        return [("query", "missing")]
+    query = record["query"]
+    if not isinstance(query, str):
+        return [("query", f"must be a string, got {type(query).__name__}")]
+    if not query.strip():
+        return [("query", "empty")]
+    return []
 
+
+def _passage_problems(record: dict) -> list[tuple[str, str]]:
+    """``pos`` (required, at least one) and ``neg`` (optional): lists of non-empty strings."""
+    problems: list[tuple[str, str]] = []
     for name in ("pos", "neg"):
         if name not in record:
             if name == "pos":
@@ -108,13 +128,22 @@ def check_record(
                 problems.append((f"{name}[{i}]", f"must be a string, got {type(passage).__name__}"))
             elif not passage.strip():
                 problems.append((f"{name}[{i}]", "empty passage"))
+    return problems
 
+
+def _group_size_problems(record: dict, train_group_size: int | None) -> list[tuple[str, str]]:
+    """A group of more than one passage needs a negative to fill it."""
     negatives = record.get("neg", [])
     if (train_group_size or 0) > 1 and isinstance(negatives, list) and not negatives:
-        problems.append(
+        return [
             ("neg", f"no negatives, but train_group_size={train_group_size} needs at least one per query")
-        )
+        ]
+    return []
 
+
+def _teacher_score_problems(record: dict, require_teacher_scores: bool) -> list[tuple[str, str]]:
+    """Teacher scores: one finite number per passage, pos_scores with neg_scores, and present if required."""
+    problems: list[tuple[str, str]] = []
     for score_name, passage_name in SCORE_FIELDS.items():
         if score_name not in record:
             continue
@@ -141,11 +170,14 @@ def check_record(
         problems.append(
             ("pos_scores", "missing, but the loss learns from a teacher: every query needs teacher scores")
         )
+    return problems
 
+
+def _prompt_problems(record: dict) -> list[tuple[str, str]]:
     prompt = record.get("prompt")
     if "prompt" in record and not (isinstance(prompt, str) and prompt.strip()):
-        problems.append(("prompt", "must be a non-empty string when given"))
-    return problems
+        return [("prompt", "must be a non-empty string when given")]
+    return []
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -188,6 +188,16 @@ class RerankerConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if isinstance(self.train_data, str):
             self.train_data = [self.train_data]
+        self._parse_loss_kwargs()
+        self._check_objective()
+        super().__post_init__()
+        self._check_inputs()
+        self._check_mining()
+        self._check_grouped_training()
+        self._check_nan_policy()
+
+    def _parse_loss_kwargs(self) -> None:
+        """Read a command line's JSON ``loss_kwargs`` into the mapping a recipe gives."""
         if isinstance(self.loss_kwargs, str):
             try:
                 self.loss_kwargs = json.loads(self.loss_kwargs) if self.loss_kwargs.strip() else None
@@ -197,6 +207,9 @@ class RerankerConfig(TrainingArguments):
                 ) from None
         if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
             raise ValueError(f"loss_kwargs must be a mapping of setting to value, got {self.loss_kwargs!r}")
+
+    def _check_objective(self) -> None:
+        """Settle the distillation switches and build the objective once, before any data or model is read."""
         if self.knowledge_distillation is False and self.distill_loss is not None:
             raise ValueError(
                 f"knowledge_distillation is false but distill_loss is {self.distill_loss!r}: set one of them"
@@ -214,11 +227,16 @@ class RerankerConfig(TrainingArguments):
                 f"distill_temperature {self.distill_temperature} would change nothing: it is the temperature of the "
                 "kl distillation term (and of the layerwise family's self-distillation), and this run has neither"
             )
-        super().__post_init__()
+
+    def _check_inputs(self) -> None:
+        """A run needs a model and something to train on."""
         if self.model_name_or_path is None:
             raise ValueError("model_name_or_path is required (in the recipe or as --model_name_or_path)")
         if not self.train_data and not self.ir_data:
             raise ValueError("train_data or ir_data is required (in the recipe or on the command line)")
+
+    def _check_mining(self) -> None:
+        """The hard-negative mining settings, and the ir_data split they mine from."""
         if len(self.mine_rank_range) != 2 or not 1 <= self.mine_rank_range[0] <= self.mine_rank_range[1]:
             raise ValueError(
                 f"mine_rank_range must be [first, last] with 1 <= first <= last, got {self.mine_rank_range}"
@@ -234,6 +252,9 @@ class RerankerConfig(TrainingArguments):
             )
         if self.ir_eval_split and not self.ir_data:
             raise ValueError("ir_eval_split names a qrels split of ir_data, and no ir_data is set")
+
+    def _check_grouped_training(self) -> None:
+        """The group size and token budgets, and the Trainer options that query groups rule out."""
         if self.train_group_size < 2:  # a softmax over one score is always 1: the loss would be 0
             raise ValueError(
                 f"train_group_size must be >= 2 (1 positive + negatives), got {self.train_group_size}"
@@ -252,6 +273,9 @@ class RerankerConfig(TrainingArguments):
                 )
         if self.query_max_len < 1 or self.passage_max_len < 1:
             raise ValueError("query_max_len and passage_max_len must be positive")
+
+    def _check_nan_policy(self) -> None:
+        """What a non-finite loss does, and whether this run's engine allows it."""
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {self.nan_policy!r}")
         if self.nan_max_consecutive_skips < 1:

@@ -233,39 +233,10 @@ def sequence_classification_card(
     spec: LLMSpec, text_format: dict[str, Any], class_name: str, name: str, difference: float
 ) -> str:
     """The card of a `--as-sequence-classification` export: what the logit is and how to format the input."""
-    meta = {
-        "library_name": "transformers",
-        "pipeline_tag": "text-ranking",
-        "tags": ["rerankforge", "reranker", "text-ranking", "sequence-classification"],
-    }
-    if hub_id(spec.base_model):
-        meta["base_model"] = spec.base_model
     source = f"layer {text_format['layer']}'s head" if text_format["layer"] else "the answer-token score"
     template = text_format["template"]
-    code = f"""
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-TEMPLATE = {json.dumps(template, ensure_ascii=False)}
-
-def format_pair(query: str, passage: str) -> str:
-    return TEMPLATE.replace("{{query}}", query).replace("{{passage}}", passage)
-
-tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = AutoModelForSequenceClassification.from_pretrained("{name}").eval()
-texts = [format_pair(q, p) for q, p in {PAIR}]
-batch = tokenizer(texts, padding=True, truncation=True, max_length={spec.max_length},
-                  add_special_tokens=False, return_tensors="pt")
-with torch.inference_mode():
-    scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
-    cross_encoder = f"""
-from sentence_transformers import CrossEncoder
-
-model = CrossEncoder("{name}")
-# the whole formatted text as the document and an empty query: the model sees exactly that text
-scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid of the logit"""
     lines = [
-        *card_header(meta, name),
+        *card_header(sequence_classification_meta(spec), name),
         f"A {spec.family} reranker trained with [rerankforge](https://github.com/rerankforge/rerankforge), "
         f"converted into a one-logit `{class_name}`: the logit is the reranker's score ({source}), checked "
         f"to {difference:.1g} at conversion. It loads with transformers alone (no peft, no rerankforge).",
@@ -292,11 +263,53 @@ scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid 
         "",
         "transformers:",
         "",
-        f"```python{code}\n```",
+        f"```python{transformers_snippet(template, name, spec.max_length)}\n```",
         "",
         "sentence-transformers (`format_pair` as above):",
         "",
-        f"```python{cross_encoder}\n```",
+        f"```python{sentence_transformers_snippet(name)}\n```",
         "",
     ]
     return "\n".join(lines)
+
+
+def sequence_classification_meta(spec: LLMSpec) -> dict[str, Any]:
+    """Hub metadata of the converted model: plain transformers, no peft and no rerankforge needed."""
+    meta: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-ranking",
+        "tags": ["rerankforge", "reranker", "text-ranking", "sequence-classification"],
+    }
+    if hub_id(spec.base_model):
+        meta["base_model"] = spec.base_model
+    return meta
+
+
+def transformers_snippet(template: str, name: str, max_length: int) -> str:
+    """Scoring with transformers alone: the pair written into the template, tokenized as it is."""
+    return f"""
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+TEMPLATE = {json.dumps(template, ensure_ascii=False)}
+
+def format_pair(query: str, passage: str) -> str:
+    return TEMPLATE.replace("{{query}}", query).replace("{{passage}}", passage)
+
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForSequenceClassification.from_pretrained("{name}").eval()
+texts = [format_pair(q, p) for q, p in {PAIR}]
+batch = tokenizer(texts, padding=True, truncation=True, max_length={max_length},
+                  add_special_tokens=False, return_tensors="pt")
+with torch.inference_mode():
+    scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
+
+
+def sentence_transformers_snippet(name: str) -> str:
+    """Scoring with a CrossEncoder, which sees the formatted text as the document of an empty query."""
+    return f"""
+from sentence_transformers import CrossEncoder
+
+model = CrossEncoder("{name}")
+# the whole formatted text as the document and an empty query: the model sees exactly that text
+scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid of the logit"""
