@@ -1,19 +1,17 @@
-"""Scoring in chunks of pairs, longest first within each: memory stays flat however many pairs are scored, each
-batch pads little, and scores come back in input order."""
+"""What every scoring call shares: batch sizes that an out-of-memory error shrinks, token budgets, the progress
+bar, sharding by length, and sentence-transformers' ``predict`` and ``rank`` on top of a reranker's ``_score``
+(the scoring loop itself is inference/pipeline.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rerankforge.inference.pairs import Pair, to_passages
-
-Item = TypeVar("Item")
-Score = TypeVar("Score")
+from rerankforge.inference.pairs import Pair, to_pairs, to_passages
 
 logger = logging.getLogger(__name__)
 CHUNK_PAIRS = 4096  # pairs encoded at a time: their token ids are the memory that would grow with the input
@@ -42,10 +40,6 @@ class BatchSize:
             self.logged = True
 
 
-def as_batch_size(batch_size: int | BatchSize) -> BatchSize:
-    return batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
-
-
 def check_token_budget(max_batch_tokens: int | None, max_length: int) -> None:
     """A budget below one full-length pair could not hold every pair: refused before anything is encoded."""
     if max_batch_tokens is not None and max_batch_tokens < max_length:
@@ -63,84 +57,15 @@ def batch_rows(longest: int, rows: int, max_batch_tokens: int | None) -> int:
     return max(1, min(rows, max_batch_tokens // max(1, longest)))
 
 
-def padded_width(multiple: int | None) -> Callable[[Sequence], int]:
-    """A row's length once padded to ``multiple`` (what a token budget counts)."""
-    if not multiple:
-        return len
-    return lambda row: -(-len(row) // multiple) * multiple
-
-
 def release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def score_longest_first(
-    items: Sequence[Item],
-    length: Callable[[Item], int],
-    score_batch: Callable[[list[Item]], list[Score]],
-    batch_size: int | BatchSize,
-    progress: tqdm | None = None,
-    max_batch_tokens: int | None = None,
-) -> list[Score]:
-    """``score_batch`` on batches of items sorted longest first; one score per item, in input order.
-
-    A batch holds at most ``batch_size`` items and, when given, ``max_batch_tokens`` padded tokens.
-
-    Longest first also means an out-of-memory error shows on the first batch, not after minutes. Such an error
-    (torch.OutOfMemoryError) splits the batch and retries it: nothing is lost or reordered, and the smaller size
-    holds for the rest of the call (a ``BatchSize`` shared by its chunks). A single item that does not fit
-    raises. ``progress``, when given, is advanced by the number of items of each batch.
-    """
-    size = as_batch_size(batch_size)
-    order = sorted(range(len(items)), key=lambda i: -length(items[i]))
-    scores: list = [None] * len(items)
-    start = 0
-    while start < len(order):
-        rows = batch_rows(length(items[order[start]]), size.value, max_batch_tokens)
-        batch = order[start : start + rows]
-        try:
-            batch_scores = score_batch([items[i] for i in batch])
-        except torch.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            failed = True  # handled below, once the error's frames (and their tensors) are released
-        else:
-            failed = False
-        if failed:
-            release_cached_memory()
-            size.shrink(len(batch))
-            continue
-        for index, score in zip(batch, batch_scores, strict=True):
-            scores[index] = score
-        if progress is not None:
-            progress.update(len(batch))
-        start += len(batch)
-    return scores
 
 
 def progress_bar(pairs: int, batch_size: int, show_progress: bool | None) -> tqdm:
     """One bar counting pairs: shown when asked, or (``None``) when there are more than 10 batches."""
     show = show_progress if show_progress is not None else pairs > AUTO_PROGRESS_BATCHES * batch_size
     return tqdm(total=pairs, desc="scoring", unit="pair", disable=not show)
-
-
-def score_in_chunks(
-    pairs: Sequence[Pair],
-    score_chunk: Callable[[Sequence[Pair], tqdm], list[Score]],
-    batch_size: int | BatchSize,
-    chunk_size: int = CHUNK_PAIRS,
-    show_progress: bool | None = None,
-) -> list[Score]:
-    """``score_chunk`` (encode, then score longest first) on consecutive chunks of whole batches; scores in
-    input order, one progress bar across all chunks."""
-    batch_size = as_batch_size(batch_size).requested
-    step = max(batch_size, chunk_size - chunk_size % batch_size)
-    scores: list[Score] = []
-    with progress_bar(len(pairs), batch_size, show_progress) as bar:
-        for start in range(0, len(pairs), step):
-            scores.extend(score_chunk(pairs[start : start + step], bar))
-    return scores
 
 
 def pair_length(pair: Pair) -> int:
@@ -163,24 +88,88 @@ def sigmoid(scores: list[float]) -> list[float]:
 
 
 class RanksCandidates:
-    """``rank`` for any reranker that has ``_score(pairs, lengths, batch_size)`` and ``lengths``."""
+    """sentence-transformers' ``predict`` and ``rank`` for any reranker that has ``_score(pairs, lengths,
+    batch_size, ..., show_progress=...)`` and ``lengths``: both score through ``_score``, the reranker's one
+    scoring path."""
 
     chunk_size: int = CHUNK_PAIRS  # pairs encoded at a time (rounded to whole batches)
     max_batch_tokens: int | None = None  # padded tokens a batch may hold, besides its pair count
     prefetch: bool | None = None  # encode and pad ahead in a thread; None: on CUDA only (cross-encoders)
+    # predict's and rank's default activation, as CrossEncoder.activation_fn for a one-logit model
+    activation_fn: Callable[[torch.Tensor], torch.Tensor] = torch.nn.Sigmoid()
+
+    def _raw_scores(
+        self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[float]:
+        """Raw scores of checked pairs in input order: ``compute_score``'s with its defaults (the saved budgets;
+        the last layer of a layerwise model). The FlagEmbedding wrappers add their instructions and lengths."""
+        return self._score(pairs, self.lengths, batch_size, show_progress=show_progress)
+
+    def _activated(
+        self,
+        pairs: Sequence[Pair],
+        batch_size: int | None,
+        show_progress: bool | None,
+        activation_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """One float32 score per pair, the activation applied (to ``(pairs, 1)`` logits, as sentence-transformers
+        applies it to a one-logit model's); on the reranker's device."""
+        raw = self._raw_scores(pairs, batch_size, show_progress)
+        scores = torch.tensor(raw, dtype=torch.float32, device=getattr(self, "device", None))
+        activation_fn = activation_fn if activation_fn is not None else self.activation_fn
+        if activation_fn is None or not len(raw):
+            return scores
+        return activation_fn(scores.unsqueeze(-1)).reshape(len(raw))
+
+    def predict(
+        self,
+        pairs: Pair | Sequence[Pair],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor] | np.float32:
+        """sentence-transformers' ``CrossEncoder.predict``: scores in input order, the activation applied
+        (``activation_fn``, else ``self.activation_fn``: a sigmoid of ``compute_score``'s raw score;
+        ``torch.nn.Identity()`` gives the raw scores).
+
+        Returns a float32 numpy array; with ``convert_to_tensor`` a float32 tensor (on the reranker's device);
+        with ``convert_to_numpy=False`` a list of 0-d tensors. One pair (not a list of one) gives one score: a
+        numpy float32 (a 0-d tensor with the other two). ``batch_size`` None is the reranker's;
+        ``show_progress_bar`` None shows a bar for more than 10 batches.
+        """
+        pair_list, single = to_pairs(pairs)
+        scores = self._activated(pair_list, batch_size, show_progress_bar, activation_fn)
+        if convert_to_tensor:
+            result = scores
+        elif convert_to_numpy:
+            result = scores.float().cpu().numpy()
+        else:
+            result = list(scores)
+        return result[0] if single else result
 
     def rank(
         self,
         query: str,
-        passages: Sequence[str],
+        documents: Sequence[str],
         top_k: int | None = None,
+        return_documents: bool = False,
         batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> list[dict[str, object]]:
-        """``[{"index", "score", "text"}]`` best first, as sentence-transformers' ``CrossEncoder.rank``."""
-        passages = to_passages(query, passages)
-        scores = self._score(
-            [(query, p) for p in passages], self.lengths, batch_size, show_progress=show_progress
-        )
-        ranked = sorted(range(len(passages)), key=lambda i: -scores[i])[:top_k]
-        return [{"index": i, "score": scores[i], "text": passages[i]} for i in ranked]
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[dict[str, int | float | str]]:
+        """sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score"}]`` best first (ties in input
+        order), with ``"text"`` (the document) when ``return_documents``; ``top_k`` keeps the first k. The scores
+        are `predict`'s (the activation applied: a sigmoid by default)."""
+        documents = to_passages(query, documents)
+        scores = self._activated(
+            [(query, d) for d in documents], batch_size, show_progress_bar, activation_fn
+        ).tolist()
+        results: list[dict[str, int | float | str]] = []
+        for index, score in enumerate(scores):
+            results.append({"corpus_id": index, "score": score})
+            if return_documents:
+                results[-1]["text"] = documents[index]
+        results.sort(key=lambda result: result["score"], reverse=True)
+        return results[:top_k]

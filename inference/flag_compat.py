@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -17,8 +18,11 @@ from rerankforge.inference.llm_reranker import (
     flag_llm_lengths,
     separator_and_prompt_length,
 )
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.folder_checks import folder_family
 from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
 from rerankforge.inference.modeling.pair_encoding import PairLengths
+from rerankforge.inference.modeling.sources import resolve_model_path
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import DEFAULT_MAX_LENGTH, Pair, Reranker, flag_reranker_lengths
 
@@ -65,6 +69,41 @@ def instructed_pairs(
     ]
 
 
+def load_as_flag_reranker(
+    model_name_or_path: str,
+    use_fp16: bool,
+    use_bf16: bool,
+    trust_remote_code: bool,
+    devices: str | Sequence[str] | None,
+    batch_size: int,
+    backend: str | None,
+    max_batch_tokens: int | None,
+) -> Reranker:
+    """`Reranker.from_pretrained` with FlagReranker's choice of device and precision."""
+    pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
+    # a pool's dtype is its GPUs' (half precision when asked); a pool of CPUs runs fp32, as one CPU does
+    first = (
+        next((d for d in pool_devices if torch.device(d).type == "cuda"), pool_devices[0])
+        if pool_devices
+        else devices
+    )
+    device, dtype = pick_device_and_dtype(first, use_fp16, use_bf16)
+    backend = backend or default_backend()
+    # auto: torch on a GPU, the fastest exact backend measured here on a CPU
+    on_torch = backend in ("torch", "auto")
+    return Reranker.from_pretrained(
+        model_name_or_path,
+        # onnx: the CPU unless told otherwise; several devices: the workers' (this process holds no weights)
+        device=device if (on_torch or devices) and not pool_devices else None,
+        dtype=dtype if on_torch else None,  # the graphs run fp32 (as FlagEmbedding does on a CPU)
+        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
+        backend=backend,
+        devices=pool_devices,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+
 class FlagReranker(Reranker):
     """``FlagEmbedding.FlagReranker`` with the same arguments and ``compute_score`` behaviour."""
 
@@ -91,28 +130,8 @@ class FlagReranker(Reranker):
         "auto" by default, "torch", "onnx", "openvino", "onnx-int8", "openvino-bf16")."""
         if unused:
             logger.warning("FlagReranker arguments not used by rerankforge: %s", ", ".join(sorted(unused)))
-        pool_devices = several_devices(devices)  # two or more: one scoring worker process per device
-        # a pool's dtype is its GPUs' (half precision when asked); a pool of CPUs runs fp32, as one CPU does
-        first = (
-            next((d for d in pool_devices if torch.device(d).type == "cuda"), pool_devices[0])
-            if pool_devices
-            else devices
-        )
-        device, dtype = pick_device_and_dtype(first, use_fp16, use_bf16)
-        backend = backend or default_backend()
-        # auto: torch on a GPU, the fastest exact backend measured here on a CPU
-        on_torch = backend in ("torch", "auto")
-        loaded = Reranker.from_pretrained(
-            model_name_or_path,
-            # onnx: the CPU unless told otherwise; several devices: the workers' (this process holds no weights)
-            device=device if (on_torch or devices) and not pool_devices else None,
-            dtype=dtype if on_torch else None,  # the graphs run fp32 (as FlagEmbedding does on a CPU)
-            trust_remote_code=trust_remote_code,
-            batch_size=batch_size,
-            backend=backend,
-            devices=pool_devices,
-            max_batch_tokens=max_batch_tokens,
-        )
+        loaded = load_as_flag_reranker(model_name_or_path, use_fp16, use_bf16, trust_remote_code, devices,
+                                       batch_size, backend, max_batch_tokens)  # fmt: skip
         super().__init__(
             loaded.model,
             loaded.tokenizer,
@@ -155,6 +174,14 @@ class FlagReranker(Reranker):
         lengths = self.flag_lengths(query_max_length, max_length)
         scores = self._score(pairs, lengths, batch_size, self.normalize if normalize is None else normalize)
         return scores[0] if len(scores) == 1 else scores
+
+    def _raw_scores(
+        self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[float]:
+        """`predict`'s and `rank`'s raw scores: ``compute_score``'s (instructions, lengths), never normalized."""
+        pairs = instructed_pairs(pairs, self.query_instruction, self.passage_instruction)
+        lengths = self.flag_lengths(None, None)
+        return self._score(pairs, lengths, batch_size, show_progress=show_progress)
 
 
 class FlagLLMReranker(LLMReranker):
@@ -253,6 +280,16 @@ class FlagLLMReranker(LLMReranker):
         scores = self._score(pairs, lengths, batch_size, normalize, prompt)
         return scores[0] if len(scores) == 1 else scores
 
+    def _raw_scores(
+        self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[float]:
+        """`predict`'s and `rank`'s raw scores: ``compute_score``'s (instructions, prompt, lengths), never
+        normalized."""
+        pairs = instructed_pairs(pairs, self.query_instruction, self.passage_instruction)
+        prompt = self.default_prompt
+        lengths = self.flag_lengths(None, None, prompt or self.prompt)
+        return self._score(pairs, lengths, batch_size, False, prompt, show_progress)
+
 
 class LayerWiseFlagLLMReranker(LayerwiseReranker):
     """``FlagEmbedding.LayerWiseFlagLLMReranker``'s arguments and ``compute_score(..., cutoff_layers=[...])``,
@@ -311,14 +348,107 @@ class LayerWiseFlagLLMReranker(LayerwiseReranker):
         layers = self.resolve_layers(cutoff_layers if cutoff_layers is not None else self.cutoff_layers)
         pairs, single = to_pairs(sentence_pairs)
         prompt = prompt or self.default_prompt
-        max_length = max_length if max_length is not None else self.max_length
-        lengths = self.lengths
-        if max_length is not None:
-            lengths = flag_llm_lengths(
-                max_length, None, separator_and_prompt_length(self.tokenizer, prompt or self.prompt)
-            )
+        lengths = self.flag_lengths(max_length, prompt)
         normalize = self.normalize if normalize is None else normalize
         per_layer = self._score_layers(pairs, lengths, layers, batch_size, normalize, prompt)
         if single:
             per_layer = [scores[0] for scores in per_layer]
         return per_layer[0] if len(layers) == 1 else per_layer
+
+    def flag_lengths(self, max_length: int | None, prompt: str | None) -> LLMLengths:
+        """The trained budgets, or FlagEmbedding's for a ``max_length`` (this call's, else the constructor's)."""
+        max_length = max_length if max_length is not None else self.max_length
+        if max_length is None:
+            return self.lengths
+        return flag_llm_lengths(
+            max_length, None, separator_and_prompt_length(self.tokenizer, prompt or self.prompt)
+        )
+
+    def _raw_scores(
+        self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
+    ) -> list[float]:
+        """`predict`'s and `rank`'s raw scores: the last layer's, with ``compute_score``'s prompt and lengths."""
+        prompt = self.default_prompt
+        lengths = self.flag_lengths(None, prompt)
+        return self._score(pairs, lengths, batch_size, False, prompt, show_progress)
+
+
+# FlagEmbedding's ``model_class`` values (its RerankerModelClass) -> the family whose wrapper they name
+FLAG_MODEL_CLASSES = {
+    "encoder-only-base": "cross_encoder",
+    "decoder-only-base": "llm",
+    "decoder-only-layerwise": "layerwise",
+}
+# FlagEmbedding's table of Hub names (by the last part of the name): what a name that is not a local folder loads as
+FLAG_HUB_NAMES = {
+    "bge-reranker-base": "cross_encoder",
+    "bge-reranker-large": "cross_encoder",
+    "bge-reranker-v2-m3": "cross_encoder",
+    "bge-reranker-v2-gemma": "llm",
+    "bge-reranker-v2-minicpm-layerwise": "layerwise",
+}
+
+
+def flag_classes() -> dict[str, type]:
+    """Each family's FlagEmbedding-style wrapper."""
+    return {
+        "cross_encoder": FlagReranker,
+        "llm": FlagLLMReranker,
+        "layerwise": LayerWiseFlagLLMReranker,
+    }
+
+
+def flag_family(name_or_path: str, model_class: str | None) -> str:
+    """The family ``FlagAutoReranker`` loads: ``model_class``'s when given, else the folder's (as `load_reranker`
+    picks it: rerankforge.json, else "llm" for a causal LM, else "cross_encoder"); a Hub name that is not a local
+    folder goes by FlagEmbedding's table of names, else loads as a cross-encoder."""
+    if model_class is not None:
+        value = getattr(model_class, "value", model_class)  # FlagEmbedding's enum or its string
+        if value not in FLAG_MODEL_CLASSES:
+            raise ValueError(
+                f"model_class {value!r} is not one rerankforge loads; use one of {sorted(FLAG_MODEL_CLASSES)}"
+            )
+        return FLAG_MODEL_CLASSES[value]
+    path = resolve_model_path(name_or_path)
+    family = folder_family(path)
+    if family is not None:
+        return get_family(family).name  # a family rerankforge does not know is refused by name
+    if not Path(path).is_dir():
+        name = Path(name_or_path.rstrip("/")).name
+        if name.startswith("checkpoint-"):  # FlagEmbedding's rule: a checkpoint goes by its run's name
+            name = Path(name_or_path.rstrip("/")).parent.name
+        return FLAG_HUB_NAMES.get(name, "cross_encoder")
+    return "cross_encoder"
+
+
+class FlagAutoReranker:
+    """``FlagEmbedding.FlagAutoReranker``: ``from_finetuned`` returns the wrapper of the folder's family."""
+
+    def __init__(self):
+        raise OSError(
+            "FlagAutoReranker is designed to be instantiated using the "
+            "`FlagAutoReranker.from_finetuned(model_name_or_path)` method."
+        )
+
+    @classmethod
+    def from_finetuned(
+        cls,
+        model_name_or_path: str,
+        model_class: str | None = None,
+        use_fp16: bool = False,
+        trust_remote_code: bool | None = None,
+        **kwargs: object,
+    ) -> FlagReranker | FlagLLMReranker | LayerWiseFlagLLMReranker:
+        """`FlagReranker`, `FlagLLMReranker` or `LayerWiseFlagLLMReranker`, by the folder's family (see
+        `flag_family`), or by ``model_class`` ("encoder-only-base", "decoder-only-base",
+        "decoder-only-layerwise"); the other arguments go to that class."""
+        family = flag_family(model_name_or_path, model_class)
+        wrappers = flag_classes()
+        if family not in wrappers:
+            raise ValueError(
+                f"{model_name_or_path} holds a {family!r} reranker, which has no FlagEmbedding-style class; "
+                "load it with rerankforge.inference.load_reranker"
+            )
+        return wrappers[family](
+            model_name_or_path, use_fp16=use_fp16, trust_remote_code=bool(trust_remote_code), **kwargs
+        )

@@ -5,18 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from rerankforge.inference.batching import (
-    BatchSize,
-    padded_width,
-    score_in_chunks,
-    score_longest_first,
-    sigmoid,
-)
+from rerankforge.inference.batching import sigmoid
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, layer_name
-from rerankforge.inference.modeling.llm_inputs import pad_left, pad_token_id
 from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.inference.pairs import to_pairs
 from rerankforge.inference.reranker import Pair
@@ -53,25 +45,10 @@ class LayerwiseReranker(LLMReranker):
             raise ValueError(f"cutoff_layers {unknown} have no head; this model scores layers {self.layers}")
         return wanted
 
-    @torch.inference_mode()
-    def score_layers(
-        self,
-        sequences: list[list[int]],
-        layers: list[int],
-        batch_size: int | BatchSize,
-        progress: tqdm | None = None,
-    ) -> list[list[float]]:
-        """``[pair][layer]`` scores for already-built input ids; the model stops at the deepest layer."""
-        pad_multiple = 8 if self.device.type == "cuda" else None
-        pad_id = pad_token_id(self.tokenizer)
-
-        def score_batch(chunk: list[list[int]]) -> list[list[float]]:
-            batch = {k: v.to(self.device) for k, v in pad_left(chunk, pad_id, pad_multiple).items()}
-            scores = self.model(**batch, layers=layers)
-            return torch.stack([scores[layer_name(k)] for k in layers], dim=-1).tolist()
-
-        width = padded_width(pad_multiple)  # what a row costs in the token budget
-        return score_longest_first(sequences, width, score_batch, batch_size, progress, self.max_batch_tokens)
+    def layer_scores(self, batch: dict[str, torch.Tensor], layers: list[int]) -> torch.Tensor:
+        """``[rows, layers]`` float32 scores of the requested layers; the model stops at the deepest one."""
+        scores = self.model(**batch, layers=layers)
+        return torch.stack([scores[layer_name(k)].float() for k in layers], dim=-1)
 
     def compute_score(
         self,
@@ -126,13 +103,8 @@ class LayerwiseReranker(LLMReranker):
         show_progress: bool | None = None,
     ) -> list[list[float]]:
         """``[pair][layer]`` scores on this process's model (what a `DevicePool` worker answers)."""
-        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
-        encode = self.chunk_encoder(lengths, prompt)
-
-        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[list[float]]:
-            return self.score_layers(encode(chunk), layers, batch_size, progress)
-
-        rows = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
+        stages = self.pipeline_stages(lengths, prompt, score=lambda batch: self.layer_scores(batch, layers))
+        rows = self.run_stages(pairs, stages, batch_size, show_progress)
         return sigmoid(rows) if normalize else rows  # elementwise: [pair][layer] stays so
 
     def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=None):

@@ -10,17 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.inference.batching import (
-    BatchSize,
-    RanksCandidates,
-    padded_width,
-    score_in_chunks,
-    score_longest_first,
-    sigmoid,
-)
+from rerankforge.inference.batching import RanksCandidates, sigmoid
 from rerankforge.inference.device_pool import (
     ConfigOnlyModel,
     DevicePool,
@@ -51,6 +43,7 @@ from rerankforge.inference.modeling.lora import adapter_base_model, is_adapter_f
 from rerankforge.inference.modeling.sources import resolve_model_path
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.inference.pairs import to_pairs
+from rerankforge.inference.pipeline import Stages, padded_length, score_through_pipeline
 from rerankforge.inference.reranker import Pair, default_device
 
 logger = logging.getLogger(__name__)
@@ -135,10 +128,8 @@ class LLMReranker(RanksCandidates):
         FlagLLMReranker's lengths). ``input_format`` ("bge", "qwen3" or "chat") names a plain folder's layout
         instead; our folders record theirs in rerankforge.json.
 
-        ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``).
-        ``backend``: "torch" only (the ONNX backends are for cross-encoders).
-
-        ``devices``: two or more ("cuda:0", "cuda:1", ...) score with one worker process per device, each
+        ``adapter_path`` puts a separately saved adapter on ``name_or_path`` (FlagLLMReranker's ``peft_path``);
+        ``backend`` is "torch" only (the graph backends run cross-encoders). ``devices``: two or more ("cuda:0", "cuda:1", ...) score with one worker process per device, each
         loading the weights (this process keeps only the tokenizer and spec); ``reranker.pool.close()`` stops
         them (so do garbage collection and exit). ``worker_loader``: ``(loader, kwargs)`` with which each worker
         loads instead of this class's ``from_pretrained`` with these arguments (the FlagEmbedding wrappers
@@ -147,20 +138,12 @@ class LLMReranker(RanksCandidates):
         pool_devices, device = several_devices(devices), one_device(device, devices)
         path = resolve_model_path(name_or_path)
         spec_folder = adapter_path or path
-        spec = RerankerSpec.load(spec_folder)
-        family = cls.model_class.spec_class.family_name
         if backend != "torch":
+            family = cls.model_class.spec_class.family_name
             raise ValueError(
                 f"backend={backend!r} is for cross-encoders; {name_or_path} holds a {family!r} reranker"
             )
-
-        # missing, damaged or mismatched files, by name (an adapter saved apart: its base is name_or_path)
-        check_model_folder(spec_folder, family, cls.__name__, base=path if adapter_path else None)
-        if spec is not None and spec.family != family:
-            found = f"a {spec.family!r} reranker"
-            raise ValueError(
-                f"{spec_folder} holds {found}; {cls.__name__} loads rerankforge {family!r} folders"
-            )
+        spec = cls.checked_spec(spec_folder, base=path if adapter_path else None)
         pool = None
         if pool_devices:  # the workers load while this process reads the tokenizer
             loader, load_kwargs = worker_loader or (factory_loader, dict(
@@ -171,24 +154,11 @@ class LLMReranker(RanksCandidates):
             pool = DevicePool(path, pool_devices, loader, **load_kwargs)
         try:
             tokenizer = load_tokenizer(tokenizer_folder(path, spec_folder, spec), trust_remote_code)
-            trained = spec is not None
-            if trained and input_format is not None and input_format != spec.input_format:
-                raise ValueError(
-                    f"{spec_folder} was trained in input_format {spec.input_format!r} (rerankforge.json), "
-                    f"not {input_format!r}"
-                )
-            if not trained:
-                input_format = input_format or plain_input_format(path, tokenizer)
-            stand_in = None if trained else cls.plain_spec(tokenizer, path, input_format)
-            lengths = None
-            if not trained and input_format == BGE:
-                lengths = flag_llm_lengths(
-                    FLAG_MAX_LENGTH, None, separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
-                )
+            stand_in, lengths = cls.scoring_defaults(tokenizer, spec, spec_folder, path, input_format)
             if pool is not None:  # the spec is all this process needs: prompt, token ids, budgets, layers
                 pool.wait_ready()
                 model = ConfigOnlyModel(spec or stand_in, None)
-                return cls(model, tokenizer, lengths, "cpu", batch_size, trained=trained, pool=pool)
+                return cls(model, tokenizer, lengths, "cpu", batch_size, trained=spec is not None, pool=pool)
         except BaseException:
             if pool is not None:
                 pool.close()
@@ -196,7 +166,47 @@ class LLMReranker(RanksCandidates):
         model = cls.model_class.from_pretrained(
             path, dtype, trust_remote_code, attn_implementation, adapter_path=adapter_path, spec=stand_in
         )
-        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, trained=trained)
+        return cls(model, tokenizer, lengths, device=device, batch_size=batch_size, trained=spec is not None)
+
+    @classmethod
+    def checked_spec(cls, spec_folder: str, base: str | None) -> RerankerSpec | None:
+        """The folder's spec once its files are checked (an adapter saved apart: its base is ``base``); it
+        must be of this class's family."""
+        family = cls.model_class.spec_class.family_name
+        check_model_folder(
+            spec_folder, family, cls.__name__, base=base
+        )  # missing, damaged or mismatched files
+        spec = RerankerSpec.load(spec_folder)
+        if spec is not None and spec.family != family:
+            raise ValueError(
+                f"{spec_folder} holds a {spec.family!r} reranker; {cls.__name__} loads rerankforge {family!r} folders"
+            )
+        return spec
+
+    @classmethod
+    def scoring_defaults(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: RerankerSpec | None,
+        spec_folder: str,
+        path: str,
+        input_format: str | None,
+    ) -> tuple[LLMSpec | None, LLMLengths | None]:
+        """A plain folder's stand-in spec and FlagLLMReranker's lengths (bge), in the format asked or found;
+        for our folders (None, None), after checking an asked format against the trained one."""
+        if spec is not None:
+            if input_format is not None and input_format != spec.input_format:
+                raise ValueError(
+                    f"{spec_folder} was trained in input_format {spec.input_format!r} (rerankforge.json), "
+                    f"not {input_format!r}"
+                )
+            return None, None
+        input_format = input_format or plain_input_format(path, tokenizer)
+        stand_in = cls.plain_spec(tokenizer, path, input_format)
+        if input_format != BGE:
+            return stand_in, None
+        prompt_length = separator_and_prompt_length(tokenizer, DEFAULT_PROMPT)
+        return stand_in, flag_llm_lengths(FLAG_MAX_LENGTH, None, prompt_length)
 
     @classmethod
     def plain_spec(cls, tokenizer: PreTrainedTokenizerBase, path: str, input_format: str = BGE) -> LLMSpec:
@@ -224,20 +234,40 @@ class LLMReranker(RanksCandidates):
             return self.lengths
         return LLMLengths(self.lengths.query_max_len, self.lengths.passage_max_len, max_length)
 
-    @torch.inference_mode()
-    def score_sequences(
-        self, sequences: list[list[int]], batch_size: int | BatchSize, progress: tqdm | None = None
-    ) -> list[float]:
-        """Scores for already-built input ids, in their order (float32 whatever the model's precision)."""
-        pad_multiple = 8 if self.device.type == "cuda" else None
+    def pipeline_stages(
+        self,
+        lengths: LLMLengths,
+        prompt: str | None,
+        score: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    ) -> Stages:
+        """Encode with ``lengths`` and ``prompt``, pad on the left (page-locked on CUDA), then ``score`` the
+        batch on the device (`forward_scores` unless given)."""
+        score = score or self.forward_scores
+        cuda = self.device.type == "cuda"
+        multiple = 8 if cuda else None
         pad_id = pad_token_id(self.tokenizer)
 
-        def score_batch(chunk: list[list[int]]) -> list[float]:
-            batch = pad_left(chunk, pad_id, pad_multiple)
-            return self.model(**{k: v.to(self.device) for k, v in batch.items()}).tolist()
+        def collate(sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+            batch = pad_left(sequences, pad_id, multiple)
+            return {k: v.pin_memory() for k, v in batch.items()} if cuda else batch
 
-        width = padded_width(pad_multiple)  # what a row costs in the token budget
-        return score_longest_first(sequences, width, score_batch, batch_size, progress, self.max_batch_tokens)
+        @torch.inference_mode()
+        def forward(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return score({k: v.to(self.device, non_blocking=cuda) for k, v in inputs.items()})
+
+        return Stages(self.chunk_encoder(lengths, prompt), collate, forward, padded_length(multiple))
+
+    def run_stages(
+        self, pairs: Sequence[Pair], stages: Stages, batch_size: int | None, show_progress: bool | None
+    ) -> list:
+        """The scoring pipeline on this process's model (prefetching on CUDA unless ``prefetch`` says)."""
+        prefetch = self.prefetch if self.prefetch is not None else self.device.type == "cuda"
+        return score_through_pipeline(pairs, stages, batch_size or self.batch_size, self.max_batch_tokens,
+                                      self.chunk_size, prefetch, show_progress)  # fmt: skip
+
+    def forward_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows]`` float32 scores of a padded batch."""
+        return self.model(**batch).float()
 
     def compute_score(
         self,
@@ -272,13 +302,7 @@ class LLMReranker(RanksCandidates):
                 pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
                 normalize=normalize, prompt=prompt, _settings={"max_batch_tokens": self.max_batch_tokens},
             )  # fmt: skip
-        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
-        encode = self.chunk_encoder(lengths, prompt)
-
-        def score_chunk(chunk: Sequence[Pair], progress: tqdm) -> list[float]:
-            return self.score_sequences(encode(chunk), batch_size, progress)
-
-        scores = score_in_chunks(pairs, score_chunk, batch_size, self.chunk_size, show_progress)
+        scores = self.run_stages(pairs, self.pipeline_stages(lengths, prompt), batch_size, show_progress)
         return sigmoid(scores) if normalize else scores
 
     def chunk_encoder(

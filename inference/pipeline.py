@@ -1,4 +1,4 @@
-"""The cross-encoder scoring pipeline: encode a chunk, plan length-sorted batches, pad them, run the model.
+"""The scoring pipeline of every family: encode a chunk, plan length-sorted batches, pad them, run the model.
 
 Why a pipeline: on a GPU the model's forward of one batch takes less time than tokenizing and padding the next,
 so doing them one after the other leaves the GPU idle most of the time. With ``prefetch`` a background thread
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from rerankforge.inference.batching import BatchSize, batch_rows, release_cached_memory
+from rerankforge.inference.batching import BatchSize, batch_rows, progress_bar, release_cached_memory
 from rerankforge.inference.collate import rows
 
 Pair = Sequence[str]
@@ -140,11 +140,14 @@ def forward_with_backoff(stages: Stages, inputs: dict[str, Any], size: BatchSize
     return parts
 
 
-def to_floats(scores: list) -> list[float]:
-    """One host list from per-batch score tensors or arrays (one device sync per chunk, not per batch)."""
+def to_floats(scores: list) -> list:
+    """One host list from per-batch score tensors or arrays (one device sync per chunk, not per batch): floats
+    for one score per row, a list per row for ``[rows, columns]`` tensors (the layerwise family's layers)."""
     if not scores:
         return []
     if isinstance(scores[0], torch.Tensor):
+        if scores[0].dim() == 2:
+            return torch.cat([s.float() for s in scores]).tolist()
         return torch.cat([s.reshape(-1).float() for s in scores]).tolist()
     return [float(x) for s in scores for x in s.reshape(-1)]
 
@@ -184,3 +187,27 @@ def run_pipeline(
             source.close()
     settle()
     return scores
+
+
+def score_through_pipeline(
+    pairs: Sequence[Pair],
+    stages: Stages,
+    batch_size: int,
+    max_batch_tokens: int | None,
+    chunk_size: int,
+    prefetch: bool,
+    show_progress: bool | None,
+) -> list:
+    """The one scoring loop of every family and backend: chunks of whole batches (at most ``chunk_size`` pairs
+    encoded at a time), one progress bar, and an out-of-memory shrink that holds for the rest of the call."""
+    size = BatchSize(batch_size)
+    chunk = max(size.value, chunk_size - chunk_size % size.value)
+    with progress_bar(len(pairs), size.value, show_progress) as bar:
+        return run_pipeline(pairs, stages, size, max_batch_tokens, chunk, prefetch, bar)
+
+
+def padded_length(multiple: int | None) -> Callable[[int], int]:
+    """A row's width once padded to ``multiple`` (what a token budget counts)."""
+    if not multiple:
+        return int
+    return lambda length: -(-length // multiple) * multiple

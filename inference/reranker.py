@@ -10,23 +10,22 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from rerankforge.inference.backend_choice import AUTO, choose_backend, default_backend
 from rerankforge.inference.batching import (
-    BatchSize,
     RanksCandidates,
     check_token_budget,
-    progress_bar,
     sigmoid,
 )
 from rerankforge.inference.collate import PairCollator, as_tensors
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
 from rerankforge.inference.modeling.cross_encoder import CrossEncoderModel
-from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.families import get_family
+from rerankforge.inference.modeling.folder_checks import check_model_folder, folder_family
 from rerankforge.inference.modeling.pair_encoding import PairEncoder, PairLengths
 from rerankforge.inference.modeling.sources import resolve_model_path
 from rerankforge.inference.modeling.spec import CrossEncoderSpec, RerankerSpec
 from rerankforge.inference.onnx_backend import BACKENDS, OnnxScorer, graph_scorer
 from rerankforge.inference.onnx_backend import input_names as encoder_input_names
 from rerankforge.inference.pairs import to_pairs
-from rerankforge.inference.pipeline import Stages, run_pipeline
+from rerankforge.inference.pipeline import Stages, score_through_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -93,56 +92,58 @@ class Reranker(RanksCandidates):
         "onnx-int8" (int8 weights) or "openvino-bf16" (bf16 math): CPU, faster again, scores differ (opt-in,
         their nDCG@10 is in benchmarks/RESULTS.md). ``max_batch_tokens`` caps each batch's padded tokens.
         """
-        backend = backend or default_backend()
-        if backend not in (AUTO, *BACKENDS):
-            raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
-        if backend == AUTO and dtype not in (None, torch.float32):
-            backend = "torch"  # half precision: only torch runs it
-        pool_devices, device = several_devices(devices), one_device(device, devices)
-        if backend not in ("torch", AUTO) and device is not None and torch.device(device).type != "cpu":
-            raise ValueError(
-                f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}"
-            )
-
+        backend = checked_backend(backend, dtype, device)
         path = resolve_model_path(name_or_path)
-        check_model_folder(path, "cross_encoder", cls.__name__)  # missing, damaged or mismatched files
-        spec = RerankerSpec.load(path)  # None for a folder (or Hub name) rerankforge did not write
-        if spec is not None and spec.family != "cross_encoder":
-            raise ValueError(
-                f"{name_or_path} holds a {spec.family!r} reranker; load it with that family's class"
-            )
-        if pool_devices:  # the workers load while this process reads the tokenizer
-            pool = DevicePool(
-                path, pool_devices, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size,
-                backend=backend, max_batch_tokens=max_batch_tokens,
-            )  # fmt: skip
+        spec = cls.checked_spec(path)  # None for a folder (or Hub name) rerankforge did not write
+        pool_devices, device = several_devices(devices), one_device(device, devices)
+        if pool_devices:
+            return cls.pooled(path, spec, pool_devices, dtype, trust_remote_code, batch_size, backend,
+                              max_batch_tokens)  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         stand_in = None if spec is not None else plain_folder_spec(path, tokenizer, trust_remote_code)
-        if pool_devices:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = ConfigOnlyModel(spec or stand_in, config)
-            lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
-            pool.wait_ready()
-            reranker = cls(
-                model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, pool=pool
-            )
-            reranker.backend, reranker.max_batch_tokens = backend, max_batch_tokens
-            return reranker
-        model = CrossEncoderModel.from_pretrained(path, dtype, trust_remote_code, spec=stand_in)
+        model_class = get_family(spec.family if spec is not None else "cross_encoder").model_class
+        model = model_class.from_pretrained(path, dtype, trust_remote_code, spec=stand_in)
         lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
-        scorer = None
-        if backend == AUTO:
-            where = torch.device(device) if device is not None else default_device()
-            names = encoder_input_names(tokenizer)
-            backend, scorer = choose_backend(
-                model.backbone, tokenizer, path, names, lengths.max_length, where
-            )
-        elif backend != "torch":
-            if dtype not in (None, torch.float32):
-                raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
-            scorer = graph_scorer(model.backbone, tokenizer, path, backend)
+        backend, scorer = graph_backend(model, tokenizer, path, backend, dtype, device)
         graph_device = "cpu" if scorer is not None else device
         reranker = cls(model, tokenizer, lengths, graph_device, batch_size=batch_size, spec=spec, onnx=scorer)
+        reranker.backend, reranker.max_batch_tokens = backend, max_batch_tokens
+        return reranker
+
+    @classmethod
+    def checked_spec(cls, path: str) -> RerankerSpec | None:
+        """The folder's spec once its files are checked; its family must be one this class scores (the
+        registry's entry names this class, or a class this one extends: FlagReranker loads what Reranker does)."""
+        found = folder_family(path)
+        scores_it = found is not None and issubclass(cls, get_family(found).inference_class)
+        check_model_folder(path, found if scores_it else "cross_encoder", cls.__name__)
+        return RerankerSpec.load(path)
+
+    @classmethod
+    def pooled(
+        cls,
+        path: str,
+        spec: RerankerSpec | None,
+        devices: list[str],
+        dtype: torch.dtype | None,
+        trust_remote_code: bool,
+        batch_size: int,
+        backend: str,
+        max_batch_tokens: int | None,
+    ) -> Reranker:
+        """One worker process per device holds the weights; this process keeps the config and tokenizer."""
+        # the workers load while this process reads the tokenizer
+        pool = DevicePool(
+            path, devices, dtype=dtype, trust_remote_code=trust_remote_code, batch_size=batch_size,
+            backend=backend, max_batch_tokens=max_batch_tokens,
+        )  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        stand_in = None if spec is not None else plain_folder_spec(path, tokenizer, trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = ConfigOnlyModel(spec or stand_in, config)
+        lengths = PairLengths(model.spec.query_max_len, model.spec.passage_max_len, model.spec.max_length)
+        pool.wait_ready()
+        reranker = cls(model, tokenizer, lengths, device="cpu", batch_size=batch_size, spec=spec, pool=pool)
         reranker.backend, reranker.max_batch_tokens = backend, max_batch_tokens
         return reranker
 
@@ -223,14 +224,48 @@ class Reranker(RanksCandidates):
                 pairs, show_progress, lengths=lengths, batch_size=batch_size or self.batch_size,
                 normalize=normalize, max_batch_tokens=budget,
             )  # fmt: skip
-        batch_size = BatchSize(batch_size or self.batch_size)  # an OOM shrinks it for the whole call
         prefetch = self.prefetch if self.prefetch is not None else self.device.type == "cuda"
-        chunk = max(batch_size.value, self.chunk_size - self.chunk_size % batch_size.value)
-        with progress_bar(len(pairs), batch_size.value, show_progress) as bar:
-            scores = run_pipeline(
-                pairs, self.pipeline_stages(lengths), batch_size, budget, chunk, prefetch, bar
-            )
+        scores = score_through_pipeline(pairs, self.pipeline_stages(lengths), batch_size or self.batch_size,
+                                        budget, self.chunk_size, prefetch, show_progress)  # fmt: skip
         return sigmoid(scores) if normalize else scores
+
+
+def checked_backend(backend: str | None, dtype: torch.dtype | None, device: str | torch.device | None) -> str:
+    """The backend asked for (or the default), refused where it cannot run."""
+    backend = backend or default_backend()
+    if backend not in (AUTO, *BACKENDS):
+        raise ValueError(f"backend must be one of {(AUTO, *BACKENDS)}, got {backend!r}")
+    if backend == AUTO and dtype not in (None, torch.float32):
+        backend = "torch"  # half precision: only torch runs it
+    if backend not in ("torch", AUTO) and device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
+    return backend
+
+
+def graph_backend(
+    model: CrossEncoderModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str,
+    backend: str,
+    dtype: torch.dtype | None,
+    device: str | torch.device | None,
+) -> tuple[str, OnnxScorer | None]:
+    """The backend that runs and its graph scorer (None: torch). The graphs are exports of the plain classifier,
+    so a family whose model does more than its logit (a subclass's forward) runs in torch."""
+    if type(model) is not CrossEncoderModel:
+        if backend not in (AUTO, "torch"):
+            raise ValueError(f"backend={backend!r} exports the plain classifier; {path} is a "
+                             f"{model.spec.family!r} model: use backend='torch'")  # fmt: skip
+        return "torch", None
+    if backend == AUTO:
+        where = torch.device(device) if device is not None else default_device()
+        names = encoder_input_names(tokenizer)
+        return choose_backend(model.backbone, tokenizer, path, names, model.spec.max_length, where)
+    if backend == "torch":
+        return backend, None
+    if dtype not in (None, torch.float32):
+        raise ValueError(f"backend={backend!r} exports the fp32 model; leave dtype unset")
+    return backend, graph_scorer(model.backbone, tokenizer, path, backend)
 
 
 def flag_reranker_lengths(

@@ -123,8 +123,8 @@ def test_two_workers_score_as_one_process_in_input_order(one_process, two_worker
     assert two_workers.compute_score([]) == []
     passages = [passage for _, passage in pairs[:7]]
     ranked = two_workers.rank("the cat", passages, top_k=3)
-    assert [r["index"] for r in ranked] == [
-        r["index"] for r in one_process.rank("the cat", passages, top_k=3)
+    assert [r["corpus_id"] for r in ranked] == [
+        r["corpus_id"] for r in one_process.rank("the cat", passages, top_k=3)
     ]
 
 
@@ -195,8 +195,8 @@ def test_llm_reranker_on_two_devices_scores_as_one_process(tiny_llm_dirs):
         pooled.max_batch_tokens = 64  # sent to the workers with each call
         assert_same_scores(pooled.compute_score(pairs), expected)
         passages = [passage for _, passage in pairs[:7]]
-        assert [r["index"] for r in pooled.rank("the cat", passages, top_k=3)] == [
-            r["index"] for r in single.rank("the cat", passages, top_k=3)
+        assert [r["corpus_id"] for r in pooled.rank("the cat", passages, top_k=3)] == [
+            r["corpus_id"] for r in single.rank("the cat", passages, top_k=3)
         ]
     finally:
         pooled.pool.close()
@@ -257,8 +257,8 @@ def test_layerwise_reranker_on_two_devices_scores_every_cutoff_layer_as_one_proc
         )
         assert pooled.compute_score([], cutoff_layers=[1, 2]) == [[], []]
         passages = [passage for _, passage in pairs[:7]]
-        assert [r["index"] for r in pooled.rank("the cat", passages)] == [
-            r["index"] for r in single.rank("the cat", passages)
+        assert [r["corpus_id"] for r in pooled.rank("the cat", passages)] == [
+            r["corpus_id"] for r in single.rank("the cat", passages)
         ]
     finally:
         pooled.pool.close()

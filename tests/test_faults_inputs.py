@@ -165,8 +165,10 @@ def test_every_accepted_form_gives_the_scores_of_the_list(reranker):
     for one in (tuple(PAIRS[1]), PAIRS[1], np.array(PAIRS[1]), np.array(PAIRS[1], dtype=object)):
         score = reranker.compute_score(one)
         assert isinstance(score, float) and score == pytest.approx(expected[1], abs=1e-5)
-    ranked = reranker.rank(QUERY, np.array(PASSAGES))
-    by_index = {r["index"]: r["score"] for r in ranked}
+    ranked = reranker.rank(
+        QUERY, np.array(PASSAGES), activation_fn=torch.nn.Identity(), return_documents=True
+    )
+    by_index = {r["corpus_id"]: r["score"] for r in ranked}
     assert [by_index[i] for i in range(len(PASSAGES))] == pytest.approx(expected[: len(PASSAGES)], abs=1e-5)
     assert all(type(r["text"]) is str for r in ranked)
     assert reranker.rank(QUERY, (p for p in PASSAGES)) == reranker.rank(QUERY, PASSAGES)
@@ -235,10 +237,14 @@ def test_chunked_scores_equal_unchunked_in_input_order(request, monkeypatch, fam
         monkeypatch.setattr(
             PairEncoder, "encode_encodings", lambda self, q, p: sizes.append(len(q)) or original(self, q, p)
         )
-    else:
-        method = {"llm": "score_sequences", "layerwise": "score_layers"}[family]
-        original = getattr(reranker, method)
-        monkeypatch.setattr(reranker, method, lambda s, *a: sizes.append(len(s)) or original(s, *a))
+    else:  # the decoder families' encode stage, one call per chunk
+        original = reranker.chunk_encoder
+
+        def counting(lengths, prompt):
+            encode = original(lengths, prompt)
+            return lambda chunk: sizes.append(len(chunk)) or encode(chunk)
+
+        monkeypatch.setattr(reranker, "chunk_encoder", counting)
     monkeypatch.setattr(reranker, "chunk_size", 5)  # rounded down to whole batches of 2: chunks of 4
     chunked = reranker.compute_score(pairs, batch_size=2)
     assert sizes == [4, 4, 4, 4, 1]  # never more than one chunk of pairs encoded at a time
@@ -266,7 +272,7 @@ def test_progress_bar_is_automatic_one_bar_across_chunks(capsys, monkeypatch, cr
     cross_encoder.compute_score(pairs[:2], show_progress=True)
     assert "2/2" in capsys.readouterr().err
     cross_encoder.compute_score(pairs, batch_size=1, show_progress=False)
-    cross_encoder.rank(QUERY, PASSAGES, show_progress=False)
+    cross_encoder.rank(QUERY, PASSAGES, show_progress_bar=False)
     assert "scoring" not in capsys.readouterr().err
 
 

@@ -63,10 +63,10 @@ def test_max_length_caps_the_pair(reranker):
 
 def test_rank_returns_best_first_with_top_k(reranker):
     scores = reranker.compute_score(PAIRS)
-    ranked = reranker.rank(QUERY, PASSAGES, top_k=3)
-    assert [r["index"] for r in ranked] == sorted(range(5), key=lambda i: -scores[i])[:3]
-    assert ranked[0]["text"] == PASSAGES[ranked[0]["index"]]
-    assert ranked[0]["score"] == pytest.approx(max(scores))
+    ranked = reranker.rank(QUERY, PASSAGES, top_k=3, return_documents=True)
+    assert [r["corpus_id"] for r in ranked] == sorted(range(5), key=lambda i: -scores[i])[:3]
+    assert ranked[0]["text"] == PASSAGES[ranked[0]["corpus_id"]]
+    assert ranked[0]["score"] == pytest.approx(1 / (1 + math.exp(-max(scores))))  # predict's sigmoid
 
 
 def test_flag_reranker_matches_flagembedding_behaviour(tiny_bert_dir, reranker):
@@ -97,11 +97,11 @@ def test_flag_reranker_keeps_the_trained_budgets_of_our_checkpoints(tmp_path, ti
 
 
 def test_rank_with_one_passage_works_for_both_classes(tiny_bert_dir, reranker):
-    flag = FlagReranker(str(tiny_bert_dir), devices="cpu", normalize=True)
+    flag = FlagReranker(str(tiny_bert_dir), devices="cpu", normalize=True)  # rank applies its own sigmoid
     for model in (reranker, flag):
         (only,) = model.rank(QUERY, [PASSAGES[0]])
-        assert only["index"] == 0 and only["score"] == pytest.approx(
-            reranker.compute_score(PAIRS[0]), abs=1e-6
+        assert only["corpus_id"] == 0 and only["score"] == pytest.approx(
+            reranker.compute_score(PAIRS[0], normalize=True), abs=1e-6
         )
 
 

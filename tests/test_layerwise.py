@@ -19,7 +19,7 @@ from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
 from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.train import prepare_data
+from rerankforge.trainer.training_run import prepare_data
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_evaluation_reports_ndcg_at_every_layer(tmp_path, four_layer_llama, beir
 
 
 def test_train_writes_the_before_after_table_by_layer(tmp_path, four_layer_llama, beir_slice):  # noqa: F811
-    from rerankforge.trainer.train import train
+    from rerankforge.trainer.training_run import train
 
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
     config = make_config(tmp_path, four_layer_llama, data, family="layerwise", eval_data=str(beir_slice),
@@ -271,8 +271,13 @@ def test_layerwise_flag_reranker_uses_flagembeddings_budgets_for_max_length(
     long_passage = "Some women with flip-flops on are walking along the beach. " * 40
     pairs = [["what do women wear on the beach " * 20, long_passage]]
     built = []
-    original = flag.score_layers
-    flag.score_layers = lambda s, *a, **k: built.extend(s) or original(s, *a, **k)
+    original = flag.chunk_encoder
+
+    def recording(lengths, prompt):
+        encode = original(lengths, prompt)
+        return lambda chunk: (lambda ids: built.extend(ids) or ids)(encode(chunk))
+
+    flag.chunk_encoder = recording
     flag.compute_score(pairs, max_length=48)
     assert built == [flag_llm_reference_ids(llm_tokenizer, *pairs[0], 48)]
 

@@ -22,7 +22,7 @@ from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT, pad_left
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 ARCHITECTURES = ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"]
 
@@ -246,10 +246,13 @@ def test_flag_llm_reranker_builds_flagembeddings_input_ids(tiny_llm_dirs, llm_to
     ]
     reranker = FlagLLMReranker(str(tiny_llm_dirs("llama")), devices="cpu")
     built = []
-    original = reranker.score_sequences
-    monkeypatch.setattr(
-        reranker, "score_sequences", lambda s, *a, **k: built.extend(s) or original(s, *a, **k)
-    )
+    original = reranker.chunk_encoder
+
+    def recording(lengths, prompt):
+        encode = original(lengths, prompt)
+        return lambda chunk: (lambda ids: built.extend(ids) or ids)(encode(chunk))
+
+    monkeypatch.setattr(reranker, "chunk_encoder", recording)
     for max_length in (512, 48):
         built.clear()
         reranker.compute_score(pairs, max_length=max_length)
@@ -294,7 +297,7 @@ def grouped_loss(scores: list[float], group_size: int) -> float:
 
 
 def test_the_llm_family_trains_end_to_end_through_train(tmp_path, tiny_llm_dirs, monkeypatch):
-    import rerankforge.trainer.train as train_module
+    import rerankforge.trainer.training_run as train_module
 
     built = []  # the trainer train() builds, to compare the saved folder with
     monkeypatch.setattr(

@@ -105,7 +105,7 @@ def test_tiny_recipe_runs_end_to_end_from_the_command_line(tmp_path):
         "There was a reform in 1996.",
     ]
     ranked = reranker.rank(query, passages)
-    assert sorted(r["index"] for r in ranked) == [0, 1]
+    assert sorted(r["corpus_id"] for r in ranked) == [0, 1]
     # training moved the encoder away from the packaged MiniLM weights
     from safetensors.torch import load_file
 
