@@ -5,7 +5,7 @@ by step exactly as `flag_train_worker.py` times FlagEmbedding's.
 
 The arguments are the same command line FlagEmbedding's worker gets (rerankforge accepts FlagEmbedding's argument
 names); they are parsed by `rerankforge-train`'s parser into the `cross_encoder` family's config, and the run
-follows `rerankforge.trainer.train.train`: data preparation, validated loading, seeded model, the family's
+follows `rerankforge.trainer.training_run.train`: data preparation, validated loading, seeded model, the family's
 Trainer. Only the final save and evaluation are left out (not training speed; FlagEmbedding's worker leaves its
 save out too). Prints ONE JSON line to stdout.
 """
@@ -31,7 +31,7 @@ from transformers import set_seed  # noqa: E402
 from rerankforge.data_tools.sources import load_train_dataset  # noqa: E402
 from rerankforge.trainer.cli import parse_config  # noqa: E402
 from rerankforge.trainer.families import build_trainer  # noqa: E402
-from rerankforge.trainer.train import prepare_data  # noqa: E402
+from rerankforge.trainer.training_run import prepare_data  # noqa: E402
 
 
 def train_rerankforge(argv: Sequence[str]) -> str:

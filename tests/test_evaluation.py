@@ -51,7 +51,7 @@ def eval_config(tmp_path, tiny_bert_dir, beir_slice, **overrides):
 def build_with_eval(config):
     from rerankforge.data_tools import load_train_dataset
     from rerankforge.trainer.families import build_trainer
-    from rerankforge.trainer.train import prepare_data
+    from rerankforge.trainer.training_run import prepare_data
 
     eval_set = prepare_data(config)
     records = load_train_dataset(config.train_data, config.train_group_size)
@@ -98,7 +98,7 @@ def test_without_the_pass_before_training_the_table_still_has_the_first_stage(
     the first stage costs no model call."""
     from transformers import Trainer
 
-    from rerankforge.trainer.train import train
+    from rerankforge.trainer.training_run import train
 
     passes = []
     evaluate = Trainer.evaluate

@@ -17,7 +17,7 @@ from test_evaluation import beir_slice  # noqa: F401  (the fixture)
 
 from rerankforge.inference import LLMReranker, Reranker
 from rerankforge.trainer.export import main as export_main
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 PAIRS = [
     ["where is the apple", "the apple is here, apple indeed"],

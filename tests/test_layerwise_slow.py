@@ -12,7 +12,7 @@ from conftest import SHARED_DATA
 
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 from rerankforge.inference import LLMReranker
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from rerankforge.data_tools.retrieval import BM25Index, ranked, write_trec_run
 from rerankforge.data_tools.run_fusion import reciprocal_rank_fusion
 from rerankforge.data_tools.schema import validate_files
 from rerankforge.trainer.cli import parse_config
-from rerankforge.trainer.train import prepare_data
+from rerankforge.trainer.training_run import prepare_data
 
 CISI = SHARED_DATA / "cisi"
 SQUAD = SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"

@@ -36,7 +36,7 @@ def test_a_version_1_layerwise_lora_checkpoint_scores_as_it_did(tmp_path):
 
 
 def test_a_version_1_layerwise_checkpoint_continues_by_adapter_but_refuses_to_resume(tmp_path):
-    from rerankforge.trainer.train import refuse_legacy_heads
+    from rerankforge.trainer.training_run import refuse_legacy_heads
 
     checkpoint, _ = copy_fixture("v1-layerwise-lora", tmp_path)
     with pytest.raises(

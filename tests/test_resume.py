@@ -125,7 +125,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, caplo
 
 def test_resuming_from_an_incomplete_checkpoint_by_path_is_an_error(tmp_path, tiny_bert_dir):
     from rerankforge.trainer.cli import parse_config
-    from rerankforge.trainer.train import resolve_resume
+    from rerankforge.trainer.training_run import resolve_resume
 
     recipe, _ = write_recipe(tmp_path, tiny_bert_dir, "run")
     (tmp_path / "half").mkdir()

@@ -18,7 +18,7 @@ from rerankforge.inference import LLMReranker
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.llm_config import LLMRerankerConfig
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.slow

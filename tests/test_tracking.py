@@ -13,7 +13,7 @@ from conftest import write_jsonl
 from test_cross_encoder_training import make_config, toy_records
 from test_evaluation import beir_slice  # noqa: F401  (the fixture)
 
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 
 def wandb_records(run_file: Path) -> list[dict]:

@@ -1,1 +1,6 @@
-"""Fine-tuning rerankers with the Hugging Face Trainer."""
+"""Fine-tuning rerankers with the Hugging Face Trainer: `train(recipe, **overrides)` from Python, or
+`rerankforge-train RECIPE --key value` from the command line (trainer/cli.py)."""
+
+from rerankforge.trainer.python_api import TrainingResult, train
+
+__all__ = ["TrainingResult", "train"]

@@ -125,6 +125,7 @@ class RerankerTrainer(Trainer):
         self.nan_guard.after_micro_batch(loss * steps, self.state.global_step + 1)
         return loss
 
+    # a private Trainer method (no public hook), read against transformers 5.9-5.25: tests/test_trainer_hooks.py
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm=None):
         """The Trainer's gradient norm (computed every step), seen by the NaN guard before the optimizer step."""
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
@@ -141,6 +142,7 @@ class RerankerTrainer(Trainer):
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.nan_guard.check_weights(trainable, self.state.global_step)
 
+    # a private Trainer method (no public hook), read against transformers 5.9-5.25: tests/test_trainer_hooks.py
     def _finalize_training(self, trial: Any, num_train_samples: int, start_time: float):
         """After a SIGTERM stop, the Trainer's end must not load the best model (time the grace period lacks) nor,
         with save_total_limit 1, delete the checkpoint just written."""
@@ -166,6 +168,7 @@ class RerankerTrainer(Trainer):
         finally:
             self.preemption.restore_handlers()
 
+    # a private Trainer method (no public hook), read against transformers 5.9-5.25: tests/test_trainer_hooks.py
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """Resuming a multi-process CPU run: transformers up to at least 5.17 maps the optimizer state to the
         process's device, ``cpu:0``, which torch.load refuses ("don't know how to restore data location"), so the
@@ -262,7 +265,7 @@ class RerankerTrainer(Trainer):
         """
         if "pair_index" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        inputs = self._prepare_inputs(inputs)
+        inputs = self._prepare_inputs(inputs)  # private (no public hook): tests/test_trainer_hooks.py
         pair_index = inputs.pop("pair_index")
         inputs.pop("group_size", None)
         inputs.pop("teacher_scores", None)
@@ -270,6 +273,7 @@ class RerankerTrainer(Trainer):
             scores = as_columns(model(**inputs))
         return None, scores.detach(), pair_index
 
+    # a private Trainer method (no public hook), read against transformers 5.9-5.25: tests/test_trainer_hooks.py
     def _save_checkpoint(self, model: PreTrainedModel, trial: Any) -> None:
         """The Trainer's checkpoint, then its completion marker, and only then the rotation of older ones.
 

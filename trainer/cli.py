@@ -22,7 +22,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.memory_check import MemoryEstimateError
 from rerankforge.trainer.nan_guard import NonFiniteTrainingError
 from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
-from rerankforge.trainer.train import train
+from rerankforge.trainer.training_run import train
 
 EXIT_BAD_INPUT = 2  # a recipe, option or data file that cannot be used as written
 EXIT_NON_FINITE = 3  # the loss or gradient norm went NaN/inf (trainer/nan_guard.py)
@@ -63,13 +63,19 @@ def parse_config(argv: Sequence[str]) -> RerankerConfig:
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
         recipe = load_recipe(recipe_path)
-    recipe, argv = resolve_auto_bf16(recipe, argv)
+    return config_from_recipe(recipe, argv, source=str(recipe_path))
+
+
+def config_from_recipe(recipe: dict[str, Any], argv: Sequence[str], source: str) -> RerankerConfig:
+    """The family's config from recipe keys (Python values) and ``--key value`` overrides; errors name
+    ``source`` (the recipe file, or the Python call)."""
+    recipe, argv = resolve_auto_bf16(recipe, list(argv))
     family_name = _family_from_argv(argv) or recipe.get("family", "cross_encoder")
     config_class = get_family(family_name).config_class
     known = {f.name for f in dataclasses.fields(config_class) if f.init}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise RecipeError(f"{recipe_path}: unknown key(s) {', '.join(unknown)} for family {family_name!r}")
+        raise RecipeError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family_name!r}")
     parser = make_parser(config_class)
     parser.set_defaults(**recipe)
     for action in parser._actions:  # a value the recipe gives satisfies a required option

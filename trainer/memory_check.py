@@ -580,6 +580,7 @@ class StepProbe:
         return ActivationFit.from_timelines((small, large), (live_small, live_large), held)
 
     def _probe(self, rows: int, device: torch.device) -> tuple[torch.Tensor, int | None]:
+        # the Trainer's own input preparation; private (no public hook): tests/test_trainer_hooks.py
         return self._one_step(self.trainer._prepare_inputs(dict(self.batch(rows))), device)
 
     def _on_gradient(self, gradient: torch.Tensor) -> None:

@@ -223,7 +223,8 @@ def train_or_finish(trainer, resume: str | None) -> TrainOutput:
             return trainer.train(resume_from_checkpoint=resume)
     logger.warning("%s already holds all %d steps: nothing left to train, it becomes the final model",
                    resume, finished.global_step)  # fmt: skip
-    trainer._load_from_checkpoint(resume)  # what Trainer.train does first on any resume
+    # what Trainer.train does first on any resume; private (no public hook): tests/test_trainer_hooks.py
+    trainer._load_from_checkpoint(resume)
     trainer.state = finished
     losses = [entry["loss"] for entry in finished.log_history if "loss" in entry]
     metrics = {"epoch": finished.epoch, "train_steps_already_done": finished.global_step}
