@@ -174,7 +174,6 @@ def llm_config(variant: LoraVariant, output_dir: Path, device: torch.device, bf1
     return LLMRerankerConfig(
         output_dir=str(output_dir),
         model_name_or_path="random-weight decoder",
-        train_data=["unused"],
         torch_dtype="bfloat16" if bf16 else "float32",
         bf16=bf16,
         attn_implementation=variant.attention,

@@ -11,16 +11,15 @@ from collections.abc import Sequence
 
 from transformers import AutoConfig, AutoTokenizer
 
-from rerankforge.data_tools.dense_retrieval import DEFAULT_DENSE_MODEL
-from rerankforge.data_tools.first_stage import RETRIEVERS
-from rerankforge.data_tools.ir_data import load_ir_dataset, load_ir_split, split_by_group, write_beir
-from rerankforge.data_tools.mining import (
-    MARGIN_REFERENCES,
-    SAMPLING,
-    MiningOptions,
-    mine_from_dataset,
-    write_jsonl,
+from rerankforge.data_tools.ir_data import (
+    load_ir_dataset,
+    load_ir_split,
+    sample_queries,
+    split_by_group,
+    write_beir,
 )
+from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
+from rerankforge.data_tools.mining_arguments import add_mining_flags, mining_arguments_from
 from rerankforge.data_tools.retrieval import read_trec_run
 from rerankforge.data_tools.schema import DataValidationError, iter_lines, validate_files
 from rerankforge.data_tools.sources import load_train_dataset, resolve_data_files
@@ -76,78 +75,27 @@ def add_check_arguments(check: argparse.ArgumentParser) -> None:
 
 
 def add_mine_arguments(mine: argparse.ArgumentParser) -> None:
-    """The data set, its first stage and how negatives are sampled; the teacher's filters have a group."""
+    """The data set and its split, the mining options (`MiningArguments`, shared with recipes' ``mine_*``
+    keys) and how the teacher runs."""
     mine.add_argument("data", help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
     mine.add_argument("output", help="training JSONL to write")
     mine.add_argument("--split", default="train", help="BEIR qrels split; SQuAD: train, test or all")
-    mine.add_argument("--num-negatives", type=int, default=15)
-    mine.add_argument(
-        "--rank-range",
-        type=int,
-        nargs=2,
-        default=[10, 100],
-        metavar=("FIRST", "LAST"),
-        help="ranks of the first stage negatives come from (1 = best; both included)",
-    )
-    mine.add_argument(
-        "--retriever",
-        choices=RETRIEVERS,
-        default="bm25",
-        help="first stage: bm25, dense (a sentence-transformers bi-encoder) or hybrid (their reciprocal-rank "
-        "fusion); --run replaces it",
-    )
-    mine.add_argument(
-        "--dense-model", default=DEFAULT_DENSE_MODEL, help="bi-encoder of the dense and hybrid retrievers"
-    )
     mine.add_argument("--run", help="a TREC run file to take candidates from instead of a retriever")
-    mine.add_argument(
-        "--sampling",
-        choices=SAMPLING,
-        default="random",
-        help="random: a seeded sample of the rank range's survivors; top: the best-ranked survivors",
-    )
-    mine.add_argument("--seed", type=int, default=0)
-    add_false_negative_filters(mine)
-    mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
-    mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
-
-
-def add_false_negative_filters(mine: argparse.ArgumentParser) -> None:
-    """`mine`'s teacher and the filters that read its scores."""
-    filters = mine.add_argument_group(
-        "false-negative filters (need --teacher; they read the teacher's probability, sigmoid of its score, "
-        "against the query's best-scored positive, or see --margin-reference)"
-    )
-    filters.add_argument("--teacher", help="any reranker rerankforge.inference loads, to rescore candidates")
-    filters.add_argument(
-        "--absolute-margin", type=float, help="drop a negative scoring above p(positive) - this"
-    )
-    filters.add_argument(
-        "--relative-margin", type=float, help="drop a negative scoring above p(positive) x (1 - this)"
-    )
-    filters.add_argument("--max-score", type=float, help="drop a negative scoring above this probability")
-    filters.add_argument(
-        "--margin-reference",
-        choices=list(MARGIN_REFERENCES),
-        default="max",
-        help="with several positives, the margins compare with their best (max), mean or weakest (min) score",
-    )
-    filters.add_argument(
-        "--output-scores",
-        action="store_true",
-        help="write the teacher's raw scores as pos_scores / neg_scores (for distillation)",
-    )
-    filters.add_argument("--teacher-batch-size", type=int, default=64)
-    filters.add_argument(
+    mine.add_argument("--seed", type=int, default=0, help="seed of the negatives' (and queries') sampling")
+    teacher = add_mining_flags(mine)
+    teacher.add_argument("--teacher-batch-size", type=int, default=64)
+    teacher.add_argument(
         "--teacher-dtype",
         choices=["float32", "bfloat16", "float16", "auto"],
         default="float32",
         help="its precision (auto: bfloat16 where the device computes in it, else float32)",
     )
-    filters.add_argument("--teacher-max-length", type=int, help="cap each teacher pair at this many tokens")
-    filters.add_argument(
+    teacher.add_argument("--teacher-max-length", type=int, help="cap each teacher pair at this many tokens")
+    teacher.add_argument(
         "--device", help="cpu, cuda, ... for the teacher and bi-encoder (default: cuda if any)"
     )
+    mine.add_argument("--eval-fraction", type=float, default=0.2, help="SQuAD: share of articles held out")
+    mine.add_argument("--split-seed", type=int, default=0, help="SQuAD: seed of the article split")
 
 
 def add_split_arguments(to_beir: argparse.ArgumentParser) -> None:
@@ -189,36 +137,21 @@ def add_score_arguments(score: argparse.ArgumentParser) -> None:
 
 
 def mine(args: argparse.Namespace) -> int:
-
-    options = MiningOptions(
-        num_negatives=args.num_negatives,
-        rank_range=tuple(args.rank_range),
-        sampling=args.sampling,
-        seed=args.seed,
-        absolute_margin=args.absolute_margin,
-        relative_margin=args.relative_margin,
-        max_score=args.max_score,
-        output_scores=args.output_scores,
-        margin_reference=args.margin_reference,
-    )
-    if options.needs_teacher and not args.teacher:
-        raise ValueError(
-            "--absolute-margin, --relative-margin, --max-score and --output-scores need --teacher"
-        )
+    mining = mining_arguments_from(args)
     dataset = load_ir_split(args.data, args.split, args.eval_fraction, args.split_seed)
+    dataset = sample_queries(dataset, mining.mine_max_queries, args.seed)
     run = read_trec_run(args.run, list(dataset.queries)) if args.run else None
     if run is not None and not run:
         raise ValueError(f"{args.run}: no line names a query of {dataset.name}")
-    teacher = teacher_scorer(args) if args.teacher else None
-    records, report = mine_from_dataset(
-        dataset, options, args.retriever, run, teacher, args.dense_model, show_progress=True
-    )
+    teacher = teacher_scorer(args) if mining.mine_teacher else None
+    records, report = mine_from_dataset(dataset, mining.options(args.seed), mining.mine_retriever, run, teacher,
+                                        mining.mine_dense_model, show_progress=True)  # fmt: skip
     if not records:
         raise ValueError(
             "no query kept a negative: " + "; ".join(report.lines() + report.problems()) + "; nothing written"
         )
     write_jsonl(records, args.output)
-    source = f"run file {args.run}" if args.run else f"{args.retriever} retrieval"
+    source = f"run file {args.run}" if args.run else f"{mining.mine_retriever} retrieval"
     print(f"{args.output}: {len(records)} queries from {dataset.name}, negatives from {source}")
     for line in report.lines() + report.problems():
         print(line)
@@ -228,7 +161,9 @@ def mine(args: argparse.Namespace) -> int:
 def teacher_scorer(args: argparse.Namespace):
 
     dtype = scoring_dtype(args.teacher_dtype, args.device)
-    return load_teacher(args.teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length)
+    return load_teacher(
+        args.mine_teacher, args.device, dtype, args.teacher_batch_size, args.teacher_max_length
+    )
 
 
 def split(args: argparse.Namespace) -> int:

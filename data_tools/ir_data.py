@@ -7,6 +7,7 @@ by group never puts one article's questions or paragraphs on both sides.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from collections.abc import Iterable
@@ -201,6 +202,21 @@ def select_split(dataset: IRDataset, split: str, eval_fraction: float = 0.2, see
     if split in ("test", "eval"):
         return held_out
     raise ValueError(f"unknown split {split!r} for {dataset.name}: use train, test or all")
+
+
+def sample_queries(dataset: IRDataset, max_queries: int | None, seed: int) -> IRDataset:
+    """A seeded sample of ``max_queries`` judged queries (all when None) over the whole training corpus, so
+    negatives still come from all of it: few-label runs, and a teacher that scores only what is trained on."""
+    judged = dataset.judged_queries()
+    if max_queries is None or max_queries >= len(judged):
+        return dataset
+    chosen = set(random.Random(seed).sample(judged, max_queries))
+    return dataclasses.replace(
+        dataset,
+        queries={q: t for q, t in dataset.queries.items() if q in chosen},
+        qrels={q: r for q, r in dataset.qrels.items() if q in chosen},
+        name=f"{dataset.name}[{max_queries} queries]",
+    )
 
 
 def write_beir(

@@ -29,21 +29,21 @@ class FailOnRank(TrainerCallback):
 
 def main() -> None:
     config = parse_config(sys.argv[1:])
-    records = load_train_dataset(config.train_data, config.train_group_size)
-    trainer = build_trainer(config, records, None)
+    records = load_train_dataset(config.data.train_data, config.training.train_group_size)
+    trainer = build_trainer(config.training, records, None)
     if "RERANKFORGE_TEST_FAIL_RANK" in os.environ:
         trainer.add_callback(FailOnRank(int(os.environ["RERANKFORGE_TEST_FAIL_RANK"])))
     trainer.train()
-    trainer.save_model(config.output_dir)
-    rank = config.process_index
+    trainer.save_model(config.training.output_dir)
+    rank = config.training.process_index
     model = trainer.accelerator.unwrap_model(trainer.model)
-    out = Path(config.output_dir)
+    out = Path(config.training.output_dir)
     save_file(
         {k: v.detach().contiguous() for k, v in model.state_dict().items()},
         str(out / f"rank{rank}.safetensors"),
     )
-    facts = {"world_size": config.world_size, "global_step": trainer.state.global_step,
-             "train_batch_size": trainer._train_batch_size * config.world_size}  # fmt: skip
+    facts = {"world_size": config.training.world_size, "global_step": trainer.state.global_step,
+             "train_batch_size": trainer._train_batch_size * config.training.world_size}  # fmt: skip
     (out / f"rank{rank}.json").write_text(json.dumps(facts))
     logs = [{k: v for k, v in entry.items() if k.startswith("loss")} for entry in trainer.state.log_history]
     (out / f"rank{rank}_logs.json").write_text(json.dumps([entry for entry in logs if entry]))

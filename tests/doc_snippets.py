@@ -451,8 +451,11 @@ def check_training_args(args: list[str], context: CheckContext) -> list[str]:
     """``rerankforge-train [RECIPE] --key value ...``: every ``--key`` an option of the family's config (family:
     ``--family``, else the recipe's, else cross_encoder), values parsed by the real parser; with a recipe in the
     repository (or none at all), the whole command through `parse_config` too."""
+    from rerankforge.data_tools.mining_arguments import MiningArguments
     from rerankforge.trainer import cli
+    from rerankforge.trainer.data_arguments import DataArguments
     from rerankforge.trainer.families import get_family
+    from rerankforge.trainer.run_config import family_from_argv
 
     recipe_path, flags = (args[0], args[1:]) if args and not args[0].startswith("-") else (None, args)
     recipe: dict = {}
@@ -462,13 +465,14 @@ def check_training_args(args: list[str], context: CheckContext) -> list[str]:
             recipe = cli.load_recipe(recipe_file)
         except (ValueError, yaml.YAMLError) as error:
             return [f"{recipe_path}: {error}"]
-    family = cli._family_from_argv(flags) or recipe.get("family", "cross_encoder")
+    family = family_from_argv(flags) or recipe.get("family", "cross_encoder")
     try:
         config_class = get_family(family).config_class
     except ValueError as error:
         return [str(error)]
     parser = cli.make_parser(config_class)
-    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    fields = {f.name for kind in (config_class, DataArguments, MiningArguments) for f in dataclasses.fields(kind)
+              if f.init}  # fmt: skip
     problems = []
     for flag in (a.split("=", 1)[0] for a in flags if a.startswith("-") and not NUMBER.match(a)):
         action = parser._option_string_actions.get(flag)
@@ -476,7 +480,8 @@ def check_training_args(args: list[str], context: CheckContext) -> list[str]:
             return []
         if action is None or action.dest not in fields:
             problems.append(
-                f"{flag} is not an option of {TRAIN_PROGRAM}: no field of {config_class.__name__}"
+                f"{flag} is not an option of {TRAIN_PROGRAM}: no field of {config_class.__name__}, DataArguments "
+                "or MiningArguments"
             )
     if problems:
         return problems
@@ -676,7 +681,7 @@ def save_untrained_reranker(family_name: str, base: Path, out: Path, **settings)
 
     family = get_family(family_name)
     config = family.config_class(
-        model_name_or_path=str(base), train_data=["unused.jsonl"], output_dir=str(out), use_cpu=True,
+        model_name_or_path=str(base), output_dir=str(out), use_cpu=True,
         report_to="none", **settings,
     )  # fmt: skip
     tokenizer = family.model_class.load_tokenizer(config)

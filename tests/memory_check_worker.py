@@ -10,17 +10,19 @@ from pathlib import Path
 import torch
 
 from rerankforge.data_tools import load_train_dataset
-from rerankforge.trainer.families import build_trainer, get_family
+from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.memory_check import MemoryEstimateError, check_step_memory
+from rerankforge.trainer.run_config import RunConfig
 
 
 def main() -> None:
     family, settings, short_rank = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    config = get_family(family).config_class(**settings)
+    run = RunConfig.from_settings("memory_check_worker", family=family, **settings)
+    config = run.training
     if config.process_index == short_rank:
         config.memory_limit_gb = 0.001  # this process's host has (almost) nothing free
     torch.manual_seed(0)
-    trainer = build_trainer(config, load_train_dataset(config.train_data, config.train_group_size))
+    trainer = build_trainer(config, load_train_dataset(run.data.train_data, config.train_group_size))
     try:
         estimate = check_step_memory(trainer)
         facts = {"stopped": False, "processes": estimate.processes}

@@ -244,8 +244,8 @@ def test_few_label_arms_that_mine_alike_share_one_teacher_pass(tmp_path, monkeyp
     assert [row.get("data from") for row in rows[:4]] == [None, "1", None, "4"]
 
     config = parse_config([str(training_quality.RECIPE), *by_run["few-5-42"]])
-    assert config.needs_teacher_scores and config.mine_teacher is None
-    assert config.train_data == [str(tmp_path / "few-4-42" / "data" / "train.jsonl")]
+    assert config.training.needs_teacher_scores and config.mining.mine_teacher is None
+    assert config.data.train_data == [str(tmp_path / "few-4-42" / "data" / "train.jsonl")]
 
 
 def test_the_loss_comparison_refuses_to_resume_runs_of_another_budget(tmp_path):

@@ -60,12 +60,12 @@ def test_each_architecture_trains_saves_and_scores_as_the_training_model(tmp_pat
     assert len(changed) > len(before) // 2  # the encoder trained, not only the head
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # the toy task is learnt
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.training.output_dir)
 
     groups = [trainer.train_dataset[i] for i in range(4)]
     pairs = [[g.query, p] for g in groups for p in g.passages]
     trainer.model.eval()
     with torch.no_grad():
         trained = trainer.model.score(trainer.data_collator(groups)).tolist()
-    reranker = Reranker.from_pretrained(config.output_dir, device="cpu")
+    reranker = Reranker.from_pretrained(config.training.output_dir, device="cpu")
     assert_same_scores(reranker.compute_score(pairs, batch_size=5), trained)

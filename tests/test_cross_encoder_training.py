@@ -14,8 +14,8 @@ from transformers import TrainingArguments
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.inference import Reranker
 from rerankforge.inference.modeling.cross_encoder import score_pairs
-from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 from rerankforge.trainer.families import build_trainer
+from rerankforge.trainer.run_config import RunConfig
 
 WORDS = [
     "apple",
@@ -62,7 +62,7 @@ def toy_records(n_queries: int, n_negatives: int = 6, seed: int = 0) -> list[dic
     return records
 
 
-def make_config(tmp_path, model_dir, data, **overrides) -> CrossEncoderConfig:
+def make_config(tmp_path, model_dir, data, **overrides) -> RunConfig:
     settings = dict(
         model_name_or_path=str(model_dir),
         train_data=[str(data)],
@@ -82,12 +82,14 @@ def make_config(tmp_path, model_dir, data, **overrides) -> CrossEncoderConfig:
         seed=0,
     )
     settings.update(overrides)
-    return CrossEncoderConfig(**settings)
+    return RunConfig.from_settings("make_config", **{"family": "cross_encoder", **settings})
 
 
 def build(config):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    return build_trainer(config, records)
+    records = load_train_dataset(
+        config.data.train_data, config.training.train_group_size, config.training.needs_teacher_scores
+    )
+    return build_trainer(config.training, records)
 
 
 def test_training_changes_parameters_and_lowers_the_loss_on_a_learnable_task(tmp_path, tiny_bert_dir):
@@ -180,7 +182,7 @@ def test_saved_checkpoint_scores_equal_the_training_model(tmp_path, tiny_bert_di
     config = make_config(tmp_path, tiny_bert_dir, data, num_train_epochs=2)
     trainer = build(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.training.output_dir)
     out = tmp_path / "out"
     assert (out / "model.safetensors").is_file() and (out / "rerankforge.json").is_file()
     assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles: safetensors and JSON
@@ -251,8 +253,8 @@ def test_xlmr_with_512_plus_512_is_clipped_to_its_positions_and_trains(tmp_path,
     assert batch["input_ids"].shape[1] == 512
     assert "token_type_ids" not in batch
     trainer.train()
-    trainer.save_model(config.output_dir)
-    scores = Reranker.from_pretrained(config.output_dir, device="cpu").compute_score(
+    trainer.save_model(config.training.output_dir)
+    scores = Reranker.from_pretrained(config.training.output_dir, device="cpu").compute_score(
         [[long_text, long_text]] * 2
     )
     assert len(scores) == 2
@@ -308,7 +310,9 @@ def test_cross_encoder_slices_follow_the_checkpointing_settings(tmp_path, on, re
     if reentrant is not None:
         settings[f"{CHECKPOINTING}_kwargs"] = {"use_reentrant": reentrant}
     config = make_config(tmp_path, "model", "data.jsonl", **settings)
-    assert config.forward_chunks == chunks  # 4 length-sorted slices on the CPU unless reentrant checkpointing
+    assert (
+        config.training.forward_chunks == chunks
+    )  # 4 length-sorted slices on the CPU unless reentrant checkpointing
 
 
 def test_a_cross_encoder_trains_with_checkpointing_switched_on_by_the_trainer(
@@ -322,6 +326,6 @@ def test_a_cross_encoder_trains_with_checkpointing_switched_on_by_the_trainer(
     trainer.train()
     assert trainer.state.global_step == 2
     # each step's forward runs both of the tiny BERT's layers through checkpoint, in every length-sorted slice
-    assert len(calls) == 2 * 2 * config.forward_chunks
+    assert len(calls) == 2 * 2 * config.training.forward_chunks
     assert all(k.get("use_reentrant") is False for k in calls)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())

@@ -53,9 +53,9 @@ def build_with_eval(config):
     from rerankforge.trainer.families import build_trainer
     from rerankforge.trainer.training_run import prepare_data
 
-    eval_set = prepare_data(config)
-    records = load_train_dataset(config.train_data, config.train_group_size)
-    return build_trainer(config, records, eval_set), eval_set
+    eval_set = prepare_data(config).eval_set
+    records = load_train_dataset(config.data.train_data, config.training.train_group_size)
+    return build_trainer(config.training, records, eval_set), eval_set
 
 
 def test_trainer_evaluate_reports_ranking_metrics_and_loss(tmp_path, tiny_bert_dir, beir_slice):
@@ -165,7 +165,10 @@ def test_evaluation_and_the_saved_model_read_longer_passages_than_training(
 def test_inference_passage_max_len_zero_means_the_training_length_and_negative_is_refused(
     tmp_path, tiny_bert_dir, beir_slice
 ):
-    assert eval_config(tmp_path, tiny_bert_dir, beir_slice, passage_max_len=24).scoring_passage_max_len == 24
+    assert (
+        eval_config(tmp_path, tiny_bert_dir, beir_slice, passage_max_len=24).training.scoring_passage_max_len
+        == 24
+    )
     with pytest.raises(ValueError, match="inference_passage_max_len must be 0"):
         eval_config(tmp_path, tiny_bert_dir, beir_slice, inference_passage_max_len=-1)
 
@@ -187,7 +190,7 @@ def test_best_model_and_early_stopping_work_on_eval_ndcg(tmp_path, tiny_bert_dir
     assert state.global_step == max(evals) < state.max_steps  # stopped at an evaluation, before the last step
     best_step = max(evals, key=evals.get)
     assert best_step < state.global_step  # the stopping evaluation did not improve on an earlier one
-    out = Path(config.output_dir)
+    out = Path(config.training.output_dir)
     assert Path(state.best_model_checkpoint) == out / f"checkpoint-{best_step}"
     # the weights at the end are the best checkpoint's, not those of the last step (saved there as well)
     live = trainer.model.state_dict()

@@ -100,12 +100,12 @@ def test_an_exported_merged_llm_reranker_loads_without_peft_and_a_failed_upload_
     config = llm_config(tmp_path, tiny_llm_dirs("llama"), data)
     trainer = build_llm(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
-    expected = LLMReranker.from_pretrained(config.output_dir, device="cpu").compute_score(PAIRS)
+    trainer.save_model(config.training.output_dir)
+    expected = LLMReranker.from_pretrained(config.training.output_dir, device="cpu").compute_score(PAIRS)
 
     out = tmp_path / "export"
     code = export_main(
-        [config.output_dir, str(out), "--merge-lora", "--push-to-hub", "someone/tiny-reranker"]
+        [config.training.output_dir, str(out), "--merge-lora", "--push-to-hub", "someone/tiny-reranker"]
     )
     assert code == 1  # offline here: the upload fails ...
     assert "the upload to someone/tiny-reranker failed" in capsys.readouterr().err

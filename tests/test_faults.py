@@ -115,7 +115,7 @@ def skip_trainer(tmp_path, tiny_bert_dir, bad_steps: set[int], **overrides):
 
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(24, n_negatives=8))
     settings = dict(
-        model_name_or_path=str(tiny_bert_dir), train_data=[str(data)], output_dir=str(tmp_path / "out"),
+        model_name_or_path=str(tiny_bert_dir), output_dir=str(tmp_path / "out"),
         train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2, max_steps=10,
         learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         disable_tqdm=True, dataloader_pin_memory=False, seed=0, nan_policy="skip",
@@ -167,7 +167,7 @@ def test_nan_policy_is_checked_with_the_config():
     from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
 
     with pytest.raises(ValueError, match="nan_policy must be one of stop, skip"):
-        CrossEncoderConfig(model_name_or_path="m", train_data=["t"], output_dir="o", nan_policy="ignore")
+        CrossEncoderConfig(model_name_or_path="m", output_dir="o", nan_policy="ignore")
 
 
 def test_skip_is_refused_under_deepspeed_set_by_the_accelerate_config(tmp_path, tiny_bert_dir, monkeypatch):
@@ -201,7 +201,7 @@ def test_skip_is_refused_with_the_config_when_deepspeed_is_set(tmp_path):
     from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED
 
     zero2 = str(REPO / "recipes" / "deepspeed" / "zero2.json")
-    settings = dict(model_name_or_path="m", train_data=["t"], output_dir=str(tmp_path), use_cpu=True,
+    settings = dict(model_name_or_path="m", output_dir=str(tmp_path), use_cpu=True,
                     report_to="none", deepspeed=zero2)  # fmt: skip
     with pytest.raises(ValueError) as refused:
         CrossEncoderConfig(**settings, nan_policy="skip")

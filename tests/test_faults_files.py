@@ -44,7 +44,7 @@ def folders(tmp_path_factory, tiny_bert_dir, tiny_llm_dirs) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fault-folders")
     data = write_jsonl(root / "train.jsonl", toy_records(2))
     llama = tiny_llm_dirs("llama")
-    common = dict(train_data=[str(data)], train_group_size=4, query_max_len=16, passage_max_len=32,
+    common = dict(train_group_size=4, query_max_len=16, passage_max_len=32,
                   report_to="none", use_cpu=True, save_strategy="no")  # fmt: skip
     lora = dict(lora_rank=2, lora_alpha=4)
     configs = {
@@ -58,7 +58,7 @@ def folders(tmp_path_factory, tiny_bert_dir, tiny_llm_dirs) -> dict[str, Path]:
                                                   output_dir=str(root / "layerwise_lora")),
     }  # fmt: skip
     for name, config in configs.items():
-        trainer = build_trainer(config, load_train_dataset(config.train_data, config.train_group_size))
+        trainer = build_trainer(config, load_train_dataset([str(data)], config.train_group_size))
         if name == "llm_lora":  # LoRA B starts at zero: an untrained adapter would score as its base does
             set_lora_b(trainer.model)
         trainer.save_model(config.output_dir)

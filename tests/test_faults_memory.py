@@ -24,7 +24,6 @@ from rerankforge.inference.modeling.activation_checkpointing import (
     is_checkpointing,
 )
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.llm_config import LLMRerankerConfig
 from rerankforge.trainer.memory_check import (
     GIB,
     MIN_HEADROOM,
@@ -37,6 +36,7 @@ from rerankforge.trainer.memory_check import (
     explain_oom,
     out_of_memory_explained,
 )
+from rerankforge.trainer.run_config import RunConfig
 
 LLM_TOY = FE_TOY / "llm_reranker" / "toy_finetune_data.jsonl"
 
@@ -55,7 +55,7 @@ def wide_llama(tmp_path_factory, llm_tokenizer) -> Path:
     return folder
 
 
-def llm_config(tmp_path: Path, model_dir: Path, config_class: type = LLMRerankerConfig, **overrides):
+def llm_config(tmp_path: Path, model_dir: Path, family: str = "llm", **overrides) -> RunConfig:
     settings = dict(
         model_name_or_path=str(model_dir), train_data=[str(LLM_TOY)], output_dir=str(tmp_path / "out"),
         train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2,
@@ -64,7 +64,7 @@ def llm_config(tmp_path: Path, model_dir: Path, config_class: type = LLMReranker
         dataloader_pin_memory=False, seed=0,
     )  # fmt: skip
     settings.update(overrides)
-    return config_class(**settings)
+    return RunConfig.from_settings("llm_config", family=family, **settings)
 
 
 def long_records(n: int, words: int = 400) -> list[dict]:
@@ -84,7 +84,9 @@ def long_records(n: int, words: int = 400) -> list[dict]:
 
 def build(config):
     torch.manual_seed(0)
-    return build_trainer(config, load_train_dataset(config.train_data, config.train_group_size))
+    return build_trainer(
+        config.training, load_train_dataset(config.data.train_data, config.training.train_group_size)
+    )
 
 
 # ---- (a) the estimate against a measured peak ---------------------------------------------------------------
@@ -97,11 +99,12 @@ import torch
 from rerankforge.data_tools import load_train_dataset
 from rerankforge.trainer.families import build_trainer, get_family
 from rerankforge.trainer.memory_check import check_step_memory
+from rerankforge.trainer.run_config import RunConfig
 
 family, settings = sys.argv[1], json.loads(sys.argv[2])
-config = get_family(family).config_class(**settings)
+run = RunConfig.from_settings("MEASURE", family=family, **settings)
 torch.manual_seed(0)
-trainer = build_trainer(config, load_train_dataset(config.train_data, config.train_group_size))
+trainer = build_trainer(run.training, load_train_dataset(run.data.train_data, run.training.train_group_size))
 estimate = check_step_memory(trainer)
 
 def status(key):
@@ -204,7 +207,7 @@ def test_a_run_over_the_limit_stops_before_the_first_step_with_what_to_change(tm
     trainer = build(config)
     # it fits this machine; one with half of what it needs (after headroom) it does not
     probe = check_step_memory(trainer)
-    config.memory_limit_gb = (MIN_HEADROOM + probe.needed / 2) / GIB
+    config.training.memory_limit_gb = (MIN_HEADROOM + probe.needed / 2) / GIB
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     with pytest.raises(MemoryEstimateError) as raised:
         check_step_memory(trainer)
@@ -251,8 +254,8 @@ def test_under_ddp_every_process_stops_when_one_is_short_of_memory(tmp_path, tin
 
 def test_the_check_can_be_turned_off(tmp_path, tiny_llm_dirs):
     config = llm_config(tmp_path, tiny_llm_dirs("llama"))
-    config.memory_check = False
-    config.memory_limit_gb = 1e-6
+    config.training.memory_check = False
+    config.training.memory_limit_gb = 1e-6
     assert check_step_memory(build(config)) is None
 
 
@@ -312,14 +315,11 @@ def losses_and_weights(trainer) -> tuple[list[float], dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("family", ["llm", "layerwise"])
 def test_a_run_with_the_check_trains_exactly_as_one_without(tmp_path, tiny_llm_dirs, family):
     """LoRA dropout on (the RNG must come back), gradient checkpointing on (the Trainer's own switch comes after)."""
-    from rerankforge.trainer.families import get_family
-
     extra = {"start_layer": 1, "self_distill_weight": 0.5} if family == "layerwise" else {}
-    config_class = get_family(family).config_class
     results = []
     for check in (True, False):
         config = llm_config(
-            tmp_path / str(check), tiny_llm_dirs("llama"), config_class, num_train_epochs=2, **extra
+            tmp_path / str(check), tiny_llm_dirs("llama"), family, num_train_epochs=2, **extra
         )
         trainer = build(config)
         if check:
@@ -368,13 +368,22 @@ def test_llm_families_default_to_flagembeddings_batch_accumulation_and_checkpoin
 
     base = ["--family", family, "--model_name_or_path", "m", "--train_data", "d", "--output_dir", "o"]
     config = parse_config(base)
-    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 16)
-    assert checkpointing_on(config) and config.activation_checkpointing and config.gradient_checkpointing
-    assert checkpointing_kwargs(config) == {"use_reentrant": False}
+    assert (config.training.per_device_train_batch_size, config.training.gradient_accumulation_steps) == (
+        1,
+        16,
+    )
+    assert (
+        checkpointing_on(config.training)
+        and config.training.activation_checkpointing
+        and config.training.gradient_checkpointing
+    )
+    assert checkpointing_kwargs(config.training) == {"use_reentrant": False}
     # after transformers 5.17, gradient_checkpointing is a deprecated alias; either way it wins over the default
     with pytest.warns(FutureWarning) if RENAMED else contextlib.nullcontext():
-        off = parse_config([*base, "--gradient_checkpointing", "false"])
+        off = parse_config([*base, "--gradient_checkpointing", "false"]).training
     assert not checkpointing_on(off) and not off.activation_checkpointing and not off.gradient_checkpointing
-    assert not parse_config([*base, "--activation_checkpointing", "false"]).activation_checkpointing
-    seed = parse_config([*base, "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"])
+    assert not parse_config([*base, "--activation_checkpointing", "false"]).training.activation_checkpointing
+    seed = parse_config(
+        [*base, "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]
+    ).training
     assert (seed.per_device_train_batch_size, seed.gradient_accumulation_steps) == (8, 1)

@@ -18,7 +18,7 @@ from rerankforge.inference.modeling.llm import score_last_token
 from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
 from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.training_run import prepare_data
 
 
@@ -30,7 +30,7 @@ def four_layer_llama(tmp_path_factory, llm_tokenizer):
     return folder
 
 
-def make_config(tmp_path, model_dir, data, **overrides) -> LayerwiseRerankerConfig:
+def make_config(tmp_path, model_dir, data, **overrides) -> RunConfig:
     settings = dict(
         model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(tmp_path / "out"),
         start_layer=2, train_group_size=4, query_max_len=16, passage_max_len=32, per_device_train_batch_size=2,
@@ -38,13 +38,15 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LayerwiseRerankerConf
         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
     )  # fmt: skip
     settings.update(overrides)
-    return LayerwiseRerankerConfig(**settings)
+    return RunConfig.from_settings("make_config", **{"family": "layerwise", **settings})
 
 
 def build(config, eval_set=None):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
+    records = load_train_dataset(
+        config.data.train_data, config.training.train_group_size, config.training.needs_teacher_scores
+    )
     torch.manual_seed(0)
-    return build_trainer(config, records, eval_set)
+    return build_trainer(config.training, records, eval_set)
 
 
 def encoded_batch(tokenizer, pairs):
@@ -147,8 +149,8 @@ def test_saved_model_scores_equal_the_trainers_at_every_layer(tmp_path, four_lay
     config = make_config(tmp_path, four_layer_llama, data, num_train_epochs=2, merge_lora=True)
     trainer = build(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
-    trainer.finish_saving(config.output_dir)
+    trainer.save_model(config.training.output_dir)
+    trainer.finish_saving(config.training.output_dir)
     out = tmp_path / "out"
     assert {p.name for p in out.glob("*.safetensors")} == {"adapter_model.safetensors"}  # the heads inside
     assert any(".heads.4." in key for key in load_file(out / "adapter_model.safetensors"))
@@ -178,8 +180,8 @@ def test_continued_training_starts_from_the_saved_adapter_and_heads(tmp_path, fo
     first = make_config(tmp_path, four_layer_llama, data, num_train_epochs=2)
     trainer = build(first)
     trainer.train()
-    trainer.save_model(first.output_dir)
-    second = make_config(tmp_path, four_layer_llama, data, adapter_name_or_path=first.output_dir,
+    trainer.save_model(first.training.output_dir)
+    second = make_config(tmp_path, four_layer_llama, data, adapter_name_or_path=first.training.output_dir,
                          output_dir=str(tmp_path / "again"))  # fmt: skip
     continued = build(second)
     for k, head in trainer.model.heads.items():
@@ -197,13 +199,13 @@ def test_evaluation_reports_ndcg_at_every_layer(tmp_path, four_layer_llama, beir
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
     config = make_config(tmp_path, four_layer_llama, data, eval_data=str(beir_slice), eval_top_k=10,
                          per_device_eval_batch_size=16)  # fmt: skip
-    eval_set = prepare_data(config)
+    eval_set = prepare_data(config).eval_set
     trainer = build(config, eval_set)
     metrics = trainer.evaluate()
     assert metrics["eval_ndcg@10"] == metrics["eval_layer4_ndcg@10"]
     # each layer's number is that layer's ranking: the saved model's scores stopped at that layer
-    trainer.save_model(config.output_dir)
-    reranker = LayerwiseReranker.from_pretrained(config.output_dir, device="cpu")
+    trainer.save_model(config.training.output_dir)
+    reranker = LayerwiseReranker.from_pretrained(config.training.output_dir, device="cpu")
     pairs = eval_set.pairs()
     by_layer = {}
     for layer in (2, 3, 4):
@@ -238,7 +240,7 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_heads_and_adapter(
         num_train_epochs=2, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
         load_best_model_at_end=True, metric_for_best_model="ndcg@10", greater_is_better=True,
     )  # fmt: skip
-    trainer = build(config, prepare_data(config))
+    trainer = build(config, prepare_data(config).eval_set)
     trainer.train()
     best = trainer.state.best_model_checkpoint
     assert best is not None
@@ -266,8 +268,8 @@ def test_layerwise_flag_reranker_uses_flagembeddings_budgets_for_max_length(
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(2))
     config = make_config(tmp_path, four_layer_llama, data)
     trainer = build(config)
-    trainer.save_model(config.output_dir)
-    flag = LayerWiseFlagLLMReranker(config.output_dir, devices="cpu")
+    trainer.save_model(config.training.output_dir)
+    flag = LayerWiseFlagLLMReranker(config.training.output_dir, devices="cpu")
     long_passage = "Some women with flip-flops on are walking along the beach. " * 40
     pairs = [["what do women wear on the beach " * 20, long_passage]]
     built = []
@@ -291,7 +293,7 @@ def test_the_layerwise_objective_and_its_temperature_are_checked_with_the_config
     # the temperature sets self-distillation even when the teacher term is margin_mse, which takes none
     config = make_config(tmp_path, four_layer_llama, data, self_distill_weight=0.5, distill_loss="margin_mse",
                          distill_temperature=2.0)  # fmt: skip
-    objective = config.build_objective()
+    objective = config.training.build_objective()
     assert objective.self_distillation.temperature == 2.0 and objective.objective.distill.name == "margin_mse"
 
 

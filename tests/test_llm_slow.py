@@ -12,7 +12,7 @@ from conftest import SHARED_DATA
 
 from rerankforge.inference import LLMReranker
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
-from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -26,7 +26,9 @@ def smollm2_available():
 
 
 def test_a_short_lora_run_ranks_held_out_squad_better(tmp_path, smollm2_available):
-    config = LLMRerankerConfig(
+    config = RunConfig.from_settings(
+        "test",
+        family="llm",
         model_name_or_path=SMOLLM2,
         ir_data=str(SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"),
         mine_rank_range=[1, 30],

@@ -21,13 +21,13 @@ from rerankforge.inference.modeling.llm import score_last_token
 from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT, pad_left
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.training_run import train
 
 ARCHITECTURES = ["llama", "qwen2", "gemma", "gemma2", "gemma3", "mistral"]
 
 
-def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
+def make_config(tmp_path, model_dir, data, **overrides) -> RunConfig:
     settings = dict(
         model_name_or_path=str(model_dir),
         train_data=[str(data)],
@@ -50,12 +50,14 @@ def make_config(tmp_path, model_dir, data, **overrides) -> LLMRerankerConfig:
         seed=0,
     )
     settings.update(overrides)
-    return LLMRerankerConfig(**settings)
+    return RunConfig.from_settings("make_config", **{"family": "llm", **settings})
 
 
 def build(config):
-    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    return build_trainer(config, records)
+    records = load_train_dataset(
+        config.data.train_data, config.training.train_group_size, config.training.needs_teacher_scores
+    )
+    return build_trainer(config.training, records)
 
 
 def batch_scores(trainer, groups) -> list[float]:
@@ -115,8 +117,8 @@ def test_saved_adapter_and_merged_model_give_the_trainers_scores(tmp_path, tiny_
     config = make_config(tmp_path, tiny_llm_dirs("llama"), data, num_train_epochs=2, merge_lora=True)
     trainer = build(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
-    trainer.finish_saving(config.output_dir)
+    trainer.save_model(config.training.output_dir)
+    trainer.finish_saving(config.training.output_dir)
     out, merged = tmp_path / "out", tmp_path / "out" / "merged"
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
@@ -149,12 +151,12 @@ def test_a_continued_run_starts_from_the_saved_adapter(tmp_path, tiny_llm_dirs):
     first = make_config(tmp_path, tiny_llm_dirs("qwen2"), data, num_train_epochs=2)
     trainer = build(first)
     trainer.train()
-    trainer.save_model(first.output_dir)
+    trainer.save_model(first.training.output_dir)
     groups = [trainer.train_dataset[i] for i in range(2)]
     before = batch_scores(trainer, groups)
 
     second = make_config(
-        tmp_path, tiny_llm_dirs("qwen2"), data, adapter_name_or_path=first.output_dir,
+        tmp_path, tiny_llm_dirs("qwen2"), data, adapter_name_or_path=first.training.output_dir,
         output_dir=str(tmp_path / "continued"),
     )  # fmt: skip
     continued = build(second)
@@ -200,12 +202,12 @@ def test_yes_minus_no_is_stored_and_used_by_inference(tmp_path, tiny_llm_dirs, l
     config = make_config(tmp_path, tiny_llm_dirs("gemma2"), data, score="yes_minus_no")
     trainer = build(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
-    spec = RerankerSpec.load(config.output_dir)
+    trainer.save_model(config.training.output_dir)
+    spec = RerankerSpec.load(config.training.output_dir)
     assert spec.yes_token_id == llm_tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
     assert spec.no_token_id == llm_tokenizer("No", add_special_tokens=False)["input_ids"][0]
     groups = [trainer.train_dataset[0]]
-    reranker = LLMReranker.from_pretrained(config.output_dir, device="cpu")
+    reranker = LLMReranker.from_pretrained(config.training.output_dir, device="cpu")
     assert reranker.spec.score == "yes_minus_no"
     scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
     assert_same_scores(scores, batch_scores(trainer, groups))
@@ -327,7 +329,7 @@ def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tin
     config = make_config(tmp_path, tiny_llm_dirs("llama"), data, modules_to_save=[module])
     trainer = build(config)
     trainer.train()
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.training.output_dir)
     saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
     name = "model.norm.weight" if module == "norm" else "lm_head.weight"
     found = [key for key in saved if key.endswith(name)]
@@ -335,7 +337,7 @@ def test_modules_to_save_train_in_full_and_travel_with_the_adapter(tmp_path, tin
     base = load_file(tiny_llm_dirs("llama") / "model.safetensors")[name]
     assert not torch.equal(saved[found[0]], base)  # it trained
     groups = [trainer.train_dataset[0]]
-    reranker = load_reranker(config.output_dir, device="cpu")
+    reranker = load_reranker(config.training.output_dir, device="cpu")
     assert isinstance(reranker, LLMReranker)
     scores = reranker.compute_score([[groups[0].query, p] for p in groups[0].passages])
     assert_same_scores(scores, batch_scores(trainer, groups))

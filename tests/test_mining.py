@@ -253,10 +253,12 @@ def test_a_recipe_trains_on_train_qrels_and_evaluates_on_test_qrels(cisi, tmp_pa
     argv += ["--ir_eval_split", "test", "--output_dir", str(tmp_path / "out"), "--mine_rank_range", "1", "30"]
     argv += ["--mine_num_negatives", "4", "--eval_top_k", "10", "--use_cpu", "true"]
     config = parse_config(argv)
-    eval_set = prepare_data(config)
+    prepared = prepare_data(config)
+    eval_set = prepared.eval_set
     assert set(eval_set.queries) == set(judged[50:])
-    trained = [json.loads(line)["query"] for line in Path(config.train_data[0]).read_text().splitlines()]
+    trained = [json.loads(line)["query"] for line in Path(prepared.train_files[0]).read_text().splitlines()]
     assert trained == [cisi.queries[q] for q in judged[:50]]
+    assert config.data.train_data is None  # the mined file is the run's result, not a rewritten setting
     # overlapping splits would evaluate on training queries: refused before any mining
     write_beir(cisi, {"train": {q: cisi.qrels[q] for q in judged[:50]},
                       "test": {q: cisi.qrels[q] for q in judged[40:]}}, tmp_path / "overlap")  # fmt: skip

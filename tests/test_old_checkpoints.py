@@ -59,10 +59,10 @@ def test_a_new_run_continues_from_a_version_1_layerwise_adapter_heads_included(t
     data = write_jsonl(tmp_path / "train.jsonl", toy_records(4))
     config = LayerwiseRerankerConfig(
         model_name_or_path=str(checkpoint.parent / "base"), adapter_name_or_path=str(checkpoint),
-        train_data=[str(data)], output_dir=str(tmp_path / "out"), start_layer=2, train_group_size=4,
+        output_dir=str(tmp_path / "out"), start_layer=2, train_group_size=4,
         query_max_len=16, passage_max_len=32, lora_rank=2, lora_alpha=4, report_to="none", use_cpu=True,
     )  # fmt: skip
-    trainer = build_trainer(config, load_train_dataset(config.train_data, 4))
+    trainer = build_trainer(config, load_train_dataset([str(data)], 4))
     trainer.model.eval()
     encoder = LLMPromptEncoder(trainer.processing_class, 16, 32)
     pairs = expected["pairs"]

@@ -51,15 +51,17 @@ def test_auto_in_a_recipe_or_on_the_command_line_becomes_this_machines_choice():
 def test_other_values_pass_through_and_the_command_line_wins():
     assert resolve_auto_bf16({"bf16": True}, ["--bf16", "false"]) == ({"bf16": True}, ["--bf16", "false"])
     config = parse_config([str(DEFAULT_RECIPE), "--bf16", "true"])
-    assert config.bf16 is True
+    assert config.training.bf16 is True
     config = parse_config([str(DEFAULT_RECIPE), "--bf16", "false"])
-    assert config.bf16 is False
+    assert config.training.bf16 is False
 
 
 def test_the_default_recipe_resolves_auto_and_drops_attention_dropout():
     config = parse_config([str(DEFAULT_RECIPE)])
-    assert config.bf16 is bool({"avx512_bf16", "amx_bf16"} & cpu_flags())  # the recipe says use_cpu: true
-    assert config.attention_dropout == 0.0
+    assert config.training.bf16 is bool(
+        {"avx512_bf16", "amx_bf16"} & cpu_flags()
+    )  # the recipe says use_cpu: true
+    assert config.training.attention_dropout == 0.0
 
 
 def test_auto_on_each_kind_of_device(monkeypatch):
@@ -71,9 +73,9 @@ def test_auto_on_each_kind_of_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert native_bf16(use_cpu=True) and not native_bf16(use_cpu=False)
     config = parse_config([str(DEFAULT_RECIPE)])
-    assert config.bf16 is True
+    assert config.training.bf16 is True
     config = parse_config([str(DEFAULT_RECIPE), "--use_cpu", "false", "--max_steps", "2000"])
-    assert config.bf16 is False and config.use_cpu is False
+    assert config.training.bf16 is False and config.training.use_cpu is False
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     asked = []
     for own_bf16 in (True, False):
@@ -139,7 +141,7 @@ def test_attention_dropout_reaches_the_attention_modules(tiny_bert_dir):
 
 
 def test_attention_dropout_is_checked():
-    common = {"model_name_or_path": "m", "train_data": ["t"], "output_dir": "o"}
+    common = {"model_name_or_path": "m", "output_dir": "o"}
     with pytest.raises(ValueError, match="attention_dropout must be in"):
         CrossEncoderConfig(**common, attention_dropout=1.0)
     CrossEncoderConfig(**common, attention_dropout=0.0)

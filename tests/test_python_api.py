@@ -9,8 +9,8 @@ from conftest import REPO
 from score_checks import assert_same_scores
 
 from rerankforge.inference.auto import load_reranker
-from rerankforge.trainer import TrainingResult, train
-from rerankforge.trainer.cli import RecipeError, main, parse_config
+from rerankforge.trainer import RunConfig, TrainingResult, train
+from rerankforge.trainer.cli import RecipeError, load_recipe, main, parse_config
 
 TOY_RECIPE = REPO / "recipes" / "minilm" / "cross_encoder" / "toy.yaml"
 PAIRS = [
@@ -32,10 +32,14 @@ def test_train_from_python_equals_the_command_line(tmp_path, monkeypatch, tiny_b
     argv = [str(TOY_RECIPE), "--output_dir", str(tmp_path / "cli"), "--loss", "listnet",
             "--model_name_or_path", str(tiny_bert_dir), "--max_steps", "3", "--disable_tqdm", "true"]  # fmt: skip
     assert main(argv) == 0
+    settings = {**load_recipe(TOY_RECIPE), **common, "output_dir": str(tmp_path / "run"), "loss": "listnet"}
+    train(RunConfig.from_settings(**settings))
     from_python = load_reranker(str(result.output_dir), device="cpu").compute_score(PAIRS)
     from_cli = load_reranker(str(tmp_path / "cli"), device="cpu").compute_score(PAIRS)
+    from_run_config = load_reranker(str(tmp_path / "run"), device="cpu").compute_score(PAIRS)
     untrained = load_reranker(str(tiny_bert_dir), device="cpu").compute_score(PAIRS)
     assert_same_scores(from_python, from_cli)
+    assert_same_scores(from_run_config, from_cli)
     assert from_python != pytest.approx(untrained, abs=1e-4)  # it trained
     spec = json.loads((result.output_dir / "rerankforge.json").read_text())
     assert spec["loss"]["loss"]["name"] == "listnet"  # the override reached the run
@@ -52,6 +56,8 @@ def test_overrides_are_python_values_and_unknown_keys_are_refused_before_any_com
             model_name_or_path="x", train_data=["a.jsonl"], lerning_rate=1.0, output_dir=str(tmp_path / "o")
         )
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
-    config = parse_config([str(TOY_RECIPE)])
+    run = parse_config([str(TOY_RECIPE)])
     with pytest.raises(TypeError, match="takes no overrides"):
-        train(config, max_steps=1)
+        train(run, max_steps=1)
+    with pytest.raises(TypeError, match="takes a recipe or a RunConfig"):  # training settings alone: no data
+        train(run.training)

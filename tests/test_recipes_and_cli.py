@@ -40,8 +40,8 @@ def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch, tmp_path)
         recipe = tmp_path / recipe.name
         recipe.write_text(yaml.safe_dump(settings))
     config = parse_config([str(recipe)])
-    assert config.model_name_or_path and (config.train_data or config.ir_data)
-    for path in [*(config.train_data or []), config.ir_data, config.eval_data]:
+    assert config.training.model_name_or_path and (config.data.train_data or config.data.ir_data)
+    for path in [*(config.data.train_data or []), config.data.ir_data, config.data.eval_data]:
         if path is not None and not path.startswith("outputs/"):  # outputs/: made by the guide's commands
             assert (REPO / path).exists(), f"{recipe.name} names {path}, which does not exist"
 
@@ -49,9 +49,9 @@ def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch, tmp_path)
 def test_command_line_overrides_the_recipe(monkeypatch):
     monkeypatch.chdir(REPO)
     config = parse_config([str(TOY_RECIPE), "--train_group_size", "4", "--learning_rate", "1e-4"])
-    assert isinstance(config, CrossEncoderConfig)
-    assert config.train_group_size == 4 and config.learning_rate == 1e-4
-    assert config.query_max_len == 32  # untouched recipe value
+    assert isinstance(config.training, CrossEncoderConfig)
+    assert config.training.train_group_size == 4 and config.training.learning_rate == 1e-4
+    assert config.training.query_max_len == 32  # untouched recipe value
 
 
 def test_unknown_recipe_key_is_an_error_that_names_it(tmp_path):
@@ -155,17 +155,17 @@ def test_loss_settings_come_from_the_recipe_or_as_json_on_the_command_line(tmp_p
     recipe = tmp_path / "r.yaml"
     recipe.write_text(TOY_RECIPE.read_text() + "loss_kwargs: {weighting: lambdarank, k: 5}\n")
     config = parse_config([str(recipe), "--loss", "lambda_loss"])
-    assert config.build_objective().loss.get_config_dict()["weighting"] == "lambdarank"
+    assert config.training.build_objective().loss.get_config_dict()["weighting"] == "lambdarank"
     config = parse_config([str(TOY_RECIPE), "--loss", "lambda_loss", "--loss_kwargs", '{"k": 3}'])
-    assert config.loss_kwargs == {"k": 3} and config.build_objective().loss.k == 3
+    assert config.training.loss_kwargs == {"k": 3} and config.training.build_objective().loss.k == 3
     with pytest.raises(ValueError, match="loss 'bce' takes no setting k; its settings: pos_weight"):
         parse_config([str(TOY_RECIPE), "--loss", "bce", "--loss_kwargs", '{"k": 3}'])
     with pytest.raises(ValueError, match="loss_kwargs must be a JSON object"):
         parse_config([str(TOY_RECIPE), "--loss_kwargs", "k=3"])
     config = parse_config([str(TOY_RECIPE), "--knowledge_distillation", "true"])
-    assert config.distill_loss == "kl" and config.needs_teacher_scores
+    assert config.training.distill_loss == "kl" and config.training.needs_teacher_scores
     config = parse_config([str(TOY_RECIPE), "--distill_loss", "margin_mse", "--distill_weight", "0.1"])
-    assert config.knowledge_distillation and config.build_objective().distill_weight == 0.1
+    assert config.training.knowledge_distillation and config.training.build_objective().distill_weight == 0.1
     with pytest.raises(ValueError, match="knowledge_distillation is false but distill_loss is 'kl'"):
         parse_config([str(TOY_RECIPE), "--distill_loss", "kl", "--knowledge_distillation", "false"])
     with pytest.raises(ValueError, match="distill_weight 0.5 would change nothing: no distill_loss is set"):

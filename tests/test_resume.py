@@ -131,7 +131,7 @@ def test_resuming_from_an_incomplete_checkpoint_by_path_is_an_error(tmp_path, ti
     (tmp_path / "half").mkdir()
     config = parse_config([recipe, "--resume_from_checkpoint", str(tmp_path / "half")])
     with pytest.raises(ValueError, match="no completion marker"):
-        resolve_resume(config)
+        resolve_resume(config.training)
 
 
 @pytest.mark.parametrize("family", ["llm", "layerwise"])
@@ -145,7 +145,6 @@ def test_lora_families_resume_adapter_heads_and_optimizer_to_the_same_end(tmp_pa
     def run(name: str, resume: str | None = None):
         config = get_family(family).config_class(
             model_name_or_path=str(tiny_llm_dirs("llama")),
-            train_data=[str(data)],
             output_dir=str(tmp_path / name),
             train_group_size=4,
             query_max_len=16,

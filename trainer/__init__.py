@@ -2,5 +2,6 @@
 `rerankforge-train RECIPE --key value` from the command line (trainer/cli.py)."""
 
 from rerankforge.trainer.python_api import TrainingResult, train
+from rerankforge.trainer.run_config import RunConfig
 
-__all__ = ["TrainingResult", "train"]
+__all__ = ["RunConfig", "TrainingResult", "train"]

@@ -6,6 +6,7 @@ The Trainer's own save and load paths do the rest: a family model is a `PreTrain
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.loss_parts import LossPartMeans
 from rerankforge.trainer.nan_guard import SKIP_UNDER_DEEPSPEED, NanGuard, RunFacts
 from rerankforge.trainer.preemption import PreemptionCallback
-from rerankforge.trainer.tracking import ScoreHistogramCallback, TrainingCurvesCallback
+from rerankforge.trainer.tracking import RunSettingsCallback, ScoreHistogramCallback, TrainingCurvesCallback
 
 TRAINING_ARGS_JSON = "training_args.json"
 
@@ -80,12 +81,15 @@ class RerankerTrainer(Trainer):
                 f"the model must be a family model (RerankerModel), got {type(self.reranker).__name__}"
             )
         self.eval_data_collator = eval_data_collator
+        # the run's data and mining settings (training_run sets them): saved with the arguments, sent to W&B
+        self.run_settings: dict[str, Any] = {}
         if self.args.dataloader_persistent_workers:
             raise ValueError(
                 "dataloader_persistent_workers would keep each epoch's groups stale; leave it off"
             )
         self.add_callback(GroupEpochCallback(self.train_dataset))
         self.add_callback(TrainingCurvesCallback())
+        self.add_callback(RunSettingsCallback(self))
         if self.eval_dataset is not None and hasattr(self.eval_dataset, "last_scores"):
             self.add_callback(ScoreHistogramCallback(self.eval_dataset, self))
         self.objective = self.args.build_objective()
@@ -311,14 +315,16 @@ class RerankerTrainer(Trainer):
         heads), with `rerankforge.json` beside the weights.
 
         The Trainer's pickled ``training_args.bin`` is replaced by ``training_args.json``: a saved model
-        holds no pickle, so loading it never runs code.
+        holds no pickle, so loading it never runs code. It records ``run_settings`` (the run's data and mining
+        settings) beside the arguments, so the model card and a reader see the whole recipe.
         """
         super().save_model(output_dir, _internal_call)
         if not self.args.should_save:
             return
         folder = Path(output_dir or self.args.output_dir)
         self.spec.save(folder)  # peft's save_pretrained does not know it
-        atomic_write_text(folder / TRAINING_ARGS_JSON, self.args.to_json_string())
+        record = {**self.args.to_dict(), **self.run_settings}  # the whole recipe, not only TrainingArguments
+        atomic_write_text(folder / TRAINING_ARGS_JSON, json.dumps(record, indent=2, sort_keys=True))
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
 
     def finish_saving(self, output_dir: str | Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -14,24 +13,19 @@ import yaml
 from transformers import HfArgumentParser
 
 from rerankforge.data_tools.schema import DataValidationError
-from rerankforge.inference.modeling.families import get_family
 from rerankforge.inference.modeling.file_checks import ModelFilesError
-from rerankforge.inference.modeling.precision import resolve_auto_bf16
 from rerankforge.trainer.checkpoints import CheckpointWriteError
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.memory_check import MemoryEstimateError
 from rerankforge.trainer.nan_guard import NonFiniteTrainingError
 from rerankforge.trainer.preemption import EXIT_PREEMPTED, TrainingPreempted
+from rerankforge.trainer.run_config import RecipeError, RunConfig, run_config_from_recipe, run_parser
 from rerankforge.trainer.training_run import train
 
 EXIT_BAD_INPUT = 2  # a recipe, option or data file that cannot be used as written
 EXIT_NON_FINITE = 3  # the loss or gradient norm went NaN/inf (trainer/nan_guard.py)
 EXIT_OUT_OF_MEMORY = 4  # one step will not fit in memory (trainer/memory_check.py)
 EXIT_WRITE_FAILED = 5  # a checkpoint or the final model could not be written (a full disk)
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used as written: its message names the file and the key."""
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -43,46 +37,19 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def make_parser(config_class: type[RerankerConfig]) -> HfArgumentParser:
-    return HfArgumentParser(config_class, description=__doc__)
+    """The command line's parser for a family: its config's, the data's and the mining options' ``--key``s."""
+    return run_parser(config_class, description=__doc__)
 
 
-def _family_from_argv(argv: Sequence[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--family" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--family="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def parse_config(argv: Sequence[str]) -> RerankerConfig:
-    """Build the family's config from an optional recipe path followed by ``--key value`` overrides."""
+def parse_config(argv: Sequence[str]) -> RunConfig:
+    """Build the run from an optional recipe path followed by ``--key value`` overrides."""
     argv = list(argv)
     recipe: dict[str, Any] = {}
     recipe_path = None
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
         recipe = load_recipe(recipe_path)
-    return config_from_recipe(recipe, argv, source=str(recipe_path))
-
-
-def config_from_recipe(recipe: dict[str, Any], argv: Sequence[str], source: str) -> RerankerConfig:
-    """The family's config from recipe keys (Python values) and ``--key value`` overrides; errors name
-    ``source`` (the recipe file, or the Python call)."""
-    recipe, argv = resolve_auto_bf16(recipe, list(argv))
-    family_name = _family_from_argv(argv) or recipe.get("family", "cross_encoder")
-    config_class = get_family(family_name).config_class
-    known = {f.name for f in dataclasses.fields(config_class) if f.init}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise RecipeError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family_name!r}")
-    parser = make_parser(config_class)
-    parser.set_defaults(**recipe)
-    for action in parser._actions:  # a value the recipe gives satisfies a required option
-        if action.dest in recipe:
-            action.required = False
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
-    return config
+    return run_config_from_recipe(recipe, argv, source=str(recipe_path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if main_process else logging.WARNING,
     )
     try:
-        config = parse_config(sys.argv[1:] if argv is None else argv)
+        run = parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as error:  # RecipeError and the config's own checks
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -108,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrainingPreempted: EXIT_PREEMPTED,
     }
     try:
-        train(config)
+        train(run)
     except tuple(exit_codes) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return next(code for kind, code in exit_codes.items() if isinstance(error, kind))

@@ -1,4 +1,7 @@
-"""The thin shared base of every family's config: model and data fields on top of `TrainingArguments`.
+"""The thin shared base of every family's config: model, loss and run-safety fields on top of
+`TrainingArguments`. The data (`DataArguments`) and the mining options (`MiningArguments`) are dataclasses of
+their own, parsed from the same recipe (`run_config.RunConfig`), as trl splits its script, model and training
+arguments.
 
 Field names follow FlagEmbedding's reranker scripts where they exist, so their command lines carry over.
 """
@@ -10,8 +13,6 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from rerankforge.data_tools.first_stage import RETRIEVERS
-from rerankforge.data_tools.mining import MiningOptions
 from rerankforge.trainer.losses import (
     DEFAULT_LOSS,
     LOSSES,
@@ -24,7 +25,7 @@ from rerankforge.trainer.nan_guard import NAN_POLICIES, SKIP_UNDER_DEEPSPEED
 
 @dataclass
 class RerankerConfig(TrainingArguments):
-    """Everything one training run needs: one flat dataclass, set by a YAML recipe and the command line."""
+    """How the model trains: its base, the group size and token budgets, the loss, and what a bad step does."""
 
     family: str = field(
         default="cross_encoder", metadata={"help": "Reranker family: the key in trainer.families."}
@@ -37,9 +38,6 @@ class RerankerConfig(TrainingArguments):
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with the model. Off unless you trust its source."}
-    )
-    train_data: list[str] | None = field(
-        default=None, metadata={"help": "JSONL file(s) or folder(s) of training queries.", "nargs": "+"}
     )
     train_group_size: int = field(default=8, metadata={"help": "Passages per query: 1 positive + negatives."})
     query_max_len: int = field(default=32, metadata={"help": "Tokens kept from each query."})
@@ -77,84 +75,6 @@ class RerankerConfig(TrainingArguments):
         },
     )
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the distillation term."})
-    ir_data: str | None = field(
-        default=None,
-        metadata={
-            "help": "A SQuAD JSON file, BEIR folder or (online) BEIR Hub name: split it by article or query, mine "
-            "BM25 hard negatives from its training part (unless train_data is given) and evaluate on the rest."
-        },
-    )
-    ir_split: str = field(default="test", metadata={"help": "qrels split of a BEIR ir_data folder."})
-    eval_fraction: float = field(default=0.2, metadata={"help": "Share of articles (or queries) held out."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of the train / held-out split."})
-    ir_eval_split: str | None = field(
-        default=None,
-        metadata={
-            "help": "A qrels split of the ir_data folder to evaluate on (e.g. test): training then uses all of "
-            "ir_split (e.g. train) and nothing is held out at random."
-        },
-    )
-    mine_num_negatives: int = field(default=15, metadata={"help": "Hard negatives mined per query."})
-    mine_rank_range: list[int] = field(
-        default_factory=lambda: [10, 100],
-        metadata={
-            "help": "First-stage ranks (first, last; 1 = best) that hard negatives come from.",
-            "nargs": 2,
-        },
-    )
-    mine_retriever: str = field(
-        default="bm25", metadata={"help": "First stage of mining: bm25, dense or hybrid (their rank fusion)."}
-    )
-    mine_dense_model: str | None = field(
-        default=None,
-        metadata={"help": "Bi-encoder of the dense and hybrid retrievers (default all-MiniLM-L6-v2)."},
-    )
-    mine_sampling: str = field(
-        default="random",
-        metadata={"help": "random (seeded sample) or top (best-ranked) surviving candidates."},
-    )
-    mine_max_queries: int | None = field(
-        default=None,
-        metadata={"help": "Mine, and so train on, a seeded sample of this many training queries."},
-    )
-    mine_teacher: str | None = field(
-        default=None, metadata={"help": "A reranker that rescores mined candidates for the margin filters."}
-    )
-    mine_absolute_margin: float | None = field(
-        default=None, metadata={"help": "Drop a negative the teacher scores above p(positive) - this."}
-    )
-    mine_relative_margin: float | None = field(
-        default=None, metadata={"help": "Drop a negative the teacher scores above p(positive) x (1 - this)."}
-    )
-    mine_max_score: float | None = field(
-        default=None, metadata={"help": "Drop a negative the teacher scores above this probability."}
-    )
-    mine_margin_reference: str = field(
-        default="max",
-        metadata={"help": "With several positives, margins compare with their max, mean or min."},
-    )
-    mine_output_scores: bool = field(
-        default=False,
-        metadata={"help": "Keep the teacher's scores as pos_scores / neg_scores (distillation)."},
-    )
-    eval_data: str | None = field(
-        default=None,
-        metadata={"help": "A BEIR folder or SQuAD file to evaluate on (instead of ir_data's part)."},
-    )
-    eval_split: str = field(
-        default="test", metadata={"help": "Split of eval_data (SQuAD: train, test or all)."}
-    )
-    eval_top_k: int = field(default=100, metadata={"help": "BM25 candidates reranked per evaluation query."})
-    eval_max_queries: int | None = field(
-        default=None, metadata={"help": "Evaluate on a seeded sample of this many queries (None: all)."}
-    )
-    evaluate_before_training: bool = field(
-        default=True,
-        metadata={
-            "help": "With an evaluation set: also score with the untrained model (one more evaluation pass; "
-            "the first stage's figures are always reported)."
-        },
-    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Kept False: groups are not a `datasets` table the Trainer can prune."},
@@ -186,13 +106,10 @@ class RerankerConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.train_data, str):
-            self.train_data = [self.train_data]
         self._parse_loss_kwargs()
         self._check_objective()
         super().__post_init__()
         self._check_inputs()
-        self._check_mining()
         self._check_grouped_training()
         self._check_nan_policy()
 
@@ -229,29 +146,9 @@ class RerankerConfig(TrainingArguments):
             )
 
     def _check_inputs(self) -> None:
-        """A run needs a model and something to train on."""
+        """A run needs a model."""
         if self.model_name_or_path is None:
             raise ValueError("model_name_or_path is required (in the recipe or as --model_name_or_path)")
-        if not self.train_data and not self.ir_data:
-            raise ValueError("train_data or ir_data is required (in the recipe or on the command line)")
-
-    def _check_mining(self) -> None:
-        """The hard-negative mining settings, and the ir_data split they mine from."""
-        if len(self.mine_rank_range) != 2 or not 1 <= self.mine_rank_range[0] <= self.mine_rank_range[1]:
-            raise ValueError(
-                f"mine_rank_range must be [first, last] with 1 <= first <= last, got {self.mine_rank_range}"
-            )
-        self.mining_options()  # a bad rank range, sampling or margin fails here
-        if self.mine_retriever not in RETRIEVERS:
-            raise ValueError(
-                f"mine_retriever must be one of {', '.join(RETRIEVERS)}, got {self.mine_retriever!r}"
-            )
-        if self.mining_options().needs_teacher and not self.mine_teacher:
-            raise ValueError(
-                "mine_absolute_margin, mine_relative_margin, mine_max_score and mine_output_scores need mine_teacher"
-            )
-        if self.ir_eval_split and not self.ir_data:
-            raise ValueError("ir_eval_split names a qrels split of ir_data, and no ir_data is set")
 
     def _check_grouped_training(self) -> None:
         """The group size and token budgets, and the Trainer options that query groups rule out."""
@@ -282,19 +179,6 @@ class RerankerConfig(TrainingArguments):
             raise ValueError(f"nan_max_consecutive_skips must be >= 1, got {self.nan_max_consecutive_skips}")
         if self.nan_policy == "skip" and self.deepspeed:
             raise ValueError(SKIP_UNDER_DEEPSPEED)
-
-    def mining_options(self) -> MiningOptions:
-        return MiningOptions(
-            num_negatives=self.mine_num_negatives,
-            rank_range=tuple(self.mine_rank_range),
-            sampling=self.mine_sampling,
-            seed=self.seed,
-            absolute_margin=self.mine_absolute_margin,
-            relative_margin=self.mine_relative_margin,
-            max_score=self.mine_max_score,
-            output_scores=self.mine_output_scores,
-            margin_reference=self.mine_margin_reference,
-        )
 
     def build_objective(self) -> RankingObjective | LayerwiseObjective:
         """The loss and distillation term this run trains with (a fresh module each call)."""

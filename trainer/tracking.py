@@ -60,6 +60,22 @@ class ScoreHistogramCallback(TrainerCallback):
                     writer.flush()
 
 
+class RunSettingsCallback(TrainerCallback):
+    """Adds the run's data and mining settings to the W&B run's config, beside the TrainingArguments that
+    transformers' WandbCallback sends (they are dataclasses of their own, so it does not see them)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if "wandb" not in args.report_to or not state.is_world_process_zero or not self.trainer.run_settings:
+            return
+        import wandb  # optional: the [wandb] extra
+
+        if wandb.run is not None:
+            wandb.run.config.update(self.trainer.run_settings, allow_val_change=True)
+
+
 class TrainingCurvesCallback(TrainerCallback):
     """At the end of training: loss (and nDCG@10, when evaluated) over steps, as a PNG in output_dir."""
 

@@ -6,16 +6,24 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
-from rerankforge.data_tools.ir_data import IRDataset, load_ir_dataset, load_ir_split, split_by_group
+from rerankforge.data_tools.ir_data import (
+    IRDataset,
+    load_ir_dataset,
+    load_ir_split,
+    sample_queries,
+    split_by_group,
+)
 from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
+from rerankforge.data_tools.mining_arguments import MiningArguments
 from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.data_tools.teacher_scoring import load_teacher
 from rerankforge.inference.modeling.files import atomic_write_text
@@ -32,10 +40,12 @@ from rerankforge.trainer.checkpoints import (
     write_failure_message,
 )
 from rerankforge.trainer.config import RerankerConfig
+from rerankforge.trainer.data_arguments import DataArguments
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
 from rerankforge.trainer.report import layer_table, metric_table
+from rerankforge.trainer.run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 MINED_TRAIN_FILE = Path("data") / "train.jsonl"
@@ -71,38 +81,67 @@ def refuse_legacy_heads(checkpoint: str) -> str:
     return checkpoint
 
 
-def prepare_data(config: RerankerConfig) -> RerankEvalSet | None:
-    """Mine training groups from ``ir_data`` when asked (setting ``train_data``); build the evaluation set."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains and evaluates on, once read or mined: the training JSONL files (given, or written into
+    the output folder by mining) and the evaluation set (None: no evaluation data)."""
+
+    train_files: list[str]
+    eval_set: RerankEvalSet | None
+
+
+def prepare_data(run: RunConfig) -> TrainingData:
+    """Mine training groups from ``ir_data`` when no ``train_data`` is given; build the evaluation set."""
+    data = run.data
     held_out = None
-    if config.ir_data:
-        train_part, held_out = ir_data_parts(config)
+    train_files = list(data.train_data or [])
+    if data.ir_data:
+        train_part, held_out = ir_data_parts(data)
         logger.info(
             "%s: %d training queries (%d passages), %d held-out queries (%d passages)",
-            config.ir_data, len(train_part.queries), len(train_part.corpus),
+            data.ir_data, len(train_part.queries), len(train_part.corpus),
             len(held_out.queries), len(held_out.corpus),
         )  # fmt: skip
-        if not config.train_data:
-            path = Path(config.output_dir) / MINED_TRAIN_FILE
-            # one process mines (even across nodes sharing a disk); the others read its file
-            with config.main_process_first(local=False, desc="mining hard negatives"):
-                if config.process_index == 0 or not path.is_file():
-                    records, _ = mine_from_dataset(
-                        sample_queries(train_part, config.mine_max_queries, config.seed),
-                        config.mining_options(),
-                        config.mine_retriever,
-                        teacher=mining_teacher(config),
-                        dense_model=config.mine_dense_model,
-                    )
-                    write_jsonl(records, path)
-            config.train_data = [str(path)]
-    if config.eval_data:
-        held_out = load_ir_split(config.eval_data, config.eval_split, config.eval_fraction, config.split_seed)
-    if held_out is None:
-        return None
-    return RerankEvalSet.from_dataset(held_out, config.eval_top_k, config.eval_max_queries, config.split_seed)
+        if data.mines:
+            train_files = [str(mine_training_file(run, train_part))]
+    if data.eval_data:
+        held_out = load_ir_split(data.eval_data, data.eval_split, data.eval_fraction, data.split_seed)
+    eval_set = None
+    if held_out is not None:
+        eval_set = RerankEvalSet.from_dataset(
+            held_out, data.eval_top_k, data.eval_max_queries, data.split_seed
+        )
+    return TrainingData(train_files, eval_set)
 
 
-def ir_data_parts(config: RerankerConfig) -> tuple[IRDataset, IRDataset]:
+def run_settings(run: RunConfig, prepared: TrainingData) -> dict[str, Any]:
+    """The data settings (and, when the run mined, the mining options and the file it wrote) as recorded in
+    ``training_args.json`` and the W&B config."""
+    settings: dict[str, Any] = dataclasses.asdict(run.data)
+    if run.data.mines:
+        settings |= dataclasses.asdict(run.mining) | {"mined_train_data": prepared.train_files}
+    return settings
+
+
+def mine_training_file(run: RunConfig, train_part: IRDataset) -> Path:
+    """Mine hard negatives for ``train_part``'s queries into the output folder; one process mines (even across
+    nodes sharing a disk), the others read its file."""
+    config, mining = run.training, run.mining
+    path = Path(config.output_dir) / MINED_TRAIN_FILE
+    with config.main_process_first(local=False, desc="mining hard negatives"):
+        if config.process_index == 0 or not path.is_file():
+            records, _ = mine_from_dataset(
+                sample_queries(train_part, mining.mine_max_queries, config.seed),
+                mining.options(config.seed),
+                mining.mine_retriever,
+                teacher=mining_teacher(config, mining),
+                dense_model=mining.mine_dense_model,
+            )
+            write_jsonl(records, path)
+    return path
+
+
+def ir_data_parts(config: DataArguments) -> tuple[IRDataset, IRDataset]:
     """Training and evaluation parts of ``ir_data``: its own qrels splits when ``ir_eval_split`` names one
     (a collection's train and test qrels), else a random hold-out by article or query."""
     if not config.ir_eval_split:
@@ -126,30 +165,15 @@ def ir_data_parts(config: RerankerConfig) -> tuple[IRDataset, IRDataset]:
     return train_part, held_out
 
 
-def sample_queries(dataset: IRDataset, max_queries: int | None, seed: int) -> IRDataset:
-    """A seeded sample of ``max_queries`` judged queries (all when None) over the whole training corpus, so
-    negatives still come from all of it: few-label runs, and a teacher that scores only what is trained on."""
-    judged = dataset.judged_queries()
-    if max_queries is None or max_queries >= len(judged):
-        return dataset
-    chosen = set(random.Random(seed).sample(judged, max_queries))
-    return dataclasses.replace(
-        dataset,
-        queries={q: t for q, t in dataset.queries.items() if q in chosen},
-        qrels={q: r for q, r in dataset.qrels.items() if q in chosen},
-        name=f"{dataset.name}[{max_queries} queries]",
-    )
-
-
-def mining_teacher(config: RerankerConfig):
+def mining_teacher(config: RerankerConfig, mining: MiningArguments):
     """``mine_teacher`` as a function from pairs to raw scores, in bf16 when the run trains in bf16."""
-    if not config.mine_teacher:
+    if not mining.mine_teacher:
         return None
 
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     device = "cpu" if config.use_cpu else None
     max_length = config.query_max_len + config.passage_max_len
-    return load_teacher(config.mine_teacher, device, dtype, config.per_device_eval_batch_size, max_length)
+    return load_teacher(mining.mine_teacher, device, dtype, config.per_device_eval_batch_size, max_length)
 
 
 def final_evaluation(trainer) -> dict[str, float]:
@@ -231,22 +255,25 @@ def train_or_finish(trainer, resume: str | None) -> TrainOutput:
     return TrainOutput(finished.global_step, sum(losses) / len(losses) if losses else 0.0, metrics)
 
 
-def train(config: RerankerConfig) -> Path:
-    """Train and save the final model into ``config.output_dir``; returns that folder."""
-    eval_set = prepare_data(config)
+def train(run: RunConfig) -> Path:
+    """Train and save the final model into the output folder; returns that folder."""
+    config = run.training
+    prepared = prepare_data(run)
+    eval_set = prepared.eval_set
     # data problems surface here, before any weights are read
-    records = load_train_dataset(config.train_data, config.train_group_size, config.needs_teacher_scores)
-    logger.info("loaded %d training queries from %s", len(records), ", ".join(config.train_data))
+    records = load_train_dataset(prepared.train_files, config.train_group_size, config.needs_teacher_scores)
+    logger.info("loaded %d training queries from %s", len(records), ", ".join(prepared.train_files))
     if config.tokenizer_name is None:  # a damaged base model folder is named before anything loads it
         check_model_folder(resolve_model_path(config.model_name_or_path))
     resume = resolve_resume(config)
     set_seed(config.seed)  # before the model is built, so a fresh score head is reproducible
     trainer = build_trainer(config, records, eval_set)
+    trainer.run_settings = run_settings(run, prepared)
     check_step_memory(trainer)  # before any compute: one step must fit in what the device has free
     rows: list[tuple[str, dict[str, float]]] = []
     if eval_set is not None:  # the first stage's figures cost no model call: always in the table
         rows.append(("BM25 (first stage)", eval_set.first_stage_metrics()))
-        if config.evaluate_before_training:
+        if run.data.evaluate_before_training:
             rows.append(("reranker before training", trainer.evaluate()))
     result = train_or_finish(trainer, resume)
     if trainer.preemption.stopped_at_step is not None and trainer.state.global_step < trainer.state.max_steps:
