@@ -18,11 +18,12 @@ from huggingface_hub import HfApi
 
 from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
 from rerankforge.inference.modeling.lora import is_adapter_folder
-from rerankforge.inference.modeling.spec import RerankerSpec
+from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.merge import write_merged
-from rerankforge.trainer.model_card import model_card
+from rerankforge.trainer.model_card import model_card, sentence_transformers_section
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
+from rerankforge.trainer.sentence_transformers_files import write_sentence_transformers_files
 from rerankforge.trainer.sequence_classification import write_sequence_classification
 
 # what a model folder needs; optimizer, scheduler and RNG pickles of checkpoints never travel
@@ -81,8 +82,14 @@ def export(
             point_adapter_at_the_hub_base(staging, spec)
         make_tokenizer_portable(staging)
         make_config_portable(staging)
-        card = model_card(RerankerSpec.load(staging), checkpoint, repo_id or out.name, license_id,
-                          adapter=adapter and not merge_lora)  # fmt: skip
+        exported = RerankerSpec.load(staging)
+        name = repo_id or out.name
+        serving = None
+        if isinstance(exported, LLMSpec):  # a cross-encoder loads in sentence-transformers as it is
+            result = write_sentence_transformers_files(staging, exported)
+            serving = sentence_transformers_section(name, exported, result.not_written, result.row_cap)
+        card = model_card(exported, checkpoint, name, license_id, adapter=adapter and not merge_lora,
+                          serving=serving)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
 

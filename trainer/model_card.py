@@ -194,8 +194,14 @@ def card_header(meta: dict[str, Any], name: str) -> list[str]:
 
 
 def model_card(
-    spec: RerankerSpec, checkpoint: Path, repo_id: str, license_id: str = "apache-2.0", adapter: bool = False
+    spec: RerankerSpec,
+    checkpoint: Path,
+    repo_id: str,
+    license_id: str = "apache-2.0",
+    adapter: bool = False,
+    serving: list[str] | None = None,
 ) -> str:
+    """The export's README.md; ``serving``: lines of a section on loading it in other engines."""
     args, metrics, table = training_record(checkpoint)
     data = args.get("ir_data") or ", ".join(args.get("train_data") or []) or None
     name = repo_id.rsplit("/", 1)[-1]
@@ -226,7 +232,41 @@ def model_card(
             lines += ["", "Final evaluation, as logged by the run:", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, float)]
     lines += ["", "## Usage", "", usage(spec, repo_id, adapter), ""]
+    if serving:
+        lines += [*serving, ""]
     return "\n".join(lines)
+
+
+def sentence_transformers_section(
+    repo_id: str, spec: LLMSpec, not_written: str | None, row_cap: int | None
+) -> list[str]:
+    """How sentence-transformers 6 loads the export, or why it cannot as it is."""
+    lines = ["## sentence-transformers 6", ""]
+    if not_written is not None:
+        return [*lines, f"Not configured for sentence-transformers' `CrossEncoder`: {not_written}."]
+    lines += [
+        "The folder holds sentence-transformers' configuration for a causal reranker (`modules.json`, "
+        "`sentence_bert_config.json`, `1_LogitScore/` with the answer tokens' ids, and the chat template "
+        "`additional_chat_templates/rerank.jinja`, which writes a pair in this model's input format), so "
+        "`CrossEncoder` feeds the model the token ids rerankforge does (the base model's own chat template is kept):",
+        "",
+        "```python",
+        "from sentence_transformers import CrossEncoder",
+        "",
+        f'model = CrossEncoder("{repo_id}")',
+        'scores = model.predict([("what is a panda?", "The giant panda is a bear.")])  # sigmoid of the score',
+        "# another instruction than the trained one:",
+        'scores = model.predict([("what is a panda?", "The giant panda is a bear.")], prompt="...")',
+        "```",
+    ]
+    if spec.input_format == "bge":
+        lines += [
+            "",
+            f"sentence-transformers cuts a row at {row_cap} tokens as a whole; rerankforge cuts the query to "
+            f"{spec.query_max_len} and the passage to {spec.passage_max_len} tokens each, so a pair beyond those "
+            "budgets scores differently.",
+        ]
+    return lines
 
 
 def sequence_classification_card(
