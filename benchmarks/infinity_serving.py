@@ -63,20 +63,18 @@ import argparse
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import append_results, cpu_model  # noqa: E402
+
+from rerankforge.trainer.serving_server import RerankServer  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
 TEXT_FORMAT_FILE = "text_format.json"
@@ -270,95 +268,24 @@ def text_ids(tokenizer, fmt: dict, text: str) -> list[int]:
 # ------------------------------------------------------------------------------------------------ server side
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def infinity_server(python: str, folder: Path, timeout_s: float, batch_size: int) -> RerankServer:
+    """``infinity_emb v2`` on ``folder`` (torch engine, CPU, fp32, no compile or warm-up)."""
 
-
-def post(url: str, payload: dict, timeout: float = 600) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise RuntimeError(f"POST {url}: HTTP {error.code}: {error.read()[:2000]!r}") from error
-
-
-class InfinityServer:
-    """``infinity_emb v2`` on ``folder`` in a process group of its own; stopped on exit, also on error."""
-
-    def __init__(self, python: str, folder: Path, timeout_s: float, batch_size: int):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # the server writes here for its whole life; closed in __exit__
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="infinity-", suffix=".log", delete=False)  # noqa: SIM115
-        self.command = [
+    def command(port: int) -> list[str]:
+        return [
             python, "-c", "from infinity_emb.cli import cli; cli()", "v2", "--model-id", str(folder),
             "--engine", "torch", "--device", "cpu", "--dtype", "float32", "--batch-size", str(batch_size),
             "--no-compile", "--no-bettertransformer", "--no-model-warmup",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
         ]  # fmt: skip
-        self.timeout_s = timeout_s
-        self.process: subprocess.Popen | None = None
-        self.start_s = float("nan")
 
-    def __enter__(self) -> InfinityServer:
-        started = time.perf_counter()
-        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **SERVER_ENV}, start_new_session=True)  # fmt: skip
-        try:
-            self.wait_healthy(started)
-        except BaseException:
-            self.__exit__(*sys.exc_info())  # a server that never got healthy is stopped too
-            raise
-        self.start_s = time.perf_counter() - started
-        return self
-
-    def wait_healthy(self, started: float) -> None:
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"infinity exited with code {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.perf_counter() - started > self.timeout_s:
-                raise RuntimeError(f"infinity not healthy after {self.timeout_s:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
-
-    def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-        if exc[0] is None:
-            os.unlink(self.log.name)
-        else:
-            print(f"infinity's log: {self.log.name}", file=sys.stderr)
-
-    def rerank(self, query: str, documents: list[str], raw: bool) -> list[float]:
-        """Scores in document order (the response is sorted by score)."""
-        answer = post(f"{self.url}/rerank", {"query": query, "documents": documents, "raw_scores": raw})
-        scores = [math.nan] * len(documents)
-        for result in answer["results"]:
-            scores[result["index"]] = float(result["relevance_score"])
-        return scores
+    return RerankServer("infinity", command, timeout_s, SERVER_ENV)
 
 
-def served_scores(server: InfinityServer, requests: list[tuple[str, list[str]]], raw: bool) -> list[float]:
-    return [score for query, documents in requests for score in server.rerank(query, documents, raw)]
+def served_scores(server: RerankServer, requests: list[tuple[str, list[str]]], raw: bool) -> list[float]:
+    return [
+        score for query, documents in requests for score in server.rerank(query, documents, raw_scores=raw)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- tiny test folder
@@ -478,7 +405,7 @@ def main() -> None:
     ours = reference_scores(reference, pairs, fmt, limit)
     reference_s = time.perf_counter() - began
     try:
-        with InfinityServer(args.infinity_python, served, args.start_timeout, args.batch_size) as server:
+        with infinity_server(args.infinity_python, served, args.start_timeout, args.batch_size) as server:
             print(f"infinity healthy after {server.start_s:.1f} s on port {server.port}")
             began = time.perf_counter()
             theirs = served_scores(server, requests, raw=False)

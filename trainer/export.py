@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -23,9 +24,23 @@ from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.merge import write_merged
 from rerankforge.trainer.model_card import model_card, sentence_transformers_section
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
-from rerankforge.trainer.sentence_transformers_files import write_sentence_transformers_files
+from rerankforge.trainer.sentence_transformers_files import (
+    TEMPLATE_DIR,
+    TEMPLATE_NAME,
+    write_sentence_transformers_files,
+)
 from rerankforge.trainer.sequence_classification import write_sequence_classification
+from rerankforge.trainer.serving_check import (
+    ENGINES,
+    TOLERANCE,
+    check_pairs,
+    recorded_data,
+    run_check,
+    vllm_arguments,
+)
+from rerankforge.trainer.serving_server import ServerError
 
+EXIT_SERVED_DIFFERS = 6  # --verify: an engine's scores differ from rerankforge's (or it could not serve)
 # what a model folder needs; optimizer, scheduler and RNG pickles of checkpoints never travel
 # (*.py: the modelling code of trust_remote_code models)
 KEEP_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py")
@@ -88,10 +103,28 @@ def export(
         if isinstance(exported, LLMSpec):  # a cross-encoder loads in sentence-transformers as it is
             result = write_sentence_transformers_files(staging, exported)
             serving = sentence_transformers_section(name, exported, result.not_written, result.row_cap)
+        if not (adapter and not merge_lora):
+            serving = [*(serving or []), "", *vllm_section(staging, name)]
         card = model_card(exported, checkpoint, name, license_id, adapter=adapter and not merge_lora,
                           serving=serving)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def vllm_section(folder: Path, name: str) -> list[str]:
+    """The vLLM command line that serves this folder (answer tokens as a score head, the rerank template)."""
+    template = f"{name}/{TEMPLATE_DIR}/{TEMPLATE_NAME}.jinja"  # a local path: vLLM reads the file
+    arguments = " ".join(shlex.quote(a) for a in vllm_arguments(folder, template))
+    return [
+        "## vLLM",
+        "",
+        "```bash",
+        f"python -m vllm.entrypoints.openai.api_server --model {name} --dtype float32 {arguments}",
+        "```",
+        "",
+        'Then POST `{"query": ..., "documents": [...]}` to `/rerank`; `relevance_score` is the sigmoid of the '
+        "score. `rerankforge-export --verify vllm` checks it (below, where it was run).",
+    ]
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:
@@ -124,7 +157,59 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     parser.add_argument("--license", default="apache-2.0", help="license id for the card (the base model's)")
     parser.add_argument("--trust-remote-code", action="store_true", help="for bases that ship modelling code")
+    add_verify_arguments(parser)
     return parser
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    verify = parser.add_argument_group(
+        "served equals trained (the engine scores the export through its own API; the result goes into the card)"
+    )
+    verify.add_argument("--verify", action="append", choices=ENGINES, metavar="ENGINE",
+                        help=f"then serve the export with this engine and compare scores ({', '.join(ENGINES)}; "
+                             "repeatable)")  # fmt: skip
+    verify.add_argument("--engine-python", action="append", default=[], metavar="ENGINE=PYTHON",
+                        help="the Python of an engine's environment, e.g. vllm=.venv-vllm/bin/python (default: this "
+                             "one; repeatable)")  # fmt: skip
+    verify.add_argument(
+        "--verify-data", help="training JSONL to take pairs from (default: the run's own data)"
+    )
+    verify.add_argument("--verify-pairs", type=int, default=32, help="pairs scored by both")
+    verify.add_argument("--verify-tolerance", type=float, default=TOLERANCE, help="on sigmoid scores, fp32")
+    verify.add_argument(
+        "--verify-timeout", type=float, default=600, help="seconds the server may take to start"
+    )
+
+
+def engine_pythons(values: Sequence[str]) -> dict[str, str]:
+    """``ENGINE=PYTHON`` pairs as a mapping; an engine not named runs in this Python."""
+    pythons = {}
+    for value in values:
+        engine, separator, python = value.partition("=")
+        if not separator or engine not in ENGINES or not python:
+            raise ValueError(
+                f"--engine-python {value!r}: expected ENGINE=PYTHON with ENGINE one of {', '.join(ENGINES)}"
+            )
+        pythons[engine] = python
+    return pythons
+
+
+def verify(args: argparse.Namespace, folder: Path) -> bool:
+    """Each asked engine against the checkpoint; prints and records each result; True when all pass."""
+    data = args.verify_data or recorded_data(Path(args.checkpoint))
+    if data is None:
+        raise ValueError(
+            f"--verify: {args.checkpoint} records no training data that exists here; give --verify-data"
+        )
+    pairs = check_pairs(data, args.verify_pairs)
+    pythons = engine_pythons(args.engine_python)
+    passed = True
+    for engine in args.verify:
+        check = run_check(engine, folder, Path(args.checkpoint), pairs, pythons.get(engine), args.verify_tolerance,
+                          args.verify_timeout)  # fmt: skip
+        print(" ".join(check.card_lines()[2:]).replace("**", ""))
+        passed &= check.passed
+    return passed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,10 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             folder = export(args.checkpoint, args.out, args.merge_lora, args.push_to_hub, args.license,
                             args.trust_remote_code)  # fmt: skip
+        print(f"exported to {folder}")
+        if args.verify and not verify(args, Path(folder)):
+            return EXIT_SERVED_DIFFERS
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"exported to {folder}")
+    except ServerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SERVED_DIFFERS
     if args.push_to_hub:
         try:
             print(f"uploaded: {push(folder, args.push_to_hub, args.private)}")

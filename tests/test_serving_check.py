@@ -1,0 +1,98 @@
+"""`rerankforge-export --verify ENGINE`: the engine's scores against rerankforge's on real pairs, recorded in the
+card; a wrong template fails it; a server that dies or never answers is reported with its log. vLLM itself runs
+in its own environment (`make check-serving`, tests/test_serving_vllm.py); here sentence-transformers is the
+engine and the server harness runs a stand-in process."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import write_jsonl
+from test_cross_encoder_training import toy_records
+from test_sentence_transformers_export import trained_full_model
+
+from rerankforge.trainer.export import EXIT_SERVED_DIFFERS
+from rerankforge.trainer.export import main as export_main
+from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
+from rerankforge.trainer.serving_check import RESULT_FILE, check_pairs, run_check, vllm_arguments
+from rerankforge.trainer.serving_server import RerankServer, ServerError
+
+pytest.importorskip("sentence_transformers.cross_encoder.modules.logit_score")  # sentence-transformers 6
+
+
+@pytest.fixture
+def bge_run(tmp_path, tiny_llm_dirs):
+    return trained_full_model(tmp_path, tiny_llm_dirs("llama"))
+
+
+def test_the_check_passes_records_its_figures_and_a_wrong_template_fails_it(tmp_path, bge_run):
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_records(6))
+    out = tmp_path / "export"
+    argv = [str(bge_run), str(out), "--verify", "sentence-transformers", "--verify-data", str(data),
+            "--verify-pairs", "12"]  # fmt: skip
+    assert export_main(argv) == 0
+    result = json.loads((out / RESULT_FILE).read_text())["sentence-transformers"]
+    assert result["pairs"] == 12 and result["passed"] and result["max_difference"] < 1e-5
+    card = (out / "README.md").read_text()
+    assert "## Served-equals-trained check" in card and "**pass**" in card
+    # a template one word off, as a hand-written one often is: the same check fails, in the card too
+    template = out / TEMPLATE_DIR / f"{TEMPLATE_NAME}.jinja"
+    template.write_text(template.read_text().replace('A: " }}', 'Query: " }}'))
+    pairs = check_pairs(data, 12)
+    failed = run_check("sentence-transformers", out, bge_run, pairs)
+    assert not failed.passed and failed.max_difference > 1e-3
+    card = (out / "README.md").read_text()
+    assert "**FAIL**" in card and card.count("## Served-equals-trained check") == 1  # replaced, not appended
+    assert json.loads((out / RESULT_FILE).read_text())["sentence-transformers"]["passed"] is False
+
+
+def test_a_failed_check_is_the_commands_exit_code(tmp_path, bge_run, monkeypatch):
+    import rerankforge.trainer.serving_check as serving_check
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", toy_records(2))
+    real = serving_check.reference_scores
+    monkeypatch.setattr(serving_check, "reference_scores", lambda *a: [s + 0.01 for s in real(*a)])
+    argv = [
+        str(bge_run),
+        str(tmp_path / "out"),
+        "--verify",
+        "sentence-transformers",
+        "--verify-data",
+        str(data),
+    ]
+    assert export_main(argv) == EXIT_SERVED_DIFFERS
+
+
+def test_check_pairs_take_positives_then_negatives_and_refuse_an_empty_file(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"query": "q", "pos": ["p1", "p2"], "neg": ["n1", "n2"]}] * 3)
+    assert check_pairs(data, 5) == [("q", "p1"), ("q", "n1"), ("q", "n2"), ("q", "p1"), ("q", "n1")]
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no \\(query, passage\\) pairs"):
+        check_pairs(tmp_path / "empty.jsonl", 5)
+
+
+def test_vllm_gets_the_answer_tokens_as_its_score_head_and_the_rerank_template(tmp_path, bge_run):
+    out = tmp_path / "export"
+    assert export_main([str(bge_run), str(out)]) == 0
+    arguments = vllm_arguments(out)
+    overrides = json.loads(arguments[arguments.index("--hf-overrides") + 1])
+    assert overrides == {"architectures": ["LlamaForSequenceClassification"], "classifier_from_token": ["Yes"],
+                         "method": "no_post_processing"}  # fmt: skip
+    assert arguments[arguments.index("--chat-template") + 1] == str(
+        out / TEMPLATE_DIR / f"{TEMPLATE_NAME}.jinja"
+    )
+    assert "## vLLM" in (out / "README.md").read_text()
+
+
+def test_a_server_that_exits_or_never_answers_is_reported_with_its_log():
+    dies = RerankServer("stand-in", lambda port: [sys.executable, "-u", "-c", "print('no model here'); raise SystemExit(3)"],
+                        timeout_s=60)  # fmt: skip
+    with pytest.raises(ServerError, match="stand-in exited with code 3:\n.*no model here"), dies:
+        pass
+    silent = RerankServer("stand-in", lambda port: [sys.executable, "-u", "-c", "import time; print('loading'); "
+                                                     "time.sleep(60)"], timeout_s=2)  # fmt: skip
+    with pytest.raises(ServerError, match="not healthy after 2 s:\n.*loading"), silent:
+        pass
+    assert silent.process.poll() is not None  # stopped, not left running
