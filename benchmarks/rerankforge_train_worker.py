@@ -37,14 +37,12 @@ from rerankforge.trainer.training_run import prepare_data  # noqa: E402
 def train_rerankforge(argv: Sequence[str]) -> str:
     """Config, data and Trainer as `rerankforge-train` builds them; train; return the result line."""
     config = parse_config(list(argv))
-    eval_set = prepare_data(
-        config
-    ).eval_set  # None here: no ir_data / eval_data, as the benchmark does not evaluate
+    prepared = prepare_data(config)  # no evaluation set here: the benchmark does not evaluate
     records = load_train_dataset(
-        config.data.train_data, config.training.train_group_size, config.training.needs_teacher_scores
+        prepared.train_files, config.training.train_group_size, config.training.needs_teacher_scores
     )
     set_seed(config.training.seed)  # before the model is built, as train() does
-    trainer = build_trainer(config.training, records, eval_set)
+    trainer = build_trainer(config.training, records, prepared.eval_set)
     timer, shapes = StepTimer(), BatchShapeRecorder(trainer.data_collator)
     trainer.data_collator = shapes  # the dataloader is built inside train(), from this attribute
     trainer.add_callback(timer)

@@ -38,7 +38,7 @@ class MiningArguments:
     mine_retriever: str = field(
         default="bm25",
         metadata={"help": "First stage: bm25, dense (a sentence-transformers bi-encoder) or hybrid (their "
-                          "reciprocal-rank fusion)."},
+                          "reciprocal-rank fusion); rerankforge-data mine's --run replaces it."},
     )  # fmt: skip
     mine_dense_model: str = field(
         default=DEFAULT_DENSE_MODEL, metadata={"help": "Bi-encoder of the dense and hybrid retrievers."}
@@ -89,9 +89,7 @@ class MiningArguments:
             raise ValueError(f"mine_max_queries must be at least 1, got {self.mine_max_queries}")
         if self.options(seed=0).needs_teacher and not self.mine_teacher:  # options() checks the rest
             raise ValueError(
-                "mine_absolute_margin, mine_relative_margin, mine_max_score and mine_output_scores need mine_teacher "
-                "(rerankforge-data mine: --absolute-margin, --relative-margin, --max-score and --output-scores "
-                "need --teacher)"
+                "mine_absolute_margin, mine_relative_margin, mine_max_score and mine_output_scores need mine_teacher"
             )
 
     def options(self, seed: int) -> MiningOptions:
@@ -142,7 +140,12 @@ def add_mining_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
 
 
 def mining_arguments_from(args: argparse.Namespace) -> MiningArguments:
-    """The `MiningArguments` a parser built by `add_mining_flags` read."""
-    return MiningArguments(
-        **{item.name: getattr(args, item.name) for item in dataclasses.fields(MiningArguments)}
-    )
+    """The `MiningArguments` a parser built by `add_mining_flags` read; an error names the command's flags."""
+    names = [item.name for item in dataclasses.fields(MiningArguments)]
+    try:
+        return MiningArguments(**{name: getattr(args, name) for name in names})
+    except ValueError as error:
+        message = str(error)
+        for name in sorted(names, key=len, reverse=True):  # mine_max_score before a shorter name inside it
+            message = message.replace(name, flag(name))
+        raise ValueError(message) from None

@@ -116,3 +116,18 @@ def test_a_run_with_train_data_records_no_mining_options(tmp_path, tiny_bert_dir
     )  # fmt: skip
     record = json.loads((train(run) / "training_args.json").read_text())
     assert record["train_data"] == [str(data)] and not any(key.startswith("mine_") for key in record)
+
+
+def test_mining_options_beside_train_data_are_said_to_do_nothing(caplog):
+    with caplog.at_level("WARNING"):
+        RunConfig.from_settings("here", model_name_or_path="m", train_data=["d"], mine_num_negatives=3)
+    assert "here: mine_num_negatives have no effect: train_data is given" in caplog.text
+
+
+def test_the_data_commands_errors_name_its_flags(capsys):
+    from rerankforge.data_tools.cli import main as data_main
+
+    assert data_main(["mine", "in", "out", "--rank-range", "0", "5"]) == 2
+    assert "--rank-range must be [first, last]" in capsys.readouterr().err
+    assert data_main(["mine", "in", "out", "--max-score", "0.5"]) == 2
+    assert "--max-score and --output-scores need --teacher" in capsys.readouterr().err

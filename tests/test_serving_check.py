@@ -52,8 +52,13 @@ def test_a_failed_check_is_the_commands_exit_code(tmp_path, bge_run, monkeypatch
     import rerankforge.trainer.serving_check as serving_check
 
     data = write_jsonl(tmp_path / "pairs.jsonl", toy_records(2))
-    real = serving_check.reference_scores
-    monkeypatch.setattr(serving_check, "reference_scores", lambda *a: [s + 0.01 for s in real(*a)])
+    real = serving_check.sentence_transformers_scores
+
+    def shifted(*args):
+        scores, version = real(*args)
+        return [s + 0.01 for s in scores], version
+
+    monkeypatch.setattr(serving_check, "sentence_transformers_scores", shifted)
     argv = [
         str(bge_run),
         str(tmp_path / "out"),
@@ -96,3 +101,35 @@ def test_a_server_that_exits_or_never_answers_is_reported_with_its_log():
     with pytest.raises(ServerError, match="not healthy after 2 s:\n.*loading"), silent:
         pass
     assert silent.process.poll() is not None  # stopped, not left running
+
+
+def test_pairs_rerankforge_would_cut_are_left_out_and_counted_and_a_nan_fails(tmp_path, bge_run, monkeypatch):
+    """Engines cut a long row as a whole, rerankforge each part to its budget: such pairs are not compared."""
+    import rerankforge.trainer.serving_check as serving_check
+
+    out = tmp_path / "export"
+    assert export_main([str(bge_run), str(out)]) == 0
+    short = [("what is a panda?", "The giant panda is a bear."), ("what is a panda?", "Paris is in France.")]
+    long = [("what is a panda?", "the stone is there, cloud maybe " * 80)]
+    check = run_check("sentence-transformers", out, bge_run, short + long)
+    assert check.passed and check.pairs == 2 and check.over_budget == 1
+    assert "1 longer pairs left out" in (out / "README.md").read_text()
+    real = serving_check.sentence_transformers_scores
+    monkeypatch.setattr(serving_check, "sentence_transformers_scores",
+                        lambda *a: ([real(*a)[0][0], float("nan")], "x"))  # fmt: skip
+    assert not run_check("sentence-transformers", out, bge_run, short).passed
+    with pytest.raises(ValueError, match="none of the 1 pairs fits"):
+        run_check("sentence-transformers", out, bge_run, long)
+
+
+def test_the_training_file_is_found_beside_the_checkpoint(tmp_path):
+    from rerankforge.trainer.serving_check import recorded_data
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.jsonl").write_text("{}\n")
+    (run / "checkpoint-4").mkdir()
+    record = {"mined_train_data": ["outputs/elsewhere/data/train.jsonl"]}  # relative to another directory
+    for folder in (run, run / "checkpoint-4"):
+        (folder / "training_args.json").write_text(json.dumps(record))
+        assert recorded_data(folder) == str(run / "data" / "train.jsonl")

@@ -57,8 +57,6 @@ class DataArguments:
             raise ValueError("train_data or ir_data is required (in the recipe or on the command line)")
         if self.ir_eval_split and not self.ir_data:
             raise ValueError("ir_eval_split names a qrels split of ir_data, and no ir_data is set")
-        if not 0 < self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
         if self.eval_top_k < 1:
             raise ValueError(f"eval_top_k must be at least 1, got {self.eval_top_k}")
 

@@ -99,27 +99,37 @@ def export(
         make_config_portable(staging)
         exported = RerankerSpec.load(staging)
         name = repo_id or out.name
-        serving = None
-        if isinstance(exported, LLMSpec):  # a cross-encoder loads in sentence-transformers as it is
-            result = write_sentence_transformers_files(staging, exported)
-            serving = sentence_transformers_section(name, exported, result.not_written, result.row_cap)
-        if not (adapter and not merge_lora):
-            serving = [*(serving or []), "", *vllm_section(staging, name)]
+        serving = serving_sections(staging, exported, name)
         card = model_card(exported, checkpoint, name, license_id, adapter=adapter and not merge_lora,
                           serving=serving)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
 
 
+def serving_sections(folder: Path, spec: RerankerSpec, name: str) -> list[str] | None:
+    """The card's sections on other engines: sentence-transformers 6 for the LLM families (after writing its
+    files), and vLLM where it scores the folder as trained: a cross-encoder, or an llm export whose ``rerank``
+    template was written (a layerwise or adapter folder would be served without its heads or weights)."""
+    if not isinstance(spec, LLMSpec):
+        return vllm_section(folder, name)
+    result = write_sentence_transformers_files(folder, spec)
+    sections = sentence_transformers_section(name, spec, result.not_written, result.row_cap)
+    if result.not_written is None:
+        sections += ["", *vllm_section(folder, name)]
+    return sections
+
+
 def vllm_section(folder: Path, name: str) -> list[str]:
     """The vLLM command line that serves this folder (answer tokens as a score head, the rerank template)."""
     template = f"{name}/{TEMPLATE_DIR}/{TEMPLATE_NAME}.jinja"  # a local path: vLLM reads the file
     arguments = " ".join(shlex.quote(a) for a in vllm_arguments(folder, template))
+    quoted = shlex.quote(name)
     return [
         "## vLLM",
         "",
         "```bash",
-        f"python -m vllm.entrypoints.openai.api_server --model {name} --dtype float32 {arguments}",
+        f"huggingface-cli download {quoted} --local-dir {quoted}  # vLLM reads files from a local folder",
+        f"python -m vllm.entrypoints.openai.api_server --model {quoted} --dtype float32 {arguments}",
         "```",
         "",
         'Then POST `{"query": ..., "documents": [...]}` to `/rerank`; `relevance_score` is the sigmoid of the '

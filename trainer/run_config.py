@@ -9,6 +9,7 @@ lands in the one dataclass that declares it; a key none declares is an error nam
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from rerankforge.inference.modeling.families import get_family
 from rerankforge.inference.modeling.precision import resolve_auto_bf16
 from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.data_arguments import DataArguments
+
+logger = logging.getLogger(__name__)
 
 
 class RecipeError(ValueError):
@@ -71,4 +74,13 @@ def run_config_from_recipe(recipe: dict[str, Any], argv: Sequence[str], source: 
         if action.dest in recipe:
             action.required = False
     training, data, mining = parser.parse_args_into_dataclasses(args=argv)
+    if not data.mines and mining != MiningArguments():  # given, and nothing will read it: said, not dropped
+        changed = [
+            f.name
+            for f in dataclasses.fields(MiningArguments)
+            if getattr(mining, f.name) != getattr(MiningArguments(), f.name)
+        ]
+        logger.warning(
+            "%s: %s have no effect: train_data is given, so nothing is mined", source, ", ".join(changed)
+        )
     return RunConfig(training, data, mining)

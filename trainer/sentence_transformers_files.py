@@ -41,11 +41,18 @@ SAMPLE_PAIRS = [
     ("how do plants make food ", "Photosynthesis turns light, water and carbon dioxide into sugar.\n"),
     ("Où est la gare ?", "La gare est à deux rues d'ici — 駅はあちらです。"),
     ("2 + 2", "  four, indented"),
+    ("is it good? 👍", "Yes 😀 — it is {{ good }} and \\ fine"),
 ]
 
 
 def message_content(role: str) -> str:
     return f'messages | selectattr("role", "eq", "{role}") | map(attribute="content") | first'
+
+
+def jinja_string(text: str) -> str:
+    """A Jinja string literal of ``text``: JSON's escapes are Jinja's, and non-ASCII stays as it is (JSON's
+    ``\\ud83d\\ude00`` surrogate pairs would reach the tokenizer as two broken halves)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def rerank_template(encoder: LLMPromptEncoder | TemplateEncoder, default_prompt: str) -> str:
@@ -57,14 +64,14 @@ def rerank_template(encoder: LLMPromptEncoder | TemplateEncoder, default_prompt:
     expressions = {
         QUERY_SLOT: message_content("query"),
         PASSAGE_SLOT: message_content("document"),
-        PROMPT_SLOT: f"{message_content('system')} | default({json.dumps(default_prompt)})",
+        PROMPT_SLOT: f"{message_content('system')} | default({jinja_string(default_prompt)})",
     }
     parts = []
     for piece in re.split(f"({'|'.join(map(re.escape, expressions))})", row):
         if piece in expressions:
             parts.append("{{ " + expressions[piece] + " }}")
         elif piece:
-            parts.append("{{ " + json.dumps(piece) + " }}")  # JSON's escapes are Jinja string escapes
+            parts.append("{{ " + jinja_string(piece) + " }}")
     return "".join(parts)
 
 
@@ -175,7 +182,7 @@ def write_sentence_transformers_files(folder: Path, spec: LLMSpec) -> SentenceTr
         tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
         files, cap = sentence_transformers_files(spec, tokenizer)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # TypeError: a tokenizer refusing the rendered text
         return SentenceTransformersExport(not_written=str(error))
     for name, text in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,21 @@ reference (the trained checkpoint), in fp32.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rerankforge.data_tools.schema import iter_lines
+from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.inference.auto import load_reranker
+from rerankforge.inference.llm_reranker import LLMLengths
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
@@ -28,6 +33,8 @@ from rerankforge.trainer.serving_server import RerankServer, ServerError
 
 ENGINES = ("vllm", "sentence-transformers")
 RESULT_FILE = "serving_check.json"
+MINED_FILE = Path("data") / "train.jsonl"  # where a run writes the training data it mined
+UNCUT = 10**6
 CARD_TITLE = "## Served-equals-trained check"
 TOLERANCE = 1e-3  # on sigmoid scores, fp32
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}  # 1 GiB of KV cache on a CPU is plenty here
@@ -48,6 +55,7 @@ class ServingCheck:
     pairs: int
     max_difference: float
     tolerance: float
+    over_budget: int = 0  # candidate pairs left out: rerankforge would cut them (see within_budgets)
 
     @property
     def passed(self) -> bool:
@@ -60,31 +68,37 @@ class ServingCheck:
             "",
             f"{self.engine} {self.version} served this folder; on {self.pairs} real (query, passage) pairs its "
             f"scores (sigmoid) differ from rerankforge's by at most {self.max_difference:.2g} "
-            f"(tolerance {self.tolerance:g}, fp32): **{verdict}** (`rerankforge-export --verify {self.engine}`).",
+            f"(tolerance {self.tolerance:g}, fp32): **{verdict}** (`rerankforge-export --verify {self.engine}`"
+            + (f"; {self.over_budget} longer pairs left out" if self.over_budget else "")
+            + ").",
         ]
 
 
 def check_pairs(data: str | Path, count: int) -> list[tuple[str, str]]:
-    """Up to ``count`` pairs from training JSONL: each query with its first positive, then its negatives."""
+    """Up to ``count`` pairs from training JSONL (files or folders): each query with its first positive, then
+    its negatives."""
     pairs: list[tuple[str, str]] = []
-    for _, line in iter_lines(Path(data)):
-        record = json.loads(line)
-        pairs += [(record["query"], passage) for passage in [*record["pos"][:1], *record["neg"]]]
-        if len(pairs) >= count:
-            return pairs[:count]
+    for path in resolve_data_files(data):
+        for _, line in iter_lines(path):
+            record = json.loads(line)
+            pairs += [(record["query"], passage) for passage in [*record["pos"][:1], *record["neg"]]]
+            if len(pairs) >= count:
+                return pairs[:count]
     if not pairs:
         raise ValueError(f"{data}: no (query, passage) pairs to check with")
     return pairs
 
 
 def recorded_data(folder: Path) -> str | None:
-    """The training data a run recorded beside its weights (the mined file, or the first train_data path)."""
+    """The training data a run recorded beside its weights (the mined file, or the first train_data path; a
+    relative mined path is also looked for beside the checkpoint, where mining wrote it)."""
     record_path = folder / "training_args.json"
     if not record_path.is_file():
         return None
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    files = record.get("mined_train_data") or record.get("train_data") or []
-    return files[0] if files and Path(files[0]).is_file() else None
+    candidates = [*(record.get("mined_train_data") or []), *(record.get("train_data") or [])]
+    candidates += [folder / MINED_FILE, folder.parent / MINED_FILE]  # a checkpoint-N folder's run folder
+    return next((str(path) for path in candidates if Path(path).exists()), None)
 
 
 def exported_layer(folder: Path) -> int | None:
@@ -93,11 +107,31 @@ def exported_layer(folder: Path) -> int | None:
     return json.loads(path.read_text(encoding="utf-8")).get("layer") if path.is_file() else None
 
 
-def reference_scores(reference: Path, pairs: Sequence[tuple[str, str]], layer: int | None) -> list[float]:
-    """rerankforge's sigmoid scores of the trained model, at ``layer`` for a layerwise one (else its last)."""
-    reranker = load_reranker(str(reference), device="cpu", dtype=torch.float32)
-    options = {"cutoff_layers": layer} if layer is not None else {}
-    return list(reranker.compute_score(list(pairs), normalize=True, **options))
+def within_budgets(reranker: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs rerankforge scores uncut. Engines cut a long row as a whole where rerankforge cuts the query
+    and the passage to their own budgets (and vLLM refuses a row over its length), so only these compare."""
+    if hasattr(reranker, "encoder"):  # the LLM families: the budgets' ids equal the uncut ones
+        cut = reranker.encoder(reranker.lengths)
+        uncut = reranker.encoder(LLMLengths(UNCUT, UNCUT, UNCUT))
+        queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
+        same = [
+            a == b
+            for a, b in zip(cut.encode(queries, passages), uncut.encode(queries, passages), strict=True)
+        ]
+        return [pair for pair, fits in zip(pairs, same, strict=True) if fits]
+    tokenizer, lengths = reranker.tokenizer, reranker.lengths
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    kept = []
+    for query, passage in pairs:
+        q = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+        p = len(tokenizer(passage, add_special_tokens=False)["input_ids"])
+        if (
+            q <= lengths.query_max_len
+            and p <= lengths.passage_max_len
+            and q + p + special <= lengths.max_length
+        ):
+            kept.append((query, passage))
+    return kept
 
 
 def vllm_arguments(folder: Path, template_path: str | None = None) -> list[str]:
@@ -108,8 +142,11 @@ def vllm_arguments(folder: Path, template_path: str | None = None) -> list[str]:
     arguments = ["--runner", "pooling"]
     if architecture.endswith("ForCausalLM"):
         spec = RerankerSpec.load(folder)
-        if not isinstance(spec, LLMSpec):
-            raise ValueError(f"{folder}: a causal LM without an LLM reranker's rerankforge.json")
+        if not isinstance(spec, LLMSpec) or spec.family_name != "llm":
+            raise ValueError(
+                f"{folder}: vLLM serves a causal LM through its answer tokens, which only the llm family scores "
+                "with (a layerwise model has heads of its own: export it --as-sequence-classification)"
+            )
         two_way = spec.score == "yes_minus_no"
         overrides = {
             "architectures": [architecture.removesuffix("ForCausalLM") + "ForSequenceClassification"],
@@ -162,13 +199,17 @@ def vllm_scores(python: str, folder: Path, pairs: Sequence[tuple[str, str]], tim
 
 
 def sentence_transformers_scores(
-    python: str, folder: Path, pairs: Sequence[tuple[str, str]], scratch: Path
+    python: str, folder: Path, pairs: Sequence[tuple[str, str]], timeout_s: float
 ) -> tuple[list[float], str]:
     """`CrossEncoder(folder).predict(pairs)` run by the engine's Python, and its version."""
-    pairs_file = scratch / "serving_check_pairs.json"
-    pairs_file.write_text(json.dumps([list(p) for p in pairs]), encoding="utf-8")
-    result = subprocess.run([python, "-c", SENTENCE_TRANSFORMERS_SCRIPT, str(folder), str(pairs_file)],
-                            capture_output=True, text=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="serving-check-") as scratch:
+        pairs_file = Path(scratch) / "pairs.json"
+        pairs_file.write_text(json.dumps([list(p) for p in pairs]), encoding="utf-8")
+        try:
+            result = subprocess.run([python, "-c", SENTENCE_TRANSFORMERS_SCRIPT, str(folder), str(pairs_file)],
+                                    capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise ServerError(f"sentence-transformers could not score {folder}: {error}") from error
     if result.returncode != 0:
         raise ServerError(f"sentence-transformers could not score {folder}:\n{result.stderr[-4000:]}")
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -179,23 +220,34 @@ def run_check(
     engine: str,
     folder: Path,
     reference: Path,
-    pairs: Sequence[tuple[str, str]],
+    candidates: Sequence[tuple[str, str]],
     python: str | None = None,
     tolerance: float = TOLERANCE,
     timeout_s: float = 600,
 ) -> ServingCheck:
     """Serve ``folder`` with ``engine`` (run by ``python``, the engine's environment) and compare its scores
-    with the reference's on ``pairs``; the result is written into the folder and its model card."""
+    with the reference's on the ``candidates`` within the reference's budgets; the result is written into the
+    folder and its model card."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
     python = python or sys.executable
+    reranker = load_reranker(str(reference), device="cpu", dtype=torch.float32)
+    pairs = within_budgets(reranker, candidates)
+    if not pairs:
+        raise ValueError(
+            f"none of the {len(candidates)} pairs fits {reference}'s budgets uncut: give shorter ones"
+        )
     if engine == "vllm":
         served, version = vllm_scores(python, folder, pairs, timeout_s), engine_version(python, "vllm")
     else:
-        served, version = sentence_transformers_scores(python, folder, pairs, folder.parent)
-    expected = reference_scores(reference, pairs, exported_layer(folder))
-    difference = max(abs(a - b) for a, b in zip(served, expected, strict=True))
-    check = ServingCheck(engine, version, len(pairs), difference, tolerance)
+        served, version = sentence_transformers_scores(python, folder, pairs, timeout_s)
+    layer = exported_layer(folder)
+    expected = reranker.compute_score(
+        list(pairs), normalize=True, **({"cutoff_layers": layer} if layer else {})
+    )
+    differences = [abs(a - b) for a, b in zip(served, expected, strict=True)]
+    difference = math.inf if any(math.isnan(d) for d in differences) else max(differences)
+    check = ServingCheck(engine, version, len(pairs), difference, tolerance, len(candidates) - len(pairs))
     record_check(folder, check)
     return check
 

@@ -37,6 +37,8 @@ def post(url: str, payload: dict, timeout: float = 600) -> dict:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise ServerError(f"POST {url}: HTTP {error.code}: {error.read()[:2000]!r}") from error
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:  # died or stalled mid-request
+        raise ServerError(f"POST {url}: {error}") from error
 
 
 class RerankServer:
@@ -57,8 +59,15 @@ class RerankServer:
 
     def __enter__(self) -> RerankServer:
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)  # fmt: skip
+        try:
+            self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                            start_new_session=True)  # fmt: skip
+        except OSError as error:  # no such Python: nothing started, no log to keep
+            self.log.close()
+            os.unlink(self.log.name)
+            raise ServerError(
+                f"{self.name} could not start ({' '.join(self.command[:3])} ...): {error}"
+            ) from error
         try:
             self.wait_healthy(started)
         except BaseException:
