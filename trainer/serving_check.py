@@ -25,16 +25,15 @@ import torch
 from rerankforge.data_tools.schema import iter_lines
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.inference.auto import load_reranker
-from rerankforge.inference.llm_reranker import LLMLengths
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
+from rerankforge.trainer.sequence_classification import uncut_encoder
 from rerankforge.trainer.serving_server import RerankServer, ServerError
+from rerankforge.trainer.training_run import MINED_TRAIN_FILE
 
 ENGINES = ("vllm", "sentence-transformers")
 RESULT_FILE = "serving_check.json"
-MINED_FILE = Path("data") / "train.jsonl"  # where a run writes the training data it mined
-UNCUT = 10**6
 CARD_TITLE = "## Served-equals-trained check"
 TOLERANCE = 1e-3  # on sigmoid scores, fp32
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}  # 1 GiB of KV cache on a CPU is plenty here
@@ -97,7 +96,10 @@ def recorded_data(folder: Path) -> str | None:
         return None
     record = json.loads(record_path.read_text(encoding="utf-8"))
     candidates = [*(record.get("mined_train_data") or []), *(record.get("train_data") or [])]
-    candidates += [folder / MINED_FILE, folder.parent / MINED_FILE]  # a checkpoint-N folder's run folder
+    candidates += [
+        folder / MINED_TRAIN_FILE,
+        folder.parent / MINED_TRAIN_FILE,
+    ]  # a checkpoint-N folder's run folder
     return next((str(path) for path in candidates if Path(path).exists()), None)
 
 
@@ -112,7 +114,7 @@ def within_budgets(reranker: Any, pairs: Sequence[tuple[str, str]]) -> list[tupl
     and the passage to their own budgets (and vLLM refuses a row over its length), so only these compare."""
     if hasattr(reranker, "encoder"):  # the LLM families: the budgets' ids equal the uncut ones
         cut = reranker.encoder(reranker.lengths)
-        uncut = reranker.encoder(LLMLengths(UNCUT, UNCUT, UNCUT))
+        uncut = uncut_encoder(reranker)
         queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
         same = [
             a == b
