@@ -219,11 +219,11 @@ def test_qwen3_lora_training_saved_adapter_merged_and_classifier_give_the_traine
     fmt = json.loads((tmp_path / "seq" / "text_format.json").read_text())
     assert fmt["input_format"] == "qwen3" and fmt["template"].startswith(QWEN3_PREFIX)
     assert "Qwen3ForSequenceClassification" in (tmp_path / "seq" / "README.md").read_text()
-    # the text carries its frame: no chat template for an engine to apply again (sentence-transformers 6 would)
+    # the base's chat template would frame the text twice: the one template is the export's "rerank"
     from transformers import AutoTokenizer
 
     assert not (tmp_path / "seq" / "chat_template.jinja").exists()
-    assert not AutoTokenizer.from_pretrained(str(tmp_path / "seq")).chat_template
+    assert set(AutoTokenizer.from_pretrained(str(tmp_path / "seq")).chat_template) == {"rerank"}
 
 
 def classify_in_a_process_without_peft(folder, pairs) -> list[float]:

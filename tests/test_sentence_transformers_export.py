@@ -14,6 +14,7 @@ from test_cross_encoder_training import toy_records
 from test_llm_formats import qwen3_dir, qwen_tokenizer  # noqa: F401  (fixtures)
 
 from rerankforge.inference import LLMReranker
+from rerankforge.inference.auto import load_reranker
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.run_config import RunConfig
 from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
@@ -124,3 +125,33 @@ def test_adapter_and_layerwise_exports_say_why_they_are_not_configured(tmp_path,
     merged = tmp_path / "merged-export"
     assert export_main([str(adapter), str(merged), "--merge-lora"]) == 0
     assert (merged / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["bge", "qwen3", "layerwise"])
+def test_crossencoder_scores_a_sequence_classification_export_from_pairs(tmp_path, tiny_llm_dirs, qwen3_dir, case):  # noqa: F811
+    """An `--as-sequence-classification` export (llm, or layerwise cut at a layer) carries the rerank template:
+    `CrossEncoder(folder).predict(pairs)` gives the reranker's scores with no formatting by hand."""
+    if case == "layerwise":
+        data = write_jsonl(tmp_path / "train.jsonl", toy_records(8))
+        run = RunConfig.from_settings(
+            "test", family="layerwise", model_name_or_path=str(tiny_llm_dirs("llama")), train_data=[str(data)],
+            start_layer=1, use_lora=False, output_dir=str(tmp_path / "trained"), train_group_size=4, query_max_len=48,
+            passage_max_len=96, per_device_train_batch_size=2, max_steps=2, learning_rate=1e-3,
+            activation_checkpointing=False, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+            seed=0,
+        )  # fmt: skip
+        trained, extra, layer = train(run), ["--layer", "1"], 1
+    else:
+        base = tiny_llm_dirs("llama") if case == "bge" else qwen3_dir
+        trained = trained_full_model(tmp_path, base, **({} if case == "bge" else {"input_format": "qwen3"}))
+        extra, layer = [], None
+    out = tmp_path / "seq"
+    assert export_main([str(trained), str(out), "--as-sequence-classification", *extra]) == 0
+    assert (out / TEMPLATE_DIR / f"{TEMPLATE_NAME}.jinja").is_file() and not (out / "1_LogitScore").exists()
+    reranker = load_reranker(str(trained), device="cpu", dtype=torch.float32)
+    expected = reranker.compute_score(SHORT_PAIRS, **({"cutoff_layers": [layer]} if layer else {}))
+    if layer:
+        expected = expected[0] if isinstance(expected[0], list) else expected
+    assert_same_scores(served_scores(out, SHORT_PAIRS), expected)
+    card = (out / "README.md").read_text()
+    assert "## sentence-transformers 6" in card and "## vLLM" in card and "--chat-template" in card

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -24,11 +23,7 @@ from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.merge import write_merged
 from rerankforge.trainer.model_card import model_card, sentence_transformers_section
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
-from rerankforge.trainer.sentence_transformers_files import (
-    TEMPLATE_DIR,
-    TEMPLATE_NAME,
-    write_sentence_transformers_files,
-)
+from rerankforge.trainer.sentence_transformers_files import write_sentence_transformers_files
 from rerankforge.trainer.sequence_classification import write_sequence_classification
 from rerankforge.trainer.serving_check import (
     ENGINES,
@@ -36,8 +31,8 @@ from rerankforge.trainer.serving_check import (
     check_pairs,
     recorded_data,
     run_check,
-    vllm_arguments,
 )
+from rerankforge.trainer.serving_commands import vllm_section
 from rerankforge.trainer.serving_server import ServerError
 
 EXIT_SERVED_DIFFERS = 6  # --verify: an engine's scores differ from rerankforge's (or it could not serve)
@@ -117,24 +112,6 @@ def serving_sections(folder: Path, spec: RerankerSpec, name: str) -> list[str] |
     if result.not_written is None:
         sections += ["", *vllm_section(folder, name)]
     return sections
-
-
-def vllm_section(folder: Path, name: str) -> list[str]:
-    """The vLLM command line that serves this folder (answer tokens as a score head, the rerank template)."""
-    template = f"{name}/{TEMPLATE_DIR}/{TEMPLATE_NAME}.jinja"  # a local path: vLLM reads the file
-    arguments = " ".join(shlex.quote(a) for a in vllm_arguments(folder, template))
-    quoted = shlex.quote(name)
-    return [
-        "## vLLM",
-        "",
-        "```bash",
-        f"huggingface-cli download {quoted} --local-dir {quoted}  # vLLM reads files from a local folder",
-        f"python -m vllm.entrypoints.openai.api_server --model {quoted} --dtype float32 {arguments}",
-        "```",
-        "",
-        'Then POST `{"query": ..., "documents": [...]}` to `/rerank`; `relevance_score` is the sigmoid of the '
-        "score. `rerankforge-export --verify vllm` checks it (below, where it was run).",
-    ]
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:

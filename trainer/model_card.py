@@ -238,17 +238,24 @@ def model_card(
 
 
 def sentence_transformers_section(
-    repo_id: str, spec: LLMSpec, not_written: str | None, row_cap: int | None
+    repo_id: str, spec: LLMSpec, not_written: str | None, row_cap: int | None, classifier: bool = False
 ) -> list[str]:
-    """How sentence-transformers 6 loads the export, or why it cannot as it is."""
+    """How sentence-transformers 6 loads the export (causal, or converted to a ``classifier``), or why it
+    cannot as it is."""
     lines = ["## sentence-transformers 6", ""]
     if not_written is not None:
         return [*lines, f"Not configured for sentence-transformers' `CrossEncoder`: {not_written}."]
+    kind = (
+        "a sequence classifier whose input is a chat-templated pair (`modules.json`, `sentence_bert_config.json`"
+        if classifier
+        else "a causal reranker (`modules.json`, `sentence_bert_config.json`, `1_LogitScore/` with the answer "
+        "tokens' ids"
+    )
+    kept = "" if classifier else " (the base model's own chat template is kept)"
     lines += [
-        "The folder holds sentence-transformers' configuration for a causal reranker (`modules.json`, "
-        "`sentence_bert_config.json`, `1_LogitScore/` with the answer tokens' ids, and the chat template "
+        f"The folder holds sentence-transformers' configuration for {kind}, and the chat template "
         "`additional_chat_templates/rerank.jinja`, which writes a pair in this model's input format), so "
-        "`CrossEncoder` feeds the model the token ids rerankforge does (the base model's own chat template is kept):",
+        f"`CrossEncoder` feeds the model the token ids rerankforge does{kept}:",
         "",
         "```python",
         "from sentence_transformers import CrossEncoder",
@@ -270,7 +277,12 @@ def sentence_transformers_section(
 
 
 def sequence_classification_card(
-    spec: LLMSpec, text_format: dict[str, Any], class_name: str, name: str, difference: float
+    spec: LLMSpec,
+    text_format: dict[str, Any],
+    class_name: str,
+    name: str,
+    difference: float,
+    serving: list[str] | None = None,
 ) -> str:
     """The card of a `--as-sequence-classification` export: what the logit is and how to format the input."""
     source = f"layer {text_format['layer']}'s head" if text_format["layer"] else "the answer-token score"
@@ -305,9 +317,7 @@ def sequence_classification_card(
         "",
         f"```python{transformers_snippet(template, name, spec.max_length)}\n```",
         "",
-        "sentence-transformers (`format_pair` as above):",
-        "",
-        f"```python{sentence_transformers_snippet(name)}\n```",
+        *(serving or []),
         "",
     ]
     return "\n".join(lines)
@@ -343,13 +353,3 @@ batch = tokenizer(texts, padding=True, truncation=True, max_length={max_length},
                   add_special_tokens=False, return_tensors="pt")
 with torch.inference_mode():
     scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
-
-
-def sentence_transformers_snippet(name: str) -> str:
-    """Scoring with a CrossEncoder, which sees the formatted text as the document of an empty query."""
-    return f"""
-from sentence_transformers import CrossEncoder
-
-model = CrossEncoder("{name}")
-# the whole formatted text as the document and an empty query: the model sees exactly that text
-scores = model.predict([("", format_pair(q, p)) for q, p in {PAIR}])  # sigmoid of the logit"""

@@ -13,6 +13,9 @@ What one-pass templating cannot copy: the bge format cuts the query and the pass
 sentence-transformers cuts the whole row (at rerankforge's longest uncut row, so pairs within the budgets get
 the same ids); and a tokenizer could merge tokens across the format's seams. The ids of sample pairs are
 compared before anything is written (`template_mismatch`).
+
+An ``--as-sequence-classification`` export gets the same template and configuration without the score module:
+its one logit is the score, and the pair reaches it through the ``rerank`` template as well.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from rerankforge.inference.modeling.llm_formats import TemplateEncoder, prompt_e
 from rerankforge.inference.modeling.llm_inputs import LLMPromptEncoder
 from rerankforge.inference.modeling.spec import LLMSpec
 
+CAUSAL, CLASSIFIER = "text-generation", "sequence-classification"  # sentence-transformers' transformer tasks
 UNCUT = 10**6  # budgets that cut nothing: the sample pairs compare tokenization, not truncation
 TEMPLATE_NAME = "rerank"  # additional_chat_templates/rerank.jinja
 TEMPLATE_DIR = "additional_chat_templates"
@@ -107,9 +111,11 @@ def template_mismatch(
 
 
 def sentence_transformers_files(
-    spec: LLMSpec, tokenizer: PreTrainedTokenizerBase
+    spec: LLMSpec, tokenizer: PreTrainedTokenizerBase, task: str = CAUSAL
 ) -> tuple[dict[str, str], int]:
-    """``relative path -> text`` of the files to add (besides the tokenizer's pad token), and the row cap."""
+    """``relative path -> text`` of the files to add (besides the tokenizer's pad token), and the row cap.
+    ``task``: ``text-generation`` (a causal LM scored by its answer tokens) or ``sequence-classification``
+    (an ``--as-sequence-classification`` export, whose one logit is the score)."""
     encoder = prompt_encoder(tokenizer, spec.input_format, spec.prompt, spec.query_max_len,
                              spec.passage_max_len, spec.max_length, yes_token=spec.yes_token,
                              no_token=spec.no_token)  # fmt: skip
@@ -119,19 +125,21 @@ def sentence_transformers_files(
     reason = template_mismatch(tokenizer, template, uncut)
     if reason is not None:
         raise ValueError(reason)
+    if task not in (CAUSAL, CLASSIFIER):
+        raise ValueError(f"task {task!r}: expected {CAUSAL} or {CLASSIFIER}")
     false_token_id = spec.no_token_id if spec.score == "yes_minus_no" else None
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
         {"idx": 1, "name": "1", "path": SCORE_MODULE_DIR,
          "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"},
-    ]  # fmt: skip
+    ][: 2 if task == CAUSAL else 1]  # fmt: skip
     transformer = {
-        "transformer_task": "text-generation",
+        "transformer_task": task,
         "modality_config": {  # "message" routes pairs through the chat template; without it, plain text
             "text": {"method": "forward", "method_output_name": "logits"},
             "message": {"method": "forward", "method_output_name": "logits", "format": "flat"},
         },
-        "module_output_name": "causal_logits",
+        "module_output_name": "causal_logits" if task == CAUSAL else "scores",
         "processing_kwargs": {
             "text": {"max_length": row_cap(encoder)},
             "chat_template": {"chat_template": TEMPLATE_NAME},
@@ -150,13 +158,15 @@ def sentence_transformers_files(
         "module_input_name": "causal_logits",
     }
     dump = lambda value: json.dumps(value, indent=2) + "\n"  # noqa: E731
-    return {
+    files = {
         f"{TEMPLATE_DIR}/{TEMPLATE_NAME}.jinja": template,
         "modules.json": dump(modules),
         "sentence_bert_config.json": dump(transformer),
         "config_sentence_transformers.json": dump(model),
-        f"{SCORE_MODULE_DIR}/config.json": dump(score),
-    }, row_cap(encoder)
+    }
+    if task == CAUSAL:
+        files[f"{SCORE_MODULE_DIR}/config.json"] = dump(score)
+    return files, row_cap(encoder)
 
 
 @dataclass(frozen=True)
@@ -167,12 +177,15 @@ class SentenceTransformersExport:
     not_written: str | None = None
 
 
-def write_sentence_transformers_files(folder: Path, spec: LLMSpec) -> SentenceTransformersExport:
-    """Add the files to a full-weight LLM export (or say why they cannot serve it)."""
-    if spec.family_name != "llm":
+def write_sentence_transformers_files(
+    folder: Path, spec: LLMSpec, task: str = CAUSAL
+) -> SentenceTransformersExport:
+    """Add the files to a full-weight LLM export, causal or converted to a classifier (``task``), or say why
+    they cannot serve it."""
+    if task == CAUSAL and spec.family_name != "llm":
         return SentenceTransformersExport(not_written=f"a {spec.family_name} model scores with its own heads: "
                                           "export it with --as-sequence-classification")  # fmt: skip
-    if spec.adapter:
+    if task == CAUSAL and spec.adapter:  # a classifier export has merged it
         return SentenceTransformersExport(
             not_written="the folder holds a LoRA adapter: export with --merge-lora"
         )
@@ -181,7 +194,7 @@ def write_sentence_transformers_files(folder: Path, spec: LLMSpec) -> SentenceTr
         set_pad_token(folder, tokenizer)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
-        files, cap = sentence_transformers_files(spec, tokenizer)
+        files, cap = sentence_transformers_files(spec, tokenizer, task)
     except (ValueError, TypeError) as error:  # TypeError: a tokenizer refusing the rendered text
         return SentenceTransformersExport(not_written=str(error))
     for name, text in files.items():

@@ -6,8 +6,9 @@ The score is a linear read-out of the last position's final hidden state, which 
 head computes: for the LLM family the LM head's "Yes" row (or "yes" minus "no"), for a layerwise model the chosen
 layer's head, with the decoder cut after that layer (its heads read the final norm of that layer's output, as the
 shortened model's own final norm does). Adapters are merged first, so the folder loads with transformers alone.
-The input is the one formatted text (`text_format.json` and the model card give it); the conversion is checked
-on a few pairs against the reranker before anything is written.
+The input is the one formatted text (`text_format.json` and the model card give it; the ``rerank`` chat template
+writes it from a pair, for sentence-transformers 6 and vLLM); the conversion is checked on a few pairs against the
+reranker before anything is written.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from rerankforge.inference.llm_reranker import LLMLengths
 from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
 from rerankforge.inference.modeling.layerwise import layer_name
 from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
-from rerankforge.trainer.model_card import sequence_classification_card
+from rerankforge.trainer.model_card import sentence_transformers_section, sequence_classification_card
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
+from rerankforge.trainer.sentence_transformers_files import CLASSIFIER, write_sentence_transformers_files
+from rerankforge.trainer.serving_commands import vllm_section
 
 logger = logging.getLogger(__name__)
 TEXT_FORMAT_FILE = "text_format.json"
@@ -188,8 +191,8 @@ def write_sequence_classification(
     logger.info("converted: logits within %.2g of the reranker's scores", difference)
     tokenizer = copy.deepcopy(reranker.tokenizer)
     tokenizer.padding_side = "left"
-    # the text is formatted already: an engine that finds a chat template (sentence-transformers 6) would wrap
-    # it in a second one
+    # the base's chat template would wrap the formatted text in a second frame: the only template is the
+    # export's own "rerank", which writes a (query, document) pair in the input format
     tokenizer.chat_template = None
     with atomic_folder(out) as staging:
         classifier.save_pretrained(staging)
@@ -199,6 +202,19 @@ def write_sequence_classification(
 
         make_tokenizer_portable(staging)
         make_config_portable(staging)
-        card = sequence_classification_card(spec, fmt, type(classifier).__name__, out.name, difference)
+        serving = classifier_serving_sections(staging, spec, out.name)
+        card = sequence_classification_card(
+            spec, fmt, type(classifier).__name__, out.name, difference, serving
+        )
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def classifier_serving_sections(folder: Path, spec: LLMSpec, name: str) -> list[str]:
+    """sentence-transformers 6's files (the rerank template, no score module: the logit is the score) and the
+    card's sections on sentence-transformers and vLLM, which both read that template."""
+    result = write_sentence_transformers_files(folder, spec, CLASSIFIER)
+    sections = sentence_transformers_section(name, spec, result.not_written, result.row_cap, classifier=True)
+    if result.not_written is None:
+        sections += ["", *vllm_section(folder, name)]
+    return sections

@@ -26,9 +26,8 @@ from rerankforge.data_tools.schema import iter_lines
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.modeling.files import atomic_write_text
-from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
-from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
 from rerankforge.trainer.sequence_classification import uncut_encoder
+from rerankforge.trainer.serving_commands import vllm_arguments
 from rerankforge.trainer.serving_server import RerankServer, ServerError
 from rerankforge.trainer.training_run import MINED_TRAIN_FILE
 
@@ -134,32 +133,6 @@ def within_budgets(reranker: Any, pairs: Sequence[tuple[str, str]]) -> list[tupl
         ):
             kept.append((query, passage))
     return kept
-
-
-def vllm_arguments(folder: Path, template_path: str | None = None) -> list[str]:
-    """vLLM's arguments for this export: a causal LLM's answer tokens as its score head (``hf_overrides``) and
-    the ``rerank`` chat template where the folder has one (``template_path``: how to name it, e.g. relative)."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    architecture = (config.get("architectures") or [""])[0]
-    arguments = ["--runner", "pooling"]
-    if architecture.endswith("ForCausalLM"):
-        spec = RerankerSpec.load(folder)
-        if not isinstance(spec, LLMSpec) or spec.family_name != "llm":
-            raise ValueError(
-                f"{folder}: vLLM serves a causal LM through its answer tokens, which only the llm family scores "
-                "with (a layerwise model has heads of its own: export it --as-sequence-classification)"
-            )
-        two_way = spec.score == "yes_minus_no"
-        overrides = {
-            "architectures": [architecture.removesuffix("ForCausalLM") + "ForSequenceClassification"],
-            "classifier_from_token": [spec.no_token, spec.yes_token] if two_way else [spec.yes_token],
-            "method": "from_2_way_softmax" if two_way else "no_post_processing",
-        }  # from_2_way_softmax: logit(yes) - logit(no) as the one logit; sigmoid of it is P(yes | yes or no)
-        arguments += ["--hf-overrides", json.dumps(overrides)]
-    template = folder / TEMPLATE_DIR / f"{TEMPLATE_NAME}.jinja"
-    if template.is_file():
-        arguments += ["--chat-template", template_path or str(template)]
-    return arguments
 
 
 def max_model_len(folder: Path) -> int:
