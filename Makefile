@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
 
 .PHONY: install train test test-slow test-mutations test-floors test-device-stack bench bench-losses bench-gpu gpu-site bench-serving \
-	check-serving \
+	check-serving check-serving-matrix \
 	lint format clean
 
 install: $(STAMP)
@@ -142,6 +142,13 @@ $(VLLM_VENV)/.installed:
 # environment exists)
 check-serving: install $(VLLM_VENV)/.installed
 	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -q -m slow tests/test_serving_vllm.py
+
+# served equals trained, engine x family (benchmarks/serving_matrix.py): MiniLM and SmolLM2 (bge, qwen3,
+# layerwise) trained a few steps, exported every way, served by vLLM, infinity and sentence-transformers 6 (this
+# environment's, and the GPU image's 6.0 in .venv-device when `make test-device-stack` built it); the table and
+# each side's pairs/s go to RESULTS.md. About 25 minutes on 2 cores.
+check-serving-matrix: install $(VLLM_VENV)/.installed $(INFINITY_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/serving_matrix.py --work outputs/serving-matrix --results benchmarks/RESULTS.md
 
 # infinity (torch engine, CPU) serves an exported folder; its /rerank scores must equal rerankforge's within 1e-4
 # on 50 SQuAD pairs (benchmarks/infinity_serving.py; the result goes to RESULTS.md). The default folder is the toy

@@ -74,18 +74,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import append_results, cpu_model  # noqa: E402
 
+from rerankforge.trainer.serving_check import INFINITY_ENV, infinity_command  # noqa: E402
 from rerankforge.trainer.serving_server import RerankServer  # noqa: E402
 
 SQUAD = REPO.parent / "shared" / "data" / "squad-v1.1" / "dev-v1.1.json"
 TEXT_FORMAT_FILE = "text_format.json"
 DEFAULT_INFINITY_PYTHON = REPO / ".venv-infinity" / "bin" / "python"
-SERVER_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",  # infinity's telemetry (posthog) off
-    "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-    "PYTHONUNBUFFERED": "1",  # the log tail of a server that fails is current
-}
 
 # Run in infinity's environment: its versions, its tokenizer's model_max_length, and for each request the ids
 # infinity's torch cross-encoder feeds the model (`CrossEncoderPatched.encode_pre`, after the request's strip).
@@ -183,7 +177,7 @@ def infinity_side(python: str, job: dict) -> dict:
         json.dump(job, handle)
     try:
         done = subprocess.run([python, "-c", INFINITY_SIDE, handle.name], capture_output=True, text=True,
-                              env={**os.environ, **SERVER_ENV})  # fmt: skip
+                              env={**os.environ, **INFINITY_ENV})  # fmt: skip
     finally:
         os.unlink(handle.name)
     if done.returncode != 0:
@@ -270,16 +264,7 @@ def text_ids(tokenizer, fmt: dict, text: str) -> list[int]:
 
 def infinity_server(python: str, folder: Path, timeout_s: float, batch_size: int) -> RerankServer:
     """``infinity_emb v2`` on ``folder`` (torch engine, CPU, fp32, no compile or warm-up)."""
-
-    def command(port: int) -> list[str]:
-        return [
-            python, "-c", "from infinity_emb.cli import cli; cli()", "v2", "--model-id", str(folder),
-            "--engine", "torch", "--device", "cpu", "--dtype", "float32", "--batch-size", str(batch_size),
-            "--no-compile", "--no-bettertransformer", "--no-model-warmup",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
-        ]  # fmt: skip
-
-    return RerankServer("infinity", command, timeout_s, SERVER_ENV)
+    return RerankServer("infinity", infinity_command(python, folder, batch_size), timeout_s, INFINITY_ENV)
 
 
 def served_scores(server: RerankServer, requests: list[tuple[str, list[str]]], raw: bool) -> list[float]:

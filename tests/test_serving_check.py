@@ -16,7 +16,14 @@ from test_sentence_transformers_export import trained_full_model
 from rerankforge.trainer.export import EXIT_SERVED_DIFFERS
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
-from rerankforge.trainer.serving_check import RESULT_FILE, check_pairs, run_check, vllm_arguments
+from rerankforge.trainer.serving_check import (
+    RESULT_FILE,
+    ServingCheck,
+    check_pairs,
+    formatted_requests,
+    run_check,
+)
+from rerankforge.trainer.serving_commands import vllm_arguments
 from rerankforge.trainer.serving_server import RerankServer, ServerError
 
 pytest.importorskip("sentence_transformers.cross_encoder.modules.logit_score")  # sentence-transformers 6
@@ -55,8 +62,8 @@ def test_a_failed_check_is_the_commands_exit_code(tmp_path, bge_run, monkeypatch
     real = serving_check.sentence_transformers_scores
 
     def shifted(*args):
-        scores, version = real(*args)
-        return [s + 0.01 for s in scores], version
+        served = real(*args)
+        return serving_check.Served([s + 0.01 for s in served.scores], served.version, served.seconds)
 
     monkeypatch.setattr(serving_check, "sentence_transformers_scores", shifted)
     argv = [
@@ -116,7 +123,7 @@ def test_pairs_rerankforge_would_cut_are_left_out_and_counted_and_a_nan_fails(tm
     assert "1 longer pairs left out" in (out / "README.md").read_text()
     real = serving_check.sentence_transformers_scores
     monkeypatch.setattr(serving_check, "sentence_transformers_scores",
-                        lambda *a: ([real(*a)[0][0], float("nan")], "x"))  # fmt: skip
+                        lambda *a: serving_check.Served([real(*a).scores[0], float("nan")], "x", 1.0))  # fmt: skip
     assert not run_check("sentence-transformers", out, bge_run, short).passed
     with pytest.raises(ValueError, match="none of the 1 pairs fits"):
         run_check("sentence-transformers", out, bge_run, long)
@@ -133,3 +140,71 @@ def test_the_training_file_is_found_beside_the_checkpoint(tmp_path):
     for folder in (run, run / "checkpoint-4"):
         (folder / "training_args.json").write_text(json.dumps(record))
         assert recorded_data(folder) == str(run / "data" / "train.jsonl")
+
+
+def test_infinity_gets_a_classifier_exports_pairs_as_the_texts_the_model_reads(tmp_path, bge_run):
+    """infinity has no chat templates: each pair is written into text_format.json's template and sent as the
+    document of an empty query, which the tokenizer's pair call turns into the reranker's own ids."""
+    from transformers import AutoTokenizer
+
+    from rerankforge.inference.auto import load_reranker
+    from rerankforge.trainer.sequence_classification import uncut_encoder
+
+    out = tmp_path / "seq"
+    assert export_main([str(bge_run), str(out), "--as-sequence-classification"]) == 0
+    pairs = [("what is a panda?", "The giant panda is a bear."), ("Où est la gare ?", "À deux rues d'ici.")]
+    requests = formatted_requests(out, pairs)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    served = [tokenizer([[query, text]])["input_ids"][0] for query, text in requests]
+    queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
+    expected = uncut_encoder(load_reranker(str(bge_run), device="cpu")).encode(queries, passages)
+    assert [q for q, _ in requests] == ["", ""] and served == expected
+    assert formatted_requests(bge_run, pairs) is None  # no text_format.json: pairs go as they are
+    check = ServingCheck("infinity", "0.0.78", 2, 1e-7, 1e-3, sent_as="formatted text")
+    assert "written into text_format.json's template" in check.card_lines()[2]
+
+
+HEALTHY_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def test_sigterm_to_the_checking_process_stops_its_server(tmp_path):
+    """A scheduler's SIGTERM to `rerankforge-export --verify` must not leave the engine's server running: the
+    server runs in a process group of its own, so nothing else would stop it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    parent = f"""
+import sys, time
+from rerankforge.trainer.serving_server import RerankServer
+command = lambda port: [sys.executable, "-c", {HEALTHY_SERVER!r}, str(port)]
+with RerankServer("stand-in", command, timeout_s=60) as server:
+    print("server pid", server.process.pid, flush=True)
+    time.sleep(120)
+"""
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    line = ""
+    while not line.startswith("server pid"):  # the package's import logs come first
+        line = process.stdout.readline()
+        assert line, "the checking process ended before its server started"
+    server_pid = int(line.split()[-1])
+    os.kill(server_pid, 0)  # running
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail("the server outlived the SIGTERM'd process")

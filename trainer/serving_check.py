@@ -2,10 +2,14 @@
 scores are compared with rerankforge's on the same real pairs; the result goes into the export's model card.
 
 Engines: ``vllm`` (its OpenAI-compatible server, `/rerank`: a one-logit sequence classifier as it is; a causal
-LLM export with the ``hf_overrides`` that turn its answer tokens into a score head, and the export's ``rerank``
-chat template) and ``sentence-transformers`` (`CrossEncoder(folder).predict`, sentence-transformers 6 for LLM
-exports). Both give the sigmoid of the score, compared with ``compute_score(pairs, normalize=True)`` of the
-reference (the trained checkpoint), in fp32.
+LLM export with the ``hf_overrides`` that turn its answer tokens into a score head; the export's ``rerank`` chat
+template where it has one), ``sentence-transformers`` (`CrossEncoder(folder).predict`, sentence-transformers 6
+for LLM exports) and ``infinity`` (infinity-emb's `/rerank`, torch engine: a cross-encoder as it is; an
+``--as-sequence-classification`` export gets each pair written into its ``text_format.json`` template by this
+client, sent as the document of an empty query, since infinity has no chat templates). All give the sigmoid of
+the score, compared with ``compute_score(pairs, normalize=True)`` of the reference (the trained checkpoint), in
+fp32. Each side's scoring time (the server's start and model load left out) is recorded as pairs/s: one
+request per query for the servers, one ``predict`` / ``compute_score`` call for the libraries.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,19 +36,39 @@ from rerankforge.trainer.serving_commands import vllm_arguments
 from rerankforge.trainer.serving_server import RerankServer, ServerError
 from rerankforge.trainer.training_run import MINED_TRAIN_FILE
 
-ENGINES = ("vllm", "sentence-transformers")
+ENGINES = ("vllm", "sentence-transformers", "infinity")
 RESULT_FILE = "serving_check.json"
 CARD_TITLE = "## Served-equals-trained check"
 TOLERANCE = 1e-3  # on sigmoid scores, fp32
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}  # 1 GiB of KV cache on a CPU is plenty here
+INFINITY_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",  # infinity's telemetry (posthog) off
+    "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    "PYTHONUNBUFFERED": "1",  # the log tail of a server that fails is current
+}
+TEXT_FORMAT_FILE = "text_format.json"  # written by --as-sequence-classification
 SENTENCE_TRANSFORMERS_SCRIPT = """
-import json, sys
+import json, sys, time
 import sentence_transformers, torch
 from sentence_transformers import CrossEncoder
 folder, pairs = sys.argv[1], json.load(open(sys.argv[2]))
 model = CrossEncoder(folder, device="cpu", model_kwargs={"dtype": torch.float32})
-print(json.dumps({"version": sentence_transformers.__version__, "scores": model.predict(pairs).tolist()}))
+started = time.perf_counter()
+scores = model.predict(pairs).tolist()
+print(json.dumps({"version": sentence_transformers.__version__, "scores": scores,
+                  "seconds": time.perf_counter() - started}))
 """
+
+
+@dataclass(frozen=True)
+class Served:
+    """An engine's sigmoid scores for the pairs, its version, and the seconds its scoring took."""
+
+    scores: list[float]
+    version: str
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,9 @@ class ServingCheck:
     max_difference: float
     tolerance: float
     over_budget: int = 0  # candidate pairs left out: rerankforge would cut them (see within_budgets)
+    served_pairs_per_s: float = math.nan  # the engine's scoring, its start left out
+    rerankforge_pairs_per_s: float = math.nan  # compute_score on the same pairs, same machine
+    sent_as: str = "pairs"  # or "formatted text" (infinity on a sequence-classification export)
 
     @property
     def passed(self) -> bool:
@@ -68,6 +96,7 @@ class ServingCheck:
             f"scores (sigmoid) differ from rerankforge's by at most {self.max_difference:.2g} "
             f"(tolerance {self.tolerance:g}, fp32): **{verdict}** (`rerankforge-export --verify {self.engine}`"
             + (f"; {self.over_budget} longer pairs left out" if self.over_budget else "")
+            + ("; each pair sent written into text_format.json's template" if self.sent_as != "pairs" else "")
             + ").",
         ]
 
@@ -159,24 +188,68 @@ def engine_version(python: str, module: str) -> str:
     return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def vllm_scores(python: str, folder: Path, pairs: Sequence[tuple[str, str]], timeout_s: float) -> list[float]:
-    """One /rerank request per query (its passages in input order), on a server started for it."""
+def rerank_by_query(
+    server: RerankServer, requests: Sequence[tuple[str, str]], **options: object
+) -> tuple[list[float], float]:
+    """One /rerank request per query (its documents in input order); the scores and the seconds they took."""
     by_query: dict[str, list[int]] = {}
-    for index, (query, _) in enumerate(pairs):
+    for index, (query, _) in enumerate(requests):
         by_query.setdefault(query, []).append(index)
-    scores = [float("nan")] * len(pairs)
+    scores = [math.nan] * len(requests)
+    started = time.perf_counter()
+    for query, indices in by_query.items():
+        served = server.rerank(query, [requests[i][1] for i in indices], **options)
+        for index, score in zip(indices, served, strict=True):
+            scores[index] = score
+    return scores, time.perf_counter() - started
+
+
+def vllm_scores(python: str, folder: Path, pairs: Sequence[tuple[str, str]], timeout_s: float) -> Served:
+    """The pairs through vLLM's /rerank, on a server started for them."""
     with RerankServer("vllm", vllm_command(python, folder), timeout_s, VLLM_ENV) as server:
-        for query, indices in by_query.items():
-            served = server.rerank(query, [pairs[i][1] for i in indices], model=str(folder))
-            for index, score in zip(indices, served, strict=True):
-                scores[index] = score
-    return scores
+        scores, seconds = rerank_by_query(server, pairs, model=str(folder))
+    return Served(scores, engine_version(python, "vllm"), seconds)
+
+
+def infinity_command(python: str, folder: Path, batch_size: int = 32) -> Callable[[int], list[str]]:
+    """``infinity_emb v2`` on ``folder`` (torch engine, CPU, fp32, no compile or warm-up)."""
+
+    def command(port: int) -> list[str]:
+        return [
+            python, "-c", "from infinity_emb.cli import cli; cli()", "v2", "--model-id", str(folder),
+            "--engine", "torch", "--device", "cpu", "--dtype", "float32", "--batch-size", str(batch_size),
+            "--no-compile", "--no-bettertransformer", "--no-model-warmup",
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info",
+        ]  # fmt: skip
+
+    return command
+
+
+def formatted_requests(folder: Path, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """For a sequence-classification export: each pair written into its template, as the document of an empty
+    query (the pair ("", text) tokenizes to the text's ids when the tokenizer adds nothing around pairs).
+    None for a folder without ``text_format.json`` (a cross-encoder: pairs go as they are)."""
+    path = folder / TEXT_FORMAT_FILE
+    if not path.is_file():
+        return None
+    template = json.loads(path.read_text(encoding="utf-8"))["template"]
+    return [
+        ("", template.replace("{query}", query).replace("{passage}", passage)) for query, passage in pairs
+    ]
+
+
+def infinity_scores(python: str, folder: Path, pairs: Sequence[tuple[str, str]], timeout_s: float) -> Served:
+    """The pairs (or their formatted texts) through infinity's /rerank, on a server started for them."""
+    requests = formatted_requests(folder, pairs) or list(pairs)
+    with RerankServer("infinity", infinity_command(python, folder), timeout_s, INFINITY_ENV) as server:
+        scores, seconds = rerank_by_query(server, requests)
+    return Served(scores, engine_version(python, "infinity_emb"), seconds)
 
 
 def sentence_transformers_scores(
     python: str, folder: Path, pairs: Sequence[tuple[str, str]], timeout_s: float
-) -> tuple[list[float], str]:
-    """`CrossEncoder(folder).predict(pairs)` run by the engine's Python, and its version."""
+) -> Served:
+    """`CrossEncoder(folder).predict(pairs)` run by the engine's Python."""
     with tempfile.TemporaryDirectory(prefix="serving-check-") as scratch:
         pairs_file = Path(scratch) / "pairs.json"
         pairs_file.write_text(json.dumps([list(p) for p in pairs]), encoding="utf-8")
@@ -188,7 +261,7 @@ def sentence_transformers_scores(
     if result.returncode != 0:
         raise ServerError(f"sentence-transformers could not score {folder}:\n{result.stderr[-4000:]}")
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    return answer["scores"], answer["version"]
+    return Served(answer["scores"], answer["version"], answer["seconds"])
 
 
 def run_check(
@@ -212,17 +285,19 @@ def run_check(
         raise ValueError(
             f"none of the {len(candidates)} pairs fits {reference}'s budgets uncut: give shorter ones"
         )
-    if engine == "vllm":
-        served, version = vllm_scores(python, folder, pairs, timeout_s), engine_version(python, "vllm")
-    else:
-        served, version = sentence_transformers_scores(python, folder, pairs, timeout_s)
+    scorer = {"vllm": vllm_scores, "infinity": infinity_scores}.get(engine, sentence_transformers_scores)
+    served = scorer(python, folder, pairs, timeout_s)
     layer = exported_layer(folder)
+    started = time.perf_counter()
     expected = reranker.compute_score(
         list(pairs), normalize=True, **({"cutoff_layers": layer} if layer else {})
     )
-    differences = [abs(a - b) for a, b in zip(served, expected, strict=True)]
+    own_seconds = time.perf_counter() - started
+    differences = [abs(a - b) for a, b in zip(served.scores, expected, strict=True)]
     difference = math.inf if any(math.isnan(d) for d in differences) else max(differences)
-    check = ServingCheck(engine, version, len(pairs), difference, tolerance, len(candidates) - len(pairs))
+    sent_as = "formatted text" if engine == "infinity" and formatted_requests(folder, pairs) else "pairs"
+    check = ServingCheck(engine, served.version, len(pairs), difference, tolerance, len(candidates) - len(pairs),
+                         len(pairs) / served.seconds, len(pairs) / own_seconds, sent_as)  # fmt: skip
     record_check(folder, check)
     return check
 

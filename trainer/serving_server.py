@@ -1,5 +1,6 @@
 """A serving engine's HTTP server as a child process: started on a free localhost port in a process group of its
-own, waited for with a bounded wait (its log shown when it exits or never answers), always stopped."""
+own, waited for with a bounded wait (its log shown when it exits or never answers), always stopped (on SIGTERM to
+this process too)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +43,19 @@ def post(url: str, payload: dict, timeout: float = 600) -> dict:
         raise ServerError(f"POST {url}: {error}") from error
 
 
+def stop_on_sigterm() -> Callable | int | None:
+    """Make SIGTERM (a job scheduler's stop, `kill`) raise SystemExit, so ``with`` blocks stop the server in its
+    own process group instead of leaving it running; returns the handler it replaced (None off the main thread,
+    where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def exit_on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, exit_on_sigterm)
+
+
 class RerankServer:
     """``command(port)`` run until the ``with`` block ends; `rerank` posts to its ``/rerank``."""
 
@@ -56,9 +71,11 @@ class RerankServer:
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115
         self.process: subprocess.Popen | None = None
         self.start_s = math.nan
+        self.previous_sigterm: Callable | int | None = None
 
     def __enter__(self) -> RerankServer:
         started = time.perf_counter()
+        self.previous_sigterm = stop_on_sigterm()
         try:
             self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)  # fmt: skip
@@ -107,6 +124,8 @@ class RerankServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+        if self.previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
         if kind is None:
             os.unlink(self.log.name)
         else:
