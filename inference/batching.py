@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.pairs import Pair, to_pairs, to_passages
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,15 @@ def sigmoid(scores: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
 
 
+def probabilities(spec: object, scores: list[float], layer: int | None = None) -> list[float]:
+    """``normalize=True``'s scores: the calibrated probability where the spec holds a calibration (of this
+    ``layer`` for a layerwise model), else the sigmoid."""
+    calibration = Calibration.from_dict(getattr(spec, "calibration", None))
+    if calibration is None or calibration.map_for(layer) is None:
+        return sigmoid(scores)
+    return calibration.probabilities(scores, layer)
+
+
 class RanksCandidates:
     """sentence-transformers' ``predict`` and ``rank`` for any reranker that has ``_score(pairs, lengths,
     batch_size, ..., show_progress=...)`` and ``lengths``: both score through ``_score``, the reranker's one
@@ -115,7 +125,13 @@ class RanksCandidates:
         """One float32 score per pair, the activation applied (to ``(pairs, 1)`` logits, as sentence-transformers
         applies it to a one-logit model's); on the reranker's device."""
         raw = self._raw_scores(pairs, batch_size, show_progress)
-        scores = torch.tensor(raw, dtype=torch.float32, device=getattr(self, "device", None))
+        device = getattr(self, "device", None)
+        spec = getattr(self, "spec", None)
+        if activation_fn is None and self.activation_fn is RanksCandidates.activation_fn and raw:
+            # the default activation of a calibrated model is its calibration (the last layer's, layerwise)
+            layer = (getattr(self, "layers", None) or [None])[-1]
+            return torch.tensor(probabilities(spec, raw, layer), dtype=torch.float32, device=device)
+        scores = torch.tensor(raw, dtype=torch.float32, device=device)
         activation_fn = activation_fn if activation_fn is not None else self.activation_fn
         if activation_fn is None or not len(raw):
             return scores
@@ -158,10 +174,12 @@ class RanksCandidates:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        min_score: float | None = None,
     ) -> list[dict[str, int | float | str]]:
         """sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score"}]`` best first (ties in input
         order), with ``"text"`` (the document) when ``return_documents``; ``top_k`` keeps the first k. The scores
-        are `predict`'s (the activation applied: a sigmoid by default)."""
+        are `predict`'s (the activation applied: the calibrated probability of a calibrated model, else a
+        sigmoid); ``min_score`` drops documents scored below it (e.g. ``threshold(precision=0.9)``)."""
         documents = to_passages(query, documents)
         scores = self._activated(
             [(query, d) for d in documents], batch_size, show_progress_bar, activation_fn
@@ -172,4 +190,24 @@ class RanksCandidates:
             if return_documents:
                 results[-1]["text"] = documents[index]
         results.sort(key=lambda result: result["score"], reverse=True)
+        if min_score is not None:
+            results = [result for result in results if result["score"] >= min_score]
         return results[:top_k]
+
+    def threshold(self, precision: float | None = None, recall: float | None = None) -> float:
+        """The probability threshold (``normalize=True`` / `predict` scale) that reached this precision (the
+        lowest such: the most recall) or this recall (the highest such) on the judged pairs the calibration was
+        fitted on; refused for a model without a calibration or a precision its data never reached."""
+        spec = getattr(self, "spec", None)
+        calibration = Calibration.from_dict(getattr(spec, "calibration", None))
+        if calibration is None:
+            raise ValueError(
+                "this model has no calibration: fit one with `rerankforge-eval --calibrate` on judged data"
+            )
+        row = calibration.threshold_row(precision, recall)
+        if row is None:
+            wanted = f"precision {precision}" if precision is not None else f"recall {recall}"
+            raise ValueError(
+                f"no threshold reached {wanted} on the calibration's pairs ({calibration.fitted_on})"
+            )
+        return row["threshold"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rerankforge.inference.batching import sigmoid
+from rerankforge.inference.batching import probabilities
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
 from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, layer_name
 from rerankforge.inference.modeling.spec import LayerwiseSpec
@@ -105,7 +105,12 @@ class LayerwiseReranker(LLMReranker):
         """``[pair][layer]`` scores on this process's model (what a `DevicePool` worker answers)."""
         stages = self.pipeline_stages(lengths, prompt, score=lambda batch: self.layer_scores(batch, layers))
         rows = self.run_stages(pairs, stages, batch_size, show_progress)
-        return sigmoid(rows) if normalize else rows  # elementwise: [pair][layer] stays so
+        if not normalize:
+            return rows
+        columns = [
+            probabilities(self.spec, [row[i] for row in rows], layer) for i, layer in enumerate(layers)
+        ]
+        return [list(row) for row in zip(*columns, strict=True)] if rows else rows  # [pair][layer] stays so
 
     def _score(self, pairs, lengths, batch_size=None, normalize=False, prompt=None, show_progress=None):
         """The last layer's scores: what `rank`, `rerankforge-eval` and teacher scoring use."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.inference.batching import RanksCandidates, sigmoid
+from rerankforge.inference.batching import RanksCandidates, probabilities
 from rerankforge.inference.device_pool import (
     ConfigOnlyModel,
     DevicePool,
@@ -279,7 +279,7 @@ class LLMReranker(RanksCandidates):
         show_progress: bool | None = None,
     ) -> float | list[float]:
         """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
-        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches."""
+        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid); ``show_progress`` None shows a bar for more than 10 batches."""
         pair_list, single = to_pairs(pairs)
         scores = self._score(
             pair_list, self.lengths_for(max_length), batch_size, normalize, prompt, show_progress
@@ -303,7 +303,7 @@ class LLMReranker(RanksCandidates):
                 normalize=normalize, prompt=prompt, _settings={"max_batch_tokens": self.max_batch_tokens},
             )  # fmt: skip
         scores = self.run_stages(pairs, self.pipeline_stages(lengths, prompt), batch_size, show_progress)
-        return sigmoid(scores) if normalize else scores
+        return probabilities(self.spec, scores) if normalize else scores
 
     def chunk_encoder(
         self, lengths: LLMLengths, prompt: str | None

@@ -12,7 +12,7 @@ from rerankforge.inference.backend_choice import AUTO, choose_backend, default_b
 from rerankforge.inference.batching import (
     RanksCandidates,
     check_token_budget,
-    sigmoid,
+    probabilities,
 )
 from rerankforge.inference.collate import PairCollator, as_tensors
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
@@ -196,7 +196,7 @@ class Reranker(RanksCandidates):
         max_batch_tokens: int | None = None,
     ) -> float | list[float]:
         """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
-        ``normalize`` applies a sigmoid; ``show_progress`` None shows a bar for more than 10 batches;
+        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid); ``show_progress`` None shows a bar for more than 10 batches;
         ``max_batch_tokens`` caps a batch's padded tokens as well as its pairs (the reranker's own when None)."""
         pair_list, single = to_pairs(pairs)
         scores = self._score(
@@ -227,7 +227,7 @@ class Reranker(RanksCandidates):
         prefetch = self.prefetch if self.prefetch is not None else self.device.type == "cuda"
         scores = score_through_pipeline(pairs, self.pipeline_stages(lengths), batch_size or self.batch_size,
                                         budget, self.chunk_size, prefetch, show_progress)  # fmt: skip
-        return sigmoid(scores) if normalize else scores
+        return probabilities(self.spec, scores) if normalize else scores
 
 
 def checked_backend(backend: str | None, dtype: torch.dtype | None, device: str | torch.device | None) -> str:

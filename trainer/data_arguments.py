@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rerankforge.inference.modeling.calibration import METHODS as CALIBRATION_METHODS
+
 
 @dataclass
 class DataArguments:
@@ -50,7 +52,27 @@ class DataArguments:
         },
     )
 
+    calibration: str = field(
+        default="platt",
+        metadata={
+            "help": "With an evaluation set: after training, fit a calibration of the score (platt: temperature "
+            "and bias; isotonic; none) on a share of the evaluation queries, measure it on the others, and store "
+            "it with the model (normalize=True then gives calibrated probabilities)."
+        },
+    )
+    calibration_fraction: float = field(
+        default=0.5, metadata={"help": "Share of the evaluation queries the calibration is fitted on."}
+    )
+
     def __post_init__(self) -> None:
+        if self.calibration not in (*CALIBRATION_METHODS, "none"):
+            raise ValueError(
+                f"calibration must be one of {', '.join((*CALIBRATION_METHODS, 'none'))}, got {self.calibration!r}"
+            )
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(
+                f"calibration_fraction must lie between 0 and 1, got {self.calibration_fraction}"
+            )
         if isinstance(self.train_data, str):  # one path, as a Python caller writes it
             self.train_data = [self.train_data]
         if not self.train_data and not self.ir_data:

@@ -1,9 +1,12 @@
-"""`rerankforge-eval --model PATH --data DATA --split test --top-k 100`: rerank BM25's top k and compare."""
+"""`rerankforge-eval --model PATH --data DATA --split test --top-k 100 [--calibrate platt]`: rerank BM25's top k
+and compare; measure how well the scores' probabilities match the judgments, or fit a calibration that does."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +17,7 @@ from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.backend_choice import scoring_dtype
+from rerankforge.inference.modeling.calibration import METHODS, Calibration, ScoreMap
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.precision import DTYPES
 from rerankforge.inference.sharded_scoring import (
@@ -21,6 +25,14 @@ from rerankforge.inference.sharded_scoring import (
     compute_score_sharded,
     current_launch,
     process_device,
+)
+from rerankforge.trainer.calibration import (
+    calibrate,
+    calibration_report,
+    measured_on,
+    save_calibration,
+    thresholds_table,
+    write_report,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.report import metric_table
@@ -65,6 +77,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", help="folder for metrics.json and the run files (default: MODEL/eval/...)"
     )
+    parser.add_argument(
+        "--calibrate",
+        choices=METHODS,
+        help="fit a calibration (platt: temperature and bias; isotonic) of the score on a share of these judged "
+        "queries, measure it on the others, and store it in MODEL's rerankforge.json: compute_score(normalize="
+        "True) and predict then return calibrated probabilities",
+    )
+    parser.add_argument(
+        "--calibration-fraction", type=float, default=0.5,
+        help="--calibrate: share of the judged queries the calibration is fitted on (seeded by --split-seed); "
+        "the rest measure it",
+    )  # fmt: skip
     return parser
 
 
@@ -87,6 +111,11 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     seconds = time.perf_counter() - start
     run = eval_set.run_from_scores(pairs, scores)
     reranked = {**eval_set.metrics(run), "queries_per_second": len(eval_set.candidates) / seconds}
+    labels = [eval_set.qrels.get(q, {}).get(d, 0) > 0 for q, d in pairs]
+    layer = (getattr(reranker, "layers", None) or [None])[
+        -1
+    ]  # a layerwise model's scores are its last layer's
+    stored = Calibration.from_dict(getattr(reranker.spec, "calibration", None))
     return {
         "model": args.model,
         "data": eval_set.name,
@@ -101,8 +130,49 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         "first_stage_metrics": eval_set.first_stage_metrics(),
         "reranker_metrics": reranked,
         "queries_vs_first_stage": paired_comparison(eval_set.qrels, eval_set.candidates, run),
+        "calibration": measured_on(scores, labels, stored, layer)
+        if stored
+        else sigmoid_calibration(scores, labels),
         "_runs": (eval_set.candidates, run),
+        "_pairs": (pairs, scores, labels, layer),
     }
+
+
+def sigmoid_calibration(scores: list[float], labels: list[bool]) -> dict[str, float] | None:
+    """ECE and Brier of the plain sigmoid, for a model without a calibration (None: nothing to measure)."""
+    try:
+        report = calibration_report(scores, labels, ScoreMap("platt"))  # scale 1, bias 0: the sigmoid itself
+    except ValueError:
+        return None
+    return {k: v for k, v in report.items() if not k.endswith("_after")}
+
+
+def fit_and_store(args: argparse.Namespace, result: dict[str, object], output: Path) -> Calibration:
+    """``--calibrate``: fit on a seeded share of the judged queries, measure on the rest, store in the model."""
+    pairs, scores, labels, layer = result["_pairs"]
+    query_ids = sorted({q for q, _ in pairs})
+    fitted = set(
+        random.Random(args.split_seed).sample(query_ids, round(len(query_ids) * args.calibration_fraction))
+    )
+    if not fitted or len(fitted) == len(query_ids):
+        raise ValueError(
+            f"--calibration-fraction {args.calibration_fraction} leaves no queries to fit on or to measure with "
+            f"({len(query_ids)} queries)"
+        )
+    fit = [i for i, (q, _) in enumerate(pairs) if q in fitted]
+    held = [i for i, (q, _) in enumerate(pairs) if q not in fitted]
+    description = (
+        f"{result['data']} ({args.split}): {len(fitted)} queries, {len(fit)} pairs (top {args.top_k})"
+    )
+    calibration = calibrate(
+        [scores[i] for i in fit], [labels[i] for i in fit], args.calibrate, description, layer
+    )
+    measured = measured_on([scores[i] for i in held], [labels[i] for i in held], calibration, layer)
+    calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
+    save_calibration(args.model, calibration)
+    title = f"{result['data']} ({args.split}), {len(query_ids) - len(fitted)} held-out queries"
+    write_report(output, calibration, [scores[i] for i in held], [labels[i] for i in held], title)
+    return calibration
 
 
 def default_output(args: argparse.Namespace) -> Path:
@@ -124,6 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     first_run, reranked_run = result.pop("_runs")
     output = Path(args.output) if args.output else default_output(args)
+    calibration = None
+    if args.calibrate:
+        try:
+            calibration = fit_and_store(args, result, output)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        result["calibration"] = calibration.report
+    result.pop("_pairs")
     write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
     write_trec_run(reranked_run, output / "reranked.run", "rerankforge")
     atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
@@ -138,8 +217,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nnDCG@10 per query, reranker vs first stage: {versus['better']} better, {versus['worse']} worse, "
         f"{versus['same']} the same"
     )
-    print(f"\nwritten: {output}/metrics.json, first_stage.run, reranked.run")
+    print_calibration(result.get("calibration"), calibration)
+    written = "metrics.json, first_stage.run, reranked.run" + (
+        ", calibration.json, reliability.png" if calibration else ""
+    )
+    print(f"\nwritten: {output}/{written}")
     return 0
+
+
+def print_calibration(measured: dict | None, fitted: Calibration | None) -> None:
+    """ECE and Brier (on held-out queries when just fitted), and the thresholds table of a new calibration."""
+    if fitted is not None:
+        held = fitted.report.get("held_out") or {}
+        print(
+            f"\ncalibration ({fitted.report['method']}) fitted on {fitted.fitted_on}; stored in rerankforge.json"
+        )
+        if held:
+            print(f"on the {held['pairs']} held-out pairs: ECE {held['ece_before']:.4f} -> {held['ece_after']:.4f}, "
+                  f"Brier {held['brier_before']:.4f} -> {held['brier_after']:.4f} (sigmoid -> calibrated)")  # fmt: skip
+        print("\nthresholds on the fitting pairs (use with normalize=True scores or rank(min_score=...)):\n")
+        print(thresholds_table(fitted))
+    elif measured and "ece_after" in measured:
+        print(f"\nstored calibration on these pairs: ECE {measured['ece_before']:.4f} -> {measured['ece_after']:.4f}, "
+              f"Brier {measured['brier_before']:.4f} -> {measured['brier_after']:.4f} (sigmoid -> calibrated)")  # fmt: skip
+    elif measured:
+        print(f"\nsigmoid of the score on these pairs: ECE {measured['ece_before']:.4f}, Brier "
+              f"{measured['brier_before']:.4f} (no calibration: --calibrate fits one)")  # fmt: skip
 
 
 def run() -> None:

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
 from rerankforge.inference.modeling.lora import is_adapter_folder
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
+from rerankforge.trainer.calibrated_export import fold_calibration
 from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.merge import write_merged
-from rerankforge.trainer.model_card import model_card, sentence_transformers_section
+from rerankforge.trainer.model_card import calibration_section, model_card, sentence_transformers_section
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
 from rerankforge.trainer.sentence_transformers_files import write_sentence_transformers_files
 from rerankforge.trainer.sequence_classification import write_sequence_classification
@@ -92,13 +94,42 @@ def export(
             point_adapter_at_the_hub_base(staging, spec)
         make_tokenizer_portable(staging)
         make_config_portable(staging)
+        calibration_note = fold_calibration(staging)
+        if calibration_note and "is folded" in calibration_note:
+            check_folded_calibration(checkpoint, staging)
         exported = RerankerSpec.load(staging)
         name = repo_id or out.name
         serving = serving_sections(staging, exported, name)
+        if calibration_note:
+            serving = [*calibration_section(exported, calibration_note), "", *(serving or [])]
         card = model_card(exported, checkpoint, name, license_id, adapter=adapter and not merge_lora,
                           serving=serving)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+FOLD_PAIRS = [
+    ("what is the capital of france?", "Paris is the capital and largest city of France."),
+    ("who wrote hamlet", "The tragedy Hamlet was written by William Shakespeare around 1600."),
+    ("boiling point of water", "A short passage about something else entirely."),
+]
+FOLD_TOLERANCE = 1e-5
+
+
+def check_folded_calibration(checkpoint: Path, folder: Path) -> None:
+    """The folded export's sigmoid equals the checkpoint's calibrated probability (fp32), or nothing is written."""
+    expected = load_reranker(str(checkpoint), backend="torch", device="cpu").compute_score(
+        FOLD_PAIRS, normalize=True
+    )
+    served = load_reranker(str(folder), backend="torch", device="cpu").compute_score(
+        FOLD_PAIRS, normalize=True
+    )
+    difference = max(abs(a - b) for a, b in zip(expected, served, strict=True))
+    if difference > FOLD_TOLERANCE:
+        raise ValueError(
+            f"the calibration folded into the head gives probabilities {difference:.3g} away from the checkpoint's "
+            f"(> {FOLD_TOLERANCE}); nothing was written"
+        )
 
 
 def serving_sections(folder: Path, spec: RerankerSpec, name: str) -> list[str] | None:

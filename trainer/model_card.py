@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.families import get_family
 from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
 from rerankforge.trainer.losses import describe_objective
@@ -353,3 +354,35 @@ batch = tokenizer(texts, padding=True, truncation=True, max_length={max_length},
                   add_special_tokens=False, return_tensors="pt")
 with torch.inference_mode():
     scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
+
+
+def calibration_section(spec: RerankerSpec, note: str) -> list[str]:
+    """What the scores' probabilities mean: the calibration, how well it did on held-out queries, where it lives
+    in this export, and thresholds for a wanted precision."""
+    calibration = Calibration.from_dict(spec.calibration)
+    lines = ["## Calibrated scores", ""]
+    if calibration is None:
+        return [*lines, note]
+    report = calibration.report
+    held = report.get("held_out") or {}
+    lines.append(f"`normalize=True` scores are calibrated probabilities ({report.get('method', '?')}, fitted on "
+                 f"{calibration.fitted_on}).")  # fmt: skip
+    if held:
+        lines.append(
+            f"On {held['pairs']} pairs of held-out queries: expected calibration error {held['ece_before']:.3f} -> "
+            f"{held['ece_after']:.3f}, Brier score {held['brier_before']:.3f} -> {held['brier_after']:.3f} "
+            "(plain sigmoid -> calibrated)."
+        )
+    lines += ["", note]
+    rows = [(wanted, calibration.threshold_row(precision=wanted)) for wanted in (0.8, 0.9)]
+    rows = [(wanted, row) for wanted, row in rows if row is not None]
+    if rows:
+        lines += [
+            "",
+            "| precision wanted (fitting pairs) | threshold | recall | pairs kept |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {w:g} | {r['threshold']:.3f} | {r['recall']:.3f} | {r['kept']:.1%} |" for w, r in rows]
+        lines += ["", "`reranker.threshold(precision=0.9)` gives it; `rank(query, docs, min_score=...)` drops what "
+                  "falls below."]  # fmt: skip
+    return lines

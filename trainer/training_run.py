@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,13 @@ from rerankforge.data_tools.mining import mine_from_dataset, write_jsonl
 from rerankforge.data_tools.mining_arguments import MiningArguments
 from rerankforge.data_tools.sources import load_train_dataset
 from rerankforge.data_tools.teacher_scoring import load_teacher
+from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.folder_checks import check_model_folder
 from rerankforge.inference.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.inference.modeling.sources import resolve_model_path
 from rerankforge.inference.modeling.spec import SPEC_FILENAME
+from rerankforge.trainer.calibration import calibrate, measured_on, save_calibration, write_report
 from rerankforge.trainer.checkpoints import (
     WRITE_ERRORS,
     CheckpointWriteError,
@@ -255,6 +258,50 @@ def train_or_finish(trainer, resume: str | None) -> TrainOutput:
     return TrainOutput(finished.global_step, sum(losses) / len(losses) if losses else 0.0, metrics)
 
 
+def calibrate_final_model(trainer, data: DataArguments, output_dir: Path) -> Calibration | None:
+    """Fit the score's calibration on a seeded share of the final evaluation's queries, measure it on the others,
+    and store it in the saved model (and its merged copy); the report goes into ``output_dir/calibration``."""
+    eval_pairs = trainer.eval_dataset
+    scored = getattr(eval_pairs, "last_scores", None)
+    if not scored or len(scored) != len(eval_pairs.pairs):
+        return None
+    query_ids = sorted({q for q, _ in eval_pairs.pairs})
+    count = round(len(query_ids) * data.calibration_fraction)
+    if not 0 < count < len(query_ids):
+        logger.warning(
+            "calibration skipped: %d evaluation queries cannot be split to fit and to measure", len(query_ids)
+        )
+        return None
+    fitted = set(random.Random(data.split_seed).sample(query_ids, count))
+    fit = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q in fitted]
+    held = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q not in fitted]
+    layers = getattr(trainer.reranker.spec, "layers", None)
+    layer = layers[-1] if layers else None  # a layerwise model is evaluated on its last layer
+    name = trainer.eval_dataset.eval_set.name
+    description = f"{name} (held out of training): {count} queries, {len(fit)} pairs"
+    try:
+        calibration = calibrate(
+            [s for s, _ in fit], [r for _, r in fit], data.calibration, description, layer
+        )
+    except ValueError as error:  # one-sided labels: nothing to fit
+        logger.warning("calibration skipped: %s", error)
+        return None
+    measured = measured_on([s for s, _ in held], [r for _, r in held], calibration, layer)
+    calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
+    for folder in (output_dir, output_dir / "merged"):
+        if (folder / SPEC_FILENAME).is_file():
+            save_calibration(folder, calibration)
+    title = f"{name}, {len(query_ids) - count} held-out queries"
+    write_report(output_dir / "calibration", calibration, [s for s, _ in held], [r for _, r in held], title)
+    if measured:
+        logger.info(
+            "calibration (%s) on %d held-out pairs: ECE %.4f -> %.4f, Brier %.4f -> %.4f; stored in %s",
+            data.calibration, measured["pairs"], measured["ece_before"], measured["ece_after"],
+            measured["brier_before"], measured["brier_after"], SPEC_FILENAME,
+        )  # fmt: skip
+    return calibration
+
+
 def train(run: RunConfig) -> Path:
     """Train and save the final model into the output folder; returns that folder."""
     config = run.training
@@ -298,5 +345,7 @@ def train(run: RunConfig) -> Path:
             atomic_write_text(
                 Path(config.output_dir) / "eval_before_after.json", json.dumps(dict(rows), indent=2)
             )
+            if run.data.calibration != "none":
+                calibrate_final_model(trainer, run.data, Path(config.output_dir))
     trainer.save_state()
     return Path(config.output_dir)

@@ -36,6 +36,8 @@ class RerankerSpec:
     base_model: str | None = None
     # the training objective's get_config_dict(), for the model card; scoring never reads it
     loss: dict[str, Any] | None = None
+    # raw score -> probability fitted on judged held-out pairs (rerankforge.inference.modeling.calibration)
+    calibration: dict[str, Any] | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
