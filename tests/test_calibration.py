@@ -211,3 +211,30 @@ def test_training_with_an_evaluation_set_ends_with_a_stored_calibration(tmp_path
     off = train(eval_config(tmp_path / "off", tiny_bert_dir, beir_slice, max_steps=1, eval_strategy="no",
                             evaluate_before_training=False, calibration="none"))  # fmt: skip
     assert RerankerSpec.load(off).calibration is None
+
+
+def test_a_layerwise_calibration_applies_per_layer_and_falls_back_to_the_sigmoid():
+    from rerankforge.inference.batching import probabilities
+    from rerankforge.inference.modeling.spec import LayerwiseSpec
+
+    spec = LayerwiseSpec(query_max_len=8, passage_max_len=8, max_length=20, yes_token_id=5, layers=[2, 3],
+                         num_layers=3)  # fmt: skip
+    spec.calibration = Calibration(layers={3: ScoreMap("platt", scale=2.0, bias=1.0)}).to_dict()
+    spec = RerankerSpec.from_json(spec.to_json())  # round trip through rerankforge.json
+    assert probabilities(spec, [0.5], layer=3) == pytest.approx([sigmoid(2.0)])
+    assert probabilities(spec, [0.5], layer=2) == pytest.approx([sigmoid(0.5)])  # no map for layer 2
+
+
+def test_an_llm_classifier_export_says_how_to_apply_the_calibration_it_cannot_carry(tmp_path, tiny_llm_dirs):
+    from test_sentence_transformers_export import trained_full_model
+
+    trained = trained_full_model(tmp_path, tiny_llm_dirs("llama"))
+    save_calibration(
+        trained, Calibration(score=ScoreMap("platt", scale=0.5, bias=-2.0), fitted_on="held-out x")
+    )
+    out = tmp_path / "seq"
+    assert export_main([str(trained), str(out), "--as-sequence-classification"]) == 0
+    assert "The calibrated probability is `sigmoid(0.5 * logit + -2)`" in (out / "README.md").read_text()
+    merged = tmp_path / "causal"
+    assert export_main([str(trained), str(merged)]) == 0
+    assert "not folded into this export" in (merged / "README.md").read_text()

@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.llm_reranker import LLMLengths
+from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
 from rerankforge.inference.modeling.layerwise import layer_name
 from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
@@ -202,12 +203,28 @@ def write_sequence_classification(
 
         make_tokenizer_portable(staging)
         make_config_portable(staging)
-        serving = classifier_serving_sections(staging, spec, out.name)
+        serving = classifier_serving_sections(staging, spec, out.name) + unfolded_calibration(spec, layer)
         card = sequence_classification_card(
             spec, fmt, type(classifier).__name__, out.name, difference, serving
         )
         (staging / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def unfolded_calibration(spec: LLMSpec, layer: int | None) -> list[str]:
+    """The card's word on a calibration this export cannot carry (a decoder classifier's head has no bias)."""
+    calibration = Calibration.from_dict(spec.calibration)
+    score_map = calibration.map_for(layer) if calibration is not None else None
+    if score_map is None:
+        return []
+    if score_map.method == "platt":
+        how = f"`sigmoid({score_map.scale:.6g} * logit + {score_map.bias:.6g})`"
+    else:
+        how = "the isotonic map in the source checkpoint's `rerankforge.json`"
+    return ["", "## Calibrated scores", "",
+            f"The source checkpoint holds a calibration ({calibration.fitted_on}) that this export does not carry: "
+            "a decoder classifier's score head has no bias to fold it into, so an engine's sigmoid of the logit "
+            f"is the uncalibrated one. The calibrated probability is {how}."]  # fmt: skip
 
 
 def classifier_serving_sections(folder: Path, spec: LLMSpec, name: str) -> list[str]:
