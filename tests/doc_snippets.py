@@ -673,6 +673,9 @@ class DocModel:
     architecture: str = "llama"
     num_layers: int = 2
     start_layer: int = 1
+    calibrated: bool = (
+        False  # a rerankforge folder with a Platt calibration (what a run with evaluation saves)
+    )
 
 
 def save_untrained_reranker(family_name: str, base: Path, out: Path, **settings) -> None:
@@ -720,6 +723,13 @@ class DocModels:
             save_untrained_reranker(model.kind, base, out, **settings)
         else:
             raise ValueError(f"{name}: unknown DocModel kind {model.kind!r}")
+        if model.calibrated:
+            from rerankforge.trainer.calibration import calibrate, save_calibration
+
+            scores = [i / 10 for i in range(-20, 20)]
+            save_calibration(
+                out, calibrate(scores, [i % 3 == 0 or i > 30 for i in range(40)], "platt", "stand-in")
+            )
         self.built.add(name)
 
     def decoder(self, architecture: str, num_layers: int, fixture: Callable[[str], Any]) -> Path:
