@@ -7,8 +7,7 @@ what is one sum here; the formula and k = 60 are the paper's and ranx's default.
 from __future__ import annotations
 
 from rerankforge.data_tools.retrieval import Run, ranked
-
-RRF_K = 60
+from rerankforge.inference.modeling.fusion import RRF_K
 
 
 def reciprocal_rank_fusion(runs: list[Run], k: int = RRF_K, depth: int | None = None) -> Run:

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rerankforge.inference.modeling.calibration import Calibration
+from rerankforge.inference.modeling.fusion import Fusion
 from rerankforge.inference.pairs import Pair, to_pairs, to_passages
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ class RanksCandidates:
     ) -> torch.Tensor:
         """One float32 score per pair, the activation applied (to ``(pairs, 1)`` logits, as sentence-transformers
         applies it to a one-logit model's); on the reranker's device."""
-        raw = self._raw_scores(pairs, batch_size, show_progress)
+        return self._activate(self._raw_scores(pairs, batch_size, show_progress), activation_fn)
+
+    def _activate(
+        self, raw: list[float], activation_fn: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> torch.Tensor:
         device = getattr(self, "device", None)
         spec = getattr(self, "spec", None)
         if activation_fn is None and self.activation_fn is RanksCandidates.activation_fn and raw:
@@ -175,24 +180,42 @@ class RanksCandidates:
         show_progress_bar: bool | None = None,
         activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         min_score: float | None = None,
+        first_stage_scores: Sequence[float] | None = None,
     ) -> list[dict[str, int | float | str]]:
         """sentence-transformers' ``CrossEncoder.rank``: ``[{"corpus_id", "score"}]`` best first (ties in input
         order), with ``"text"`` (the document) when ``return_documents``; ``top_k`` keeps the first k. The scores
         are `predict`'s (the activation applied: the calibrated probability of a calibrated model, else a
-        sigmoid); ``min_score`` drops documents scored below it (e.g. ``threshold(precision=0.9)``)."""
+        sigmoid); ``min_score`` drops documents scored below it (e.g. ``threshold(precision=0.9)``).
+
+        ``first_stage_scores`` (one per document: BM25's, a dense retriever's) fuses them with the raw scores as
+        the model's stored fusion says (`rerankforge-eval --fusion` chose it): ``"score"`` is then the fused
+        score, the order is the fused one, and ``"reranker_score"`` keeps `predict`'s (which ``min_score``
+        applies to)."""
         documents = to_passages(query, documents)
-        scores = self._activated(
-            [(query, d) for d in documents], batch_size, show_progress_bar, activation_fn
-        ).tolist()
+        raw = self._raw_scores([(query, d) for d in documents], batch_size, show_progress_bar)
+        scores = self._activate(raw, activation_fn).tolist()
+        fused = self._fused(raw, first_stage_scores) if first_stage_scores is not None else None
         results: list[dict[str, int | float | str]] = []
         for index, score in enumerate(scores):
-            results.append({"corpus_id": index, "score": score})
+            results.append({"corpus_id": index, "score": score if fused is None else fused[index]})
+            if fused is not None:
+                results[-1]["reranker_score"] = score
             if return_documents:
                 results[-1]["text"] = documents[index]
         results.sort(key=lambda result: result["score"], reverse=True)
         if min_score is not None:
-            results = [result for result in results if result["score"] >= min_score]
+            key = "score" if fused is None else "reranker_score"
+            results = [result for result in results if result[key] >= min_score]
         return results[:top_k]
+
+    def _fused(self, raw: list[float], first_stage_scores: Sequence[float]) -> list[float]:
+        fusion = Fusion.from_dict(getattr(getattr(self, "spec", None), "fusion", None))
+        if fusion is None:
+            raise ValueError(
+                "this model has no stored fusion with the first stage: choose one with `rerankforge-eval --fusion` "
+                "on judged data"
+            )
+        return fusion.fuse(raw, [float(s) for s in first_stage_scores])
 
     def threshold(self, precision: float | None = None, recall: float | None = None) -> float:
         """The probability threshold (``normalize=True`` / `predict` scale) that reached this precision (the

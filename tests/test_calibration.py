@@ -204,13 +204,15 @@ def test_training_with_an_evaluation_set_ends_with_a_stored_calibration(tmp_path
     stored = Calibration.from_dict(RerankerSpec.load(out).calibration)
     assert stored.score.method == "platt" and stored.report["held_out"]["pairs"] > 0
     assert (out / "calibration" / "reliability.png").is_file()
+    # and the fusion with the first stage, chosen on the same validation half (tests/test_fusion.py)
+    assert RerankerSpec.load(out).fusion["method"] == "interpolation" and (out / "fusion_table.md").is_file()
     reranker = load_reranker(str(out), backend="torch", device="cpu")
     raw = reranker.compute_score(PAIRS)
     expected = [stored.score.probability(s) for s in raw]
     assert reranker.compute_score(PAIRS, normalize=True) == pytest.approx(expected, abs=1e-6)
     off = train(eval_config(tmp_path / "off", tiny_bert_dir, beir_slice, max_steps=1, eval_strategy="no",
-                            evaluate_before_training=False, calibration="none"))  # fmt: skip
-    assert RerankerSpec.load(off).calibration is None
+                            evaluate_before_training=False, calibration="none", fusion="none"))  # fmt: skip
+    assert RerankerSpec.load(off).calibration is None and RerankerSpec.load(off).fusion is None
 
 
 def test_a_layerwise_calibration_applies_per_layer_and_falls_back_to_the_sigmoid():

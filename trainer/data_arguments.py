@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rerankforge.inference.modeling.calibration import METHODS as CALIBRATION_METHODS
+from rerankforge.inference.modeling.fusion import FUSION_METHODS
 
 
 @dataclass
@@ -61,13 +62,28 @@ class DataArguments:
         },
     )
     calibration_fraction: float = field(
-        default=0.5, metadata={"help": "Share of the evaluation queries the calibration is fitted on."}
+        default=0.5,
+        metadata={
+            "help": "Share of the evaluation queries the calibration is fitted on and the fusion chosen on."
+        },
+    )
+    fusion: str = field(
+        default="interpolation",
+        metadata={
+            "help": "With an evaluation set: after training, choose the weight that fuses the reranker with the "
+            "first stage (interpolation, rrf; none) on the calibration's share of the evaluation queries, report "
+            "the fused ranking on the others, and store it with the model."
+        },
     )
 
     def __post_init__(self) -> None:
         if self.calibration not in (*CALIBRATION_METHODS, "none"):
             raise ValueError(
                 f"calibration must be one of {', '.join((*CALIBRATION_METHODS, 'none'))}, got {self.calibration!r}"
+            )
+        if self.fusion not in (*FUSION_METHODS, "none"):
+            raise ValueError(
+                f"fusion must be one of {', '.join((*FUSION_METHODS, 'none'))}, got {self.fusion!r}"
             )
         if not 0 < self.calibration_fraction < 1:
             raise ValueError(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -14,12 +13,14 @@ from pathlib import Path
 
 from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.ir_metrics import paired_comparison
-from rerankforge.data_tools.retrieval import read_trec_run, write_trec_run
+from rerankforge.data_tools.retrieval import Run, read_trec_run, write_trec_run
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.backend_choice import scoring_dtype
 from rerankforge.inference.modeling.calibration import METHODS, Calibration, ScoreMap
 from rerankforge.inference.modeling.files import atomic_write_text
+from rerankforge.inference.modeling.fusion import FUSION_METHODS, Fusion
 from rerankforge.inference.modeling.precision import DTYPES
+from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.inference.sharded_scoring import (
     Launch,
     compute_score_sharded,
@@ -35,6 +36,7 @@ from rerankforge.trainer.calibration import (
     write_report,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
+from rerankforge.trainer.fusion_choice import below_first_stage, choose_fusion, held_out_rows, split_queries
 from rerankforge.trainer.report import metric_table
 
 
@@ -86,9 +88,16 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--calibration-fraction", type=float, default=0.5,
-        help="--calibrate: share of the judged queries the calibration is fitted on (seeded by --split-seed); "
-        "the rest measure it",
+        help="--calibrate and --fusion: share of the judged queries the calibration is fitted on and the fusion "
+        "weight chosen on (seeded by --split-seed); the rest measure them",
     )  # fmt: skip
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_METHODS,
+        help="choose the weight that fuses the reranker's scores with the first stage's (interpolation of min-max "
+        "normalized scores, or rrf) on a share of the judged queries, report the fused ranking on the others, "
+        "and store it in MODEL's rerankforge.json (rank(..., first_stage_scores=...) applies it)",
+    )
     return parser
 
 
@@ -134,6 +143,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         if stored
         else sigmoid_calibration(scores, labels),
         "_runs": (eval_set.candidates, run),
+        "_qrels": eval_set.qrels,
         "_pairs": (pairs, scores, labels, layer),
     }
 
@@ -147,18 +157,36 @@ def sigmoid_calibration(scores: list[float], labels: list[bool]) -> dict[str, fl
     return {k: v for k, v in report.items() if not k.endswith("_after")}
 
 
+def choose_and_store_fusion(
+    args: argparse.Namespace,
+    result: dict[str, object],
+    qrels: dict[str, dict[str, int]],
+    first: Run,
+    reranked: Run,
+) -> Fusion:
+    """``--fusion``: the weight chosen on a seeded share of the judged queries, the fused ranking measured on the
+    others (its rows go into metrics.json), the fusion stored in the model."""
+    judged = sorted(q for q in reranked if any(r > 0 for r in qrels.get(q, {}).values()))
+    validation, test = split_queries(judged, args.calibration_fraction, args.split_seed)
+    description = f"{result['data']} ({args.split}): {len(validation)} validation queries, top {args.top_k}"
+    fusion = choose_fusion(qrels, first, reranked, validation, args.fusion, description, args.top_k)
+    rows = held_out_rows(qrels, first, reranked, fusion, test, args.top_k)
+    spec = RerankerSpec.load(args.model)
+    if spec is None:
+        raise ValueError(
+            f"{args.model} has no rerankforge.json: store a fusion in a folder rerankforge wrote"
+        )
+    spec.fusion = fusion.to_dict()
+    spec.save(args.model)
+    result["fusion"] = {**fusion.to_dict(), "test_queries": len(test), "rows": rows}
+    return fusion
+
+
 def fit_and_store(args: argparse.Namespace, result: dict[str, object], output: Path) -> Calibration:
     """``--calibrate``: fit on a seeded share of the judged queries, measure on the rest, store in the model."""
     pairs, scores, labels, layer = result["_pairs"]
     query_ids = sorted({q for q, _ in pairs})
-    fitted = set(
-        random.Random(args.split_seed).sample(query_ids, round(len(query_ids) * args.calibration_fraction))
-    )
-    if not fitted or len(fitted) == len(query_ids):
-        raise ValueError(
-            f"--calibration-fraction {args.calibration_fraction} leaves no queries to fit on or to measure with "
-            f"({len(query_ids)} queries)"
-        )
+    fitted, _ = split_queries(query_ids, args.calibration_fraction, args.split_seed)
     fit = [i for i, (q, _) in enumerate(pairs) if q in fitted]
     held = [i for i, (q, _) in enumerate(pairs) if q not in fitted]
     description = (
@@ -203,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         result["calibration"] = calibration.report
     result.pop("_pairs")
+    qrels = result.pop("_qrels")
     write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
     write_trec_run(reranked_run, output / "reranked.run", "rerankforge")
     atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
@@ -217,6 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nnDCG@10 per query, reranker vs first stage: {versus['better']} better, {versus['worse']} worse, "
         f"{versus['same']} the same"
     )
+    warning = below_first_stage(qrels, first_run, reranked_run, args.top_k)
+    if warning:
+        print(f"\nWARNING: {warning}")
+    if args.fusion:
+        try:
+            fusion = choose_and_store_fusion(args, result, qrels, first_run, reranked_run)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"\nfusion with the first stage: weight {fusion.weight:g} ({fusion.method}) chosen on "
+              f"{fusion.chosen_on}; on the other {result['fusion']['test_queries']} queries:\n")  # fmt: skip
+        print(metric_table(result["fusion"]["rows"], args.top_k))
+        atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     print_calibration(result.get("calibration"), calibration)
     written = "metrics.json, first_stage.run, reranked.run" + (
         ", calibration.json, reliability.png" if calibration else ""

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,10 @@ from rerankforge.data_tools.teacher_scoring import load_teacher
 from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.folder_checks import check_model_folder
+from rerankforge.inference.modeling.fusion import Fusion
 from rerankforge.inference.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.inference.modeling.sources import resolve_model_path
-from rerankforge.inference.modeling.spec import SPEC_FILENAME
+from rerankforge.inference.modeling.spec import SPEC_FILENAME, RerankerSpec
 from rerankforge.trainer.calibration import calibrate, measured_on, save_calibration, write_report
 from rerankforge.trainer.checkpoints import (
     WRITE_ERRORS,
@@ -46,6 +46,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.data_arguments import DataArguments
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
+from rerankforge.trainer.fusion_choice import below_first_stage, choose_fusion, held_out_rows, split_queries
 from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
 from rerankforge.trainer.report import layer_table, metric_table
 from rerankforge.trainer.run_config import RunConfig
@@ -266,13 +267,12 @@ def calibrate_final_model(trainer, data: DataArguments, output_dir: Path) -> Cal
     if not scored or len(scored) != len(eval_pairs.pairs):
         return None
     query_ids = sorted({q for q, _ in eval_pairs.pairs})
-    count = round(len(query_ids) * data.calibration_fraction)
-    if not 0 < count < len(query_ids):
-        logger.warning(
-            "calibration skipped: %d evaluation queries cannot be split to fit and to measure", len(query_ids)
-        )
+    try:
+        fitted, _ = split_queries(query_ids, data.calibration_fraction, data.split_seed)
+    except ValueError as error:
+        logger.warning("calibration skipped: %s", error)
         return None
-    fitted = set(random.Random(data.split_seed).sample(query_ids, count))
+    count = len(fitted)
     fit = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q in fitted]
     held = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q not in fitted]
     layers = getattr(trainer.reranker.spec, "layers", None)
@@ -300,6 +300,44 @@ def calibrate_final_model(trainer, data: DataArguments, output_dir: Path) -> Cal
             measured["brier_before"], measured["brier_after"], SPEC_FILENAME,
         )  # fmt: skip
     return calibration
+
+
+def final_run(trainer) -> dict[str, dict[str, float]]:
+    """The final evaluation's reranked run (its pairs' last scores)."""
+    eval_pairs = trainer.eval_dataset
+    scores = [score for score, _ in eval_pairs.last_scores]
+    return eval_pairs.eval_set.run_from_scores(eval_pairs.pairs, scores)
+
+
+def fuse_with_first_stage(trainer, data: DataArguments, output_dir: Path) -> Fusion | None:
+    """Choose the fusion weight on the calibration's validation queries, print the fused ranking on the other
+    queries beside the first stage and the reranker, and store the fusion in the saved model."""
+    eval_set = trainer.eval_dataset.eval_set
+    if len(trainer.eval_dataset.last_scores) != len(trainer.eval_dataset.pairs):
+        return None
+    reranked = final_run(trainer)
+    judged = sorted(q for q in reranked if any(r > 0 for r in eval_set.qrels.get(q, {}).values()))
+    try:
+        validation, test = split_queries(judged, data.calibration_fraction, data.split_seed)
+    except ValueError as error:
+        logger.warning("fusion skipped: %s", error)
+        return None
+    description = f"{eval_set.name} (held out of training): {len(validation)} validation queries"
+    fusion = choose_fusion(eval_set.qrels, eval_set.candidates, reranked, validation, data.fusion, description,
+                           eval_set.top_k)  # fmt: skip
+    rows = held_out_rows(eval_set.qrels, eval_set.candidates, reranked, fusion, test, eval_set.top_k)
+    for folder in (output_dir, output_dir / "merged"):
+        spec = RerankerSpec.load(folder) if (folder / SPEC_FILENAME).is_file() else None
+        if spec is not None:
+            spec.fusion = fusion.to_dict()
+            spec.save(folder)
+    title = f"fusion with the first stage (weight {fusion.weight:g} chosen on {len(validation)} validation queries)"
+    table = metric_table(rows, eval_set.top_k)
+    print(f"\n{title}, on the other {len(test)} queries:\n\n{table}\n", flush=True)
+    atomic_write_text(
+        output_dir / "fusion_table.md", f"{title}, on the other {len(test)} queries\n\n{table}\n"
+    )
+    return fusion
 
 
 def train(run: RunConfig) -> Path:
@@ -347,5 +385,12 @@ def train(run: RunConfig) -> Path:
             )
             if run.data.calibration != "none":
                 calibrate_final_model(trainer, run.data, Path(config.output_dir))
+            warning = below_first_stage(
+                eval_set.qrels, eval_set.candidates, final_run(trainer), eval_set.top_k
+            )
+            if warning:
+                logger.warning(warning)
+            if run.data.fusion != "none":
+                fuse_with_first_stage(trainer, run.data, Path(config.output_dir))
     trainer.save_state()
     return Path(config.output_dir)

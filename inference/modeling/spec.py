@@ -38,6 +38,8 @@ class RerankerSpec:
     loss: dict[str, Any] | None = None
     # raw score -> probability fitted on judged held-out pairs (rerankforge.inference.modeling.calibration)
     calibration: dict[str, Any] | None = None
+    # how scores fuse with the first stage's, chosen on validation queries (rerankforge.inference.modeling.fusion)
+    fusion: dict[str, Any] | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
