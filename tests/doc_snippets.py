@@ -673,9 +673,7 @@ class DocModel:
     architecture: str = "llama"
     num_layers: int = 2
     start_layer: int = 1
-    calibrated: bool = (
-        False  # a rerankforge folder with a Platt calibration (what a run with evaluation saves)
-    )
+    calibrated: bool = False  # with a calibration and a fusion (what a run with evaluation data saves)
 
 
 def save_untrained_reranker(family_name: str, base: Path, out: Path, **settings) -> None:
@@ -724,12 +722,15 @@ class DocModels:
         else:
             raise ValueError(f"{name}: unknown DocModel kind {model.kind!r}")
         if model.calibrated:
+            from rerankforge.inference.modeling.fusion import Fusion
             from rerankforge.trainer.calibration import calibrate, save_calibration
 
             scores = [i / 10 for i in range(-20, 20)]
-            save_calibration(
+            spec = save_calibration(
                 out, calibrate(scores, [i % 3 == 0 or i > 30 for i in range(40)], "platt", "stand-in")
             )
+            spec.fusion = Fusion("interpolation", 0.6, "stand-in").to_dict()
+            spec.save(out)
         self.built.add(name)
 
     def decoder(self, architecture: str, num_layers: int, fixture: Callable[[str], Any]) -> Path:
