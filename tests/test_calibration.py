@@ -206,6 +206,11 @@ def test_training_with_an_evaluation_set_ends_with_a_stored_calibration(tmp_path
     assert (out / "calibration" / "reliability.png").is_file()
     # and the fusion with the first stage, chosen on the same validation half (tests/test_fusion.py)
     assert RerankerSpec.load(out).fusion["method"] == "interpolation" and (out / "fusion_table.md").is_file()
+    exported = tmp_path / "export"
+    assert export_main([str(out), str(exported)]) == 0  # the card shows the diagram, which travels with it
+    assert (exported / "reliability.png").is_file() and "](reliability.png)" in (
+        exported / "README.md"
+    ).read_text()
     reranker = load_reranker(str(out), backend="torch", device="cpu")
     raw = reranker.compute_score(PAIRS)
     expected = [stored.score.probability(s) for s in raw]
@@ -233,6 +238,11 @@ def test_an_llm_classifier_export_says_how_to_apply_the_calibration_it_cannot_ca
     trained = trained_full_model(tmp_path, tiny_llm_dirs("llama"))
     save_calibration(
         trained, Calibration(score=ScoreMap("platt", scale=0.5, bias=-2.0), fitted_on="held-out x")
+    )
+    reranker = load_reranker(str(trained), device="cpu")  # the LLM family applies it too
+    raw = reranker.compute_score(PAIRS)
+    assert reranker.compute_score(PAIRS, normalize=True) == pytest.approx(
+        [sigmoid(0.5 * s - 2.0) for s in raw]
     )
     out = tmp_path / "seq"
     assert export_main([str(trained), str(out), "--as-sequence-classification"]) == 0

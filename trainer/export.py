@@ -95,13 +95,17 @@ def export(
         make_tokenizer_portable(staging)
         make_config_portable(staging)
         calibration_note = fold_calibration(staging)
+        diagram = checkpoint / "calibration" / "reliability.png"  # written where the calibration was fitted
+        if calibration_note and diagram.is_file():
+            shutil.copy2(diagram, staging / "reliability.png")
         if calibration_note and "is folded" in calibration_note:
             check_folded_calibration(checkpoint, staging)
         exported = RerankerSpec.load(staging)
         name = repo_id or out.name
         serving = serving_sections(staging, exported, name)
         if calibration_note:
-            serving = [*calibration_section(exported, calibration_note), "", *(serving or [])]
+            with_diagram = (staging / "reliability.png").is_file()
+            serving = [*calibration_section(exported, calibration_note, with_diagram), "", *(serving or [])]
         card = model_card(exported, checkpoint, name, license_id, adapter=adapter and not merge_lora,
                           serving=serving)  # fmt: skip
         (staging / "README.md").write_text(card, encoding="utf-8")

@@ -356,7 +356,7 @@ with torch.inference_mode():
     scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
 
 
-def calibration_section(spec: RerankerSpec, note: str) -> list[str]:
+def calibration_section(spec: RerankerSpec, note: str, with_diagram: bool = False) -> list[str]:
     """What the scores' probabilities mean: the calibration, how well it did on held-out queries, where it lives
     in this export, and thresholds for a wanted precision."""
     calibration = Calibration.from_dict(spec.calibration)
@@ -374,6 +374,9 @@ def calibration_section(spec: RerankerSpec, note: str) -> list[str]:
             "(plain sigmoid -> calibrated)."
         )
     lines += ["", note]
+    if with_diagram:
+        lines += ["", "![reliability diagram: share judged relevant against predicted probability, on held-out "
+                  "queries](reliability.png)"]  # fmt: skip
     rows = [(wanted, calibration.threshold_row(precision=wanted)) for wanted in (0.8, 0.9)]
     rows = [(wanted, row) for wanted, row in rows if row is not None]
     if rows:
