@@ -183,6 +183,7 @@ def test_eval_calibrate_fits_on_some_queries_measures_on_the_others_and_stores_i
     held = metrics["calibration"]["held_out"]
     assert held["pairs"] > 0 and 0 <= held["ece_after"] <= 1 and 0 <= held["brier_after"] <= 1
     assert (out / "reliability.png").stat().st_size > 1000 and (out / "calibration.json").is_file()
+    assert (folder / "calibration" / "reliability.png").is_file()  # beside the model, for its export's card
     stored = Calibration.from_dict(RerankerSpec.load(folder).calibration)
     assert stored.score.method == "platt" and "6 queries" in stored.fitted_on  # half of the 12
     printed = capsys.readouterr().out

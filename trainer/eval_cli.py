@@ -199,7 +199,11 @@ def fit_and_store(args: argparse.Namespace, result: dict[str, object], output: P
     calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
     save_calibration(args.model, calibration)
     title = f"{result['data']} ({args.split}), {len(query_ids) - len(fitted)} held-out queries"
-    write_report(output, calibration, [scores[i] for i in held], [labels[i] for i in held], title)
+    for folder in (
+        output,
+        Path(args.model) / "calibration",
+    ):  # the model's copy travels into its export's card
+        write_report(folder, calibration, [scores[i] for i in held], [labels[i] for i in held], title)
     return calibration
 
 
