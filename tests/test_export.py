@@ -16,6 +16,8 @@ from test_cross_encoder_training import toy_records
 from test_evaluation import beir_slice  # noqa: F401  (the fixture)
 
 from rerankforge.inference import LLMReranker, Reranker
+from rerankforge.inference.modeling.calibration import Calibration
+from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.training_run import train
 
@@ -55,7 +57,11 @@ def test_an_exported_cross_encoder_loads_in_sentence_transformers_and_transforme
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "rerankforge.json", "README.md"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
-    expected = Reranker.from_pretrained(str(trained_cross_encoder), device="cpu").compute_score(PAIRS)
+    raw = Reranker.from_pretrained(str(trained_cross_encoder), device="cpu").compute_score(PAIRS)
+    # the run had evaluation data, so a calibration; the export folds it into the head: its logit is calibrated
+    platt = Calibration.from_dict(RerankerSpec.load(trained_cross_encoder).calibration).score
+    assert platt is not None and platt.method == "platt"
+    expected = [platt.scale * s + platt.bias for s in raw]
     script = f"""
 import json, torch
 from sentence_transformers import CrossEncoder

@@ -129,8 +129,11 @@ def test_adapter_and_layerwise_exports_say_why_they_are_not_configured(tmp_path,
 
 @pytest.mark.parametrize("case", ["bge", "qwen3", "layerwise"])
 def test_crossencoder_scores_a_sequence_classification_export_from_pairs(
-    tmp_path, tiny_llm_dirs, qwen3_dir, case
-):  # noqa: F811
+    tmp_path,
+    tiny_llm_dirs,
+    qwen3_dir,  # noqa: F811
+    case,
+):
     """An `--as-sequence-classification` export (llm, or layerwise cut at a layer) carries the rerank template:
     `CrossEncoder(folder).predict(pairs)` gives the reranker's scores with no formatting by hand."""
     if case == "layerwise":

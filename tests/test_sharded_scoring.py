@@ -186,6 +186,9 @@ def test_eval_with_two_processes_equals_one_process(tmp_path, tiny_bert_dir, sma
     ra, rb = a.pop("reranker_metrics"), b.pop("reranker_metrics")
     assert rb["queries_per_second"] > 0
     assert without_timing(rb) == pytest.approx(without_timing(ra), abs=1e-9)
+    assert b.pop("calibration") == pytest.approx(
+        a.pop("calibration"), abs=1e-6
+    )  # ECE, Brier of the same scores
     assert a == b and a["pairs"] == 6 * 8
     assert (one / "first_stage.run").read_bytes() == (two / "first_stage.run").read_bytes()
     run_a, run_b = (read_trec_run(folder / "reranked.run") for folder in (one, two))

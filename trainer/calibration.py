@@ -155,7 +155,7 @@ def reliability_diagram(
     import matplotlib  # a plot, only where one is written
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     x, y = checked_data(raw, labels)
     figure, axis = plt.subplots(figsize=(5, 5))
