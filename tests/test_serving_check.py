@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
 from test_cross_encoder_training import toy_records
 from test_sentence_transformers_export import trained_full_model
 
+from rerankforge.trainer import serving_server
 from rerankforge.trainer.export import EXIT_SERVED_DIFFERS
 from rerankforge.trainer.export import main as export_main
 from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
@@ -164,6 +166,7 @@ def test_infinity_gets_a_classifier_exports_pairs_as_the_texts_the_model_reads(t
     assert "written into text_format.json's template" in check.card_lines()[2]
 
 
+SERVING_SERVER = Path(serving_server.__file__)
 HEALTHY_SERVER = """
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -182,9 +185,13 @@ def test_sigterm_to_the_checking_process_stops_its_server(tmp_path):
     import subprocess
     import time
 
+    # the module alone (it imports nothing of rerankforge): the package's import would cost seconds
     parent = f"""
-import sys, time
-from rerankforge.trainer.serving_server import RerankServer
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("serving_server", {str(SERVING_SERVER)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+RerankServer = module.RerankServer
 command = lambda port: [sys.executable, "-c", {HEALTHY_SERVER!r}, str(port)]
 with RerankServer("stand-in", command, timeout_s=60) as server:
     print("server pid", server.process.pid, flush=True)
