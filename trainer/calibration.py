@@ -9,6 +9,7 @@ the calibrated probabilities' precision-recall curve on the same pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve
 from rerankforge.inference.modeling.calibration import METHODS, Calibration, ScoreMap, sigmoid
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.spec import RerankerSpec
+from rerankforge.trainer.fusion_choice import split_queries
 
 ECE_BINS = 15
 TABLE_PRECISIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -119,6 +121,30 @@ def calibrate(
         report={"method": method, **calibration_report(raw, labels, score_map)},
         thresholds=threshold_curve(calibrated, y),
     )
+
+
+def calibrate_held_out(
+    query_ids: Sequence[str],
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    method: str,
+    fraction: float,
+    seed: int,
+    source: str,
+    layer: int | None = None,
+) -> tuple[Calibration, list[float], list[bool], int]:
+    """Fit on a seeded ``fraction`` of the queries (``query_ids[i]`` is pair i's query), measure on the others:
+    the calibration (its report's ``held_out`` holds that measurement), the held-out pairs' scores and labels,
+    and how many queries were held out."""
+    fitted, held_queries = split_queries(sorted(set(query_ids)), fraction, seed)
+    fit = [i for i, q in enumerate(query_ids) if q in fitted]
+    held = [i for i, q in enumerate(query_ids) if q not in fitted]
+    description = f"{source}: {len(fitted)} queries, {len(fit)} pairs"
+    calibration = calibrate([scores[i] for i in fit], [labels[i] for i in fit], method, description, layer)
+    held_scores, held_labels = [scores[i] for i in held], [labels[i] for i in held]
+    measured = measured_on(held_scores, held_labels, calibration, layer)
+    calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
+    return calibration, held_scores, held_labels, len(held_queries)
 
 
 def save_calibration(folder: str | Path, calibration: Calibration) -> RerankerSpec:

@@ -4,7 +4,6 @@ and compare; measure how well the scores' probabilities match the judgments, or 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -20,7 +19,6 @@ from rerankforge.inference.modeling.calibration import METHODS, Calibration, Sco
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.fusion import FUSION_METHODS, Fusion
 from rerankforge.inference.modeling.precision import DTYPES
-from rerankforge.inference.modeling.spec import RerankerSpec
 from rerankforge.inference.sharded_scoring import (
     Launch,
     compute_score_sharded,
@@ -28,7 +26,7 @@ from rerankforge.inference.sharded_scoring import (
     process_device,
 )
 from rerankforge.trainer.calibration import (
-    calibrate,
+    calibrate_held_out,
     calibration_report,
     measured_on,
     save_calibration,
@@ -36,7 +34,7 @@ from rerankforge.trainer.calibration import (
     write_report,
 )
 from rerankforge.trainer.evaluation import RerankEvalSet
-from rerankforge.trainer.fusion_choice import below_first_stage, choose_fusion, held_out_rows, split_queries
+from rerankforge.trainer.fusion_choice import below_first_stage, choose_on_split, save_fusion
 from rerankforge.trainer.report import metric_table
 
 
@@ -121,9 +119,8 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     run = eval_set.run_from_scores(pairs, scores)
     reranked = {**eval_set.metrics(run), "queries_per_second": len(eval_set.candidates) / seconds}
     labels = [eval_set.qrels.get(q, {}).get(d, 0) > 0 for q, d in pairs]
-    layer = (getattr(reranker, "layers", None) or [None])[
-        -1
-    ]  # a layerwise model's scores are its last layer's
+    # a layerwise model's scores are its last layer's
+    layer = (getattr(reranker, "layers", None) or [None])[-1]
     stored = Calibration.from_dict(getattr(reranker.spec, "calibration", None))
     return {
         "model": args.model,
@@ -165,45 +162,29 @@ def choose_and_store_fusion(
     reranked: Run,
 ) -> Fusion:
     """``--fusion``: the weight chosen on a seeded share of the judged queries, the fused ranking measured on the
-    others (its rows go into metrics.json), the fusion stored in the model."""
-    judged = sorted(q for q in reranked if any(r > 0 for r in qrels.get(q, {}).values()))
-    validation, test = split_queries(judged, args.calibration_fraction, args.split_seed)
-    description = f"{result['data']} ({args.split}): {len(validation)} validation queries, top {args.top_k}"
-    fusion = choose_fusion(qrels, first, reranked, validation, args.fusion, description, args.top_k)
-    rows = held_out_rows(qrels, first, reranked, fusion, test, args.top_k)
-    spec = RerankerSpec.load(args.model)
-    if spec is None:
-        raise ValueError(
-            f"{args.model} has no rerankforge.json: store a fusion in a folder rerankforge wrote"
-        )
-    spec.fusion = fusion.to_dict()
-    spec.save(args.model)
-    result["fusion"] = {**fusion.to_dict(), "test_queries": len(test), "rows": rows}
+    others (its rows go into the result), the fusion stored in the model."""
+    fusion, rows, tested = choose_on_split(qrels, first, reranked, args.fusion, args.calibration_fraction,
+                                           args.split_seed, f"{result['data']} ({args.split}), top {args.top_k}",
+                                           args.top_k)  # fmt: skip
+    save_fusion(args.model, fusion)
+    result["fusion"] = {**fusion.to_dict(), "test_queries": tested, "rows": rows}
     return fusion
 
 
 def fit_and_store(args: argparse.Namespace, result: dict[str, object], output: Path) -> Calibration:
     """``--calibrate``: fit on a seeded share of the judged queries, measure on the rest, store in the model."""
     pairs, scores, labels, layer = result["_pairs"]
-    query_ids = sorted({q for q, _ in pairs})
-    fitted, _ = split_queries(query_ids, args.calibration_fraction, args.split_seed)
-    fit = [i for i, (q, _) in enumerate(pairs) if q in fitted]
-    held = [i for i, (q, _) in enumerate(pairs) if q not in fitted]
-    description = (
-        f"{result['data']} ({args.split}): {len(fitted)} queries, {len(fit)} pairs (top {args.top_k})"
-    )
-    calibration = calibrate(
-        [scores[i] for i in fit], [labels[i] for i in fit], args.calibrate, description, layer
-    )
-    measured = measured_on([scores[i] for i in held], [labels[i] for i in held], calibration, layer)
-    calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
+    calibration, held_scores, held_labels, held_queries = calibrate_held_out(
+        [q for q, _ in pairs], scores, labels, args.calibrate, args.calibration_fraction, args.split_seed,
+        f"{result['data']} ({args.split}), top {args.top_k}", layer,
+    )  # fmt: skip
     save_calibration(args.model, calibration)
-    title = f"{result['data']} ({args.split}), {len(query_ids) - len(fitted)} held-out queries"
+    title = f"{result['data']} ({args.split}), {held_queries} held-out queries"
     for folder in (
         output,
         Path(args.model) / "calibration",
     ):  # the model's copy travels into its export's card
-        write_report(folder, calibration, [scores[i] for i in held], [labels[i] for i in held], title)
+        write_report(folder, calibration, held_scores, held_labels, title)
     return calibration
 
 
@@ -236,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["calibration"] = calibration.report
     result.pop("_pairs")
     qrels = result.pop("_qrels")
+    fusion = None
+    if args.fusion:
+        try:
+            fusion = choose_and_store_fusion(args, result, qrels, first_run, reranked_run)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     write_trec_run(first_run, output / "first_stage.run", "bm25" if not args.run else "input")
     write_trec_run(reranked_run, output / "reranked.run", "rerankforge")
     atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
@@ -253,16 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = below_first_stage(qrels, first_run, reranked_run, args.top_k)
     if warning:
         print(f"\nWARNING: {warning}")
-    if args.fusion:
-        try:
-            fusion = choose_and_store_fusion(args, result, qrels, first_run, reranked_run)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+    if fusion is not None:
         print(f"\nfusion with the first stage: weight {fusion.weight:g} ({fusion.method}) chosen on "
               f"{fusion.chosen_on}; on the other {result['fusion']['test_queries']} queries:\n")  # fmt: skip
         print(metric_table(result["fusion"]["rows"], args.top_k))
-        atomic_write_text(output / "metrics.json", json.dumps(result, indent=2) + "\n")
     print_calibration(result.get("calibration"), calibration)
     written = "metrics.json, first_stage.run, reranked.run" + (
         ", calibration.json, reliability.png" if calibration else ""

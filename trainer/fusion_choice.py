@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 from rerankforge.data_tools.ir_metrics import paired_comparison, ranking_metrics
 from rerankforge.data_tools.retrieval import Run
 from rerankforge.inference.modeling.fusion import Fusion
+from rerankforge.inference.modeling.spec import RerankerSpec
 
 WEIGHTS = tuple(i / 10 for i in range(11))
 
@@ -62,6 +64,34 @@ def choose_fusion(
         grid.append([weight, ranking_metrics(judged, run, recall_at=top_k)["ndcg@10"]])
     best_weight, _ = max(grid, key=lambda row: (round(row[1], 12), row[0]))
     return Fusion(method, best_weight, description, grid)
+
+
+def choose_on_split(
+    qrels: dict[str, dict[str, int]],
+    candidates: Run,
+    reranked: Run,
+    method: str,
+    fraction: float,
+    seed: int,
+    source: str,
+    top_k: int,
+) -> tuple[Fusion, list[tuple[str, dict[str, float]]], int]:
+    """The fusion chosen on a seeded ``fraction`` of the judged queries, the other queries' rows (first stage,
+    reranker, fused), and how many those are."""
+    judged = sorted(q for q in reranked if any(r > 0 for r in qrels.get(q, {}).values()))
+    validation, test = split_queries(judged, fraction, seed)
+    description = f"{source}: {len(validation)} validation queries"
+    fusion = choose_fusion(qrels, candidates, reranked, validation, method, description, top_k)
+    return fusion, held_out_rows(qrels, candidates, reranked, fusion, test, top_k), len(test)
+
+
+def save_fusion(folder: str | Path, fusion: Fusion) -> None:
+    """Write the fusion into the folder's `rerankforge.json` (atomically; nothing else changes)."""
+    spec = RerankerSpec.load(folder)
+    if spec is None:
+        raise ValueError(f"{folder} has no rerankforge.json: store a fusion in a folder rerankforge wrote")
+    spec.fusion = fusion.to_dict()
+    spec.save(folder)
 
 
 def held_out_rows(

@@ -32,8 +32,8 @@ from rerankforge.inference.modeling.folder_checks import check_model_folder
 from rerankforge.inference.modeling.fusion import Fusion
 from rerankforge.inference.modeling.layerwise import LEGACY_HEADS_FILE
 from rerankforge.inference.modeling.sources import resolve_model_path
-from rerankforge.inference.modeling.spec import SPEC_FILENAME, RerankerSpec
-from rerankforge.trainer.calibration import calibrate, measured_on, save_calibration, write_report
+from rerankforge.inference.modeling.spec import SPEC_FILENAME
+from rerankforge.trainer.calibration import calibrate_held_out, save_calibration, write_report
 from rerankforge.trainer.checkpoints import (
     WRITE_ERRORS,
     CheckpointWriteError,
@@ -46,7 +46,7 @@ from rerankforge.trainer.config import RerankerConfig
 from rerankforge.trainer.data_arguments import DataArguments
 from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
-from rerankforge.trainer.fusion_choice import below_first_stage, choose_fusion, held_out_rows, split_queries
+from rerankforge.trainer.fusion_choice import below_first_stage, choose_on_split, save_fusion
 from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
 from rerankforge.trainer.report import layer_table, metric_table
 from rerankforge.trainer.run_config import RunConfig
@@ -266,33 +266,23 @@ def calibrate_final_model(trainer, data: DataArguments, output_dir: Path) -> Cal
     scored = getattr(eval_pairs, "last_scores", None)
     if not scored or len(scored) != len(eval_pairs.pairs):
         return None
-    query_ids = sorted({q for q, _ in eval_pairs.pairs})
-    try:
-        fitted, _ = split_queries(query_ids, data.calibration_fraction, data.split_seed)
-    except ValueError as error:
-        logger.warning("calibration skipped: %s", error)
-        return None
-    count = len(fitted)
-    fit = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q in fitted]
-    held = [(s, r) for (q, _), (s, r) in zip(eval_pairs.pairs, scored, strict=True) if q not in fitted]
     layers = getattr(trainer.reranker.spec, "layers", None)
     layer = layers[-1] if layers else None  # a layerwise model is evaluated on its last layer
-    name = trainer.eval_dataset.eval_set.name
-    description = f"{name} (held out of training): {count} queries, {len(fit)} pairs"
+    name = eval_pairs.eval_set.name
     try:
-        calibration = calibrate(
-            [s for s, _ in fit], [r for _, r in fit], data.calibration, description, layer
-        )
-    except ValueError as error:  # one-sided labels: nothing to fit
+        calibration, held_scores, held_labels, held_queries = calibrate_held_out(
+            [q for q, _ in eval_pairs.pairs], [s for s, _ in scored], [r for _, r in scored], data.calibration,
+            data.calibration_fraction, data.split_seed, f"{name} (held out of training)", layer,
+        )  # fmt: skip
+    except ValueError as error:  # too few queries to split, or one-sided labels: nothing to fit
         logger.warning("calibration skipped: %s", error)
         return None
-    measured = measured_on([s for s, _ in held], [r for _, r in held], calibration, layer)
-    calibration = dataclasses.replace(calibration, report={**calibration.report, "held_out": measured})
     for folder in (output_dir, output_dir / "merged"):
         if (folder / SPEC_FILENAME).is_file():
             save_calibration(folder, calibration)
-    title = f"{name}, {len(query_ids) - count} held-out queries"
-    write_report(output_dir / "calibration", calibration, [s for s, _ in held], [r for _, r in held], title)
+    title = f"{name}, {held_queries} held-out queries"
+    write_report(output_dir / "calibration", calibration, held_scores, held_labels, title)
+    measured = calibration.report["held_out"]
     if measured:
         logger.info(
             "calibration (%s) on %d held-out pairs: ECE %.4f -> %.4f, Brier %.4f -> %.4f; stored in %s",
@@ -315,28 +305,21 @@ def fuse_with_first_stage(trainer, data: DataArguments, output_dir: Path) -> Fus
     eval_set = trainer.eval_dataset.eval_set
     if len(trainer.eval_dataset.last_scores) != len(trainer.eval_dataset.pairs):
         return None
-    reranked = final_run(trainer)
-    judged = sorted(q for q in reranked if any(r > 0 for r in eval_set.qrels.get(q, {}).values()))
     try:
-        validation, test = split_queries(judged, data.calibration_fraction, data.split_seed)
+        fusion, rows, tested = choose_on_split(
+            eval_set.qrels, eval_set.candidates, final_run(trainer), data.fusion, data.calibration_fraction,
+            data.split_seed, f"{eval_set.name} (held out of training)", eval_set.top_k,
+        )  # fmt: skip
     except ValueError as error:
         logger.warning("fusion skipped: %s", error)
         return None
-    description = f"{eval_set.name} (held out of training): {len(validation)} validation queries"
-    fusion = choose_fusion(eval_set.qrels, eval_set.candidates, reranked, validation, data.fusion, description,
-                           eval_set.top_k)  # fmt: skip
-    rows = held_out_rows(eval_set.qrels, eval_set.candidates, reranked, fusion, test, eval_set.top_k)
     for folder in (output_dir, output_dir / "merged"):
-        spec = RerankerSpec.load(folder) if (folder / SPEC_FILENAME).is_file() else None
-        if spec is not None:
-            spec.fusion = fusion.to_dict()
-            spec.save(folder)
-    title = f"fusion with the first stage (weight {fusion.weight:g} chosen on {len(validation)} validation queries)"
+        if (folder / SPEC_FILENAME).is_file():
+            save_fusion(folder, fusion)
+    title = f"fusion with the first stage (weight {fusion.weight:g} chosen on {fusion.chosen_on})"
     table = metric_table(rows, eval_set.top_k)
-    print(f"\n{title}, on the other {len(test)} queries:\n\n{table}\n", flush=True)
-    atomic_write_text(
-        output_dir / "fusion_table.md", f"{title}, on the other {len(test)} queries\n\n{table}\n"
-    )
+    print(f"\n{title}, on the other {tested} queries:\n\n{table}\n", flush=True)
+    atomic_write_text(output_dir / "fusion_table.md", f"{title}, on the other {tested} queries\n\n{table}\n")
     return fusion
 
 

@@ -42,8 +42,7 @@ class ScoreMap:
         if not math.isfinite(score):
             return math.nan if math.isnan(score) else float(score > 0)
         if self.method == "platt":
-            z = self.scale * score + self.bias
-            return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+            return sigmoid(self.scale * score + self.bias)
         return interpolate(self.x, self.y, score)
 
     def to_dict(self) -> dict[str, Any]:
