@@ -23,9 +23,8 @@ from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
 from rerankforge.trainer.calibrated_export import fold_calibration
 from rerankforge.trainer.checkpoints import MARKER
 from rerankforge.trainer.merge import write_merged
-from rerankforge.trainer.model_card import calibration_section, model_card, sentence_transformers_section
+from rerankforge.trainer.model_card import calibration_section, model_card
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
-from rerankforge.trainer.sentence_transformers_files import write_sentence_transformers_files
 from rerankforge.trainer.sequence_classification import write_sequence_classification
 from rerankforge.trainer.serving_check import (
     ENGINES,
@@ -34,7 +33,7 @@ from rerankforge.trainer.serving_check import (
     recorded_data,
     run_check,
 )
-from rerankforge.trainer.serving_commands import vllm_section
+from rerankforge.trainer.serving_commands import llm_serving_sections, vllm_section
 from rerankforge.trainer.serving_server import ServerError
 
 EXIT_SERVED_DIFFERS = 6  # --verify: an engine's scores differ from rerankforge's (or it could not serve)
@@ -142,11 +141,7 @@ def serving_sections(folder: Path, spec: RerankerSpec, name: str) -> list[str] |
     template was written (a layerwise or adapter folder would be served without its heads or weights)."""
     if not isinstance(spec, LLMSpec):
         return vllm_section(folder, name)
-    result = write_sentence_transformers_files(folder, spec)
-    sections = sentence_transformers_section(name, spec, result.not_written, result.row_cap)
-    if result.not_written is None:
-        sections += ["", *vllm_section(folder, name)]
-    return sections
+    return llm_serving_sections(folder, spec, name)
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:

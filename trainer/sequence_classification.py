@@ -27,10 +27,10 @@ from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.files import atomic_folder, atomic_write_text
 from rerankforge.inference.modeling.layerwise import layer_name
 from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
-from rerankforge.trainer.model_card import sentence_transformers_section, sequence_classification_card
+from rerankforge.trainer.model_card import sequence_classification_card
 from rerankforge.trainer.portable_files import make_config_portable, make_tokenizer_portable
-from rerankforge.trainer.sentence_transformers_files import CLASSIFIER, write_sentence_transformers_files
-from rerankforge.trainer.serving_commands import vllm_section
+from rerankforge.trainer.sentence_transformers_files import CLASSIFIER
+from rerankforge.trainer.serving_commands import llm_serving_sections
 
 logger = logging.getLogger(__name__)
 TEXT_FORMAT_FILE = "text_format.json"
@@ -203,7 +203,9 @@ def write_sequence_classification(
 
         make_tokenizer_portable(staging)
         make_config_portable(staging)
-        serving = classifier_serving_sections(staging, spec, out.name) + unfolded_calibration(spec, layer)
+        serving = llm_serving_sections(staging, spec, out.name, CLASSIFIER) + unfolded_calibration(
+            spec, layer
+        )
         card = sequence_classification_card(
             spec, fmt, type(classifier).__name__, out.name, difference, serving
         )
@@ -225,13 +227,3 @@ def unfolded_calibration(spec: LLMSpec, layer: int | None) -> list[str]:
             f"The source checkpoint holds a calibration ({calibration.fitted_on}) that this export does not carry: "
             "a decoder classifier's score head has no bias to fold it into, so an engine's sigmoid of the logit "
             f"is the uncalibrated one. The calibrated probability is {how}."]  # fmt: skip
-
-
-def classifier_serving_sections(folder: Path, spec: LLMSpec, name: str) -> list[str]:
-    """sentence-transformers 6's files (the rerank template, no score module: the logit is the score) and the
-    card's sections on sentence-transformers and vLLM, which both read that template."""
-    result = write_sentence_transformers_files(folder, spec, CLASSIFIER)
-    sections = sentence_transformers_section(name, spec, result.not_written, result.row_cap, classifier=True)
-    if result.not_written is None:
-        sections += ["", *vllm_section(folder, name)]
-    return sections

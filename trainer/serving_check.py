@@ -31,7 +31,7 @@ from rerankforge.data_tools.schema import iter_lines
 from rerankforge.data_tools.sources import resolve_data_files
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.modeling.files import atomic_write_text
-from rerankforge.trainer.sequence_classification import uncut_encoder
+from rerankforge.trainer.sequence_classification import TEXT_FORMAT_FILE, uncut_encoder
 from rerankforge.trainer.serving_commands import vllm_arguments
 from rerankforge.trainer.serving_server import RerankServer, ServerError
 from rerankforge.trainer.training_run import MINED_TRAIN_FILE
@@ -48,7 +48,6 @@ INFINITY_ENV = {
     "INFINITY_ANONYMOUS_USAGE_STATS": "0",
     "PYTHONUNBUFFERED": "1",  # the log tail of a server that fails is current
 }
-TEXT_FORMAT_FILE = "text_format.json"  # written by --as-sequence-classification
 SENTENCE_TRANSFORMERS_SCRIPT = """
 import json, sys, time
 import sentence_transformers, torch
@@ -133,7 +132,7 @@ def recorded_data(folder: Path) -> str | None:
 
 def exported_layer(folder: Path) -> int | None:
     """The layer a layerwise `--as-sequence-classification` export scores with (its text_format.json)."""
-    path = folder / "text_format.json"
+    path = folder / TEXT_FORMAT_FILE
     return json.loads(path.read_text(encoding="utf-8")).get("layer") if path.is_file() else None
 
 

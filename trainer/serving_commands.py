@@ -8,7 +8,14 @@ import shlex
 from pathlib import Path
 
 from rerankforge.inference.modeling.spec import LLMSpec, RerankerSpec
-from rerankforge.trainer.sentence_transformers_files import TEMPLATE_DIR, TEMPLATE_NAME
+from rerankforge.trainer.model_card import sentence_transformers_section
+from rerankforge.trainer.sentence_transformers_files import (
+    CAUSAL,
+    CLASSIFIER,
+    TEMPLATE_DIR,
+    TEMPLATE_NAME,
+    write_sentence_transformers_files,
+)
 
 
 def vllm_arguments(folder: Path, template_path: str | None = None) -> list[str]:
@@ -53,3 +60,15 @@ def vllm_section(folder: Path, name: str) -> list[str]:
         'Then POST `{"query": ..., "documents": [...]}` to `/rerank`; `relevance_score` is the sigmoid of the '
         "score. `rerankforge-export --verify vllm` checks it (below, where it was run).",
     ]
+
+
+def llm_serving_sections(folder: Path, spec: LLMSpec, name: str, task: str = CAUSAL) -> list[str]:
+    """Write sentence-transformers 6's files for an LLM export (causal, or converted to a classifier: ``task``)
+    and return the card's sections on sentence-transformers and, where those files were written (the ``rerank``
+    template it reads), vLLM."""
+    result = write_sentence_transformers_files(folder, spec, task)
+    sections = sentence_transformers_section(name, spec, result.not_written, result.row_cap,
+                                             classifier=task == CLASSIFIER)  # fmt: skip
+    if result.not_written is None:
+        sections += ["", *vllm_section(folder, name)]
+    return sections
