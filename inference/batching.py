@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rerankforge.inference.long_passages import LongPassages, score_windows
+from rerankforge.inference.long_passages import Pair as WindowPair
 from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.fusion import Fusion
 from rerankforge.inference.pairs import Pair, to_pairs, to_passages
@@ -85,6 +87,16 @@ def shard_indices(lengths: Sequence[int], num_shards: int) -> list[list[int]]:
     return [order[shard::num_shards] for shard in range(num_shards)]
 
 
+def with_windows(scores: list, counts: list[int] | None, single: bool, return_windows: bool) -> object:
+    """``compute_score``'s result: one score (a single pair) or the list, with the windows each passage took
+    when asked (1 each where nothing was windowed)."""
+    result = scores[0] if single else scores
+    if not return_windows:
+        return result
+    counts = counts if counts is not None else [1] * len(scores)
+    return result, (counts[0] if single else counts)
+
+
 def sigmoid(scores: list[float]) -> list[float]:
     return torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
 
@@ -109,12 +121,47 @@ class RanksCandidates:
     # predict's and rank's default activation, as CrossEncoder.activation_fn for a one-logit model
     activation_fn: Callable[[torch.Tensor], torch.Tensor] = torch.nn.Sigmoid()
 
+    # passages longer than the model reads: None scores as the spec says (rerankforge.json), else truncates
+    long_passages: LongPassages | None = None
+
+    def passage_settings(
+        self, mode: str | LongPassages | None = None, window: int | None = None, stride: int | None = None
+    ) -> LongPassages:
+        """A call's long-passage settings: its own, over the reranker's ``long_passages``, over the spec's."""
+        spec = getattr(self, "spec", None)
+        default = self.long_passages or LongPassages.from_dict(getattr(spec, "long_passages", None))
+        return LongPassages.resolve(default, mode, window, stride)
+
+    def passage_room(self, lengths: object, prompt: str | None = None) -> Callable[[str], int]:
+        """``query -> passage tokens kept beside it`` with these budgets: each family's encoder knows."""
+        raise NotImplementedError
+
+    def _windowed(
+        self,
+        pairs: Sequence[Pair],
+        settings: LongPassages,
+        lengths: object,
+        score: Callable[[list[WindowPair]], list],
+        prompt: str | None = None,
+    ) -> tuple[list, list[int]]:
+        """``(one raw score per pair, windows per pair)``: the windows of every pair scored by one ``score``
+        call (`long_passages.score_windows`)."""
+        return score_windows(pairs, settings, self.tokenizer, self.passage_room(lengths, prompt), score)
+
     def _raw_scores(
         self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
     ) -> list[float]:
-        """Raw scores of checked pairs in input order: ``compute_score``'s with its defaults (the saved budgets;
-        the last layer of a layerwise model). The FlagEmbedding wrappers add their instructions and lengths."""
-        return self._score(pairs, self.lengths, batch_size, show_progress=show_progress)
+        """Raw scores of checked pairs in input order: ``compute_score``'s with its defaults (the saved budgets
+        and long-passage mode; the last layer of a layerwise model). The FlagEmbedding wrappers add their
+        instructions and lengths."""
+        settings = self.passage_settings()
+        if not settings.windowed:
+            return self._score(pairs, self.lengths, batch_size, show_progress=show_progress)
+
+        def score(window_pairs: list[WindowPair]) -> list:
+            return self._score(window_pairs, self.lengths, batch_size, show_progress=show_progress)
+
+        return self._windowed(pairs, settings, self.lengths, score)[0]
 
     def _activated(
         self,

@@ -8,6 +8,7 @@ import torch
 
 from rerankforge.inference.batching import probabilities
 from rerankforge.inference.llm_reranker import LLMLengths, LLMReranker
+from rerankforge.inference.long_passages import LongPassages
 from rerankforge.inference.modeling.layerwise import LayerwiseRerankerModel, layer_name
 from rerankforge.inference.modeling.spec import LayerwiseSpec
 from rerankforge.inference.pairs import to_pairs
@@ -59,16 +60,43 @@ class LayerwiseReranker(LLMReranker):
         prompt: str | None = None,
         show_progress: bool | None = None,
         cutoff_layers: Sequence[int] | int | None = None,
+        long_passages: str | LongPassages | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+        return_windows: bool = False,
     ):
         """One list of scores per requested layer (the last layer's when none is asked); a single requested
-        layer gives a single list, and a single pair gives floats instead of lists."""
+        layer gives a single list, and a single pair gives floats instead of lists. ``long_passages``,
+        ``window``, ``stride``, ``return_windows``: as `Reranker.compute_score`, each layer aggregated over the
+        windows on its own."""
         layers = self.resolve_layers(cutoff_layers)
         pair_list, single = to_pairs(pairs)
-        per_layer = self._score_layers(pair_list, self.lengths_for(max_length), layers, batch_size, normalize,
-                                       prompt, show_progress)  # fmt: skip
+        lengths = self.lengths_for(max_length)
+        settings = self.passage_settings(long_passages, window, stride)
+        counts = [1] * len(pair_list)
+        if settings.windowed:
+
+            def score(window_pairs: list) -> list[list[float]]:
+                per_layer = self._score_layers(window_pairs, lengths, layers, batch_size, False, prompt,
+                                               show_progress)  # fmt: skip
+                return [list(row) for row in zip(*per_layer, strict=True)]
+
+            rows, counts = self._windowed(pair_list, settings, lengths, score, prompt)
+            per_layer = [[row[i] for row in rows] for i in range(len(layers))]
+            if normalize and rows:
+                per_layer = [
+                    probabilities(self.spec, column, layer)
+                    for column, layer in zip(per_layer, layers, strict=True)
+                ]
+        else:
+            per_layer = self._score_layers(pair_list, lengths, layers, batch_size, normalize, prompt,
+                                           show_progress)  # fmt: skip
         if single:
             per_layer = [scores[0] for scores in per_layer]
-        return per_layer[0] if len(layers) == 1 else per_layer
+        result = per_layer[0] if len(layers) == 1 else per_layer
+        if return_windows:
+            return result, (counts[0] if single else counts)
+        return result
 
     def _score_layers(
         self,

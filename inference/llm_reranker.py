@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rerankforge.inference.batching import RanksCandidates, probabilities
+from rerankforge.inference.batching import RanksCandidates, probabilities, with_windows
 from rerankforge.inference.device_pool import (
     ConfigOnlyModel,
     DevicePool,
@@ -21,6 +21,7 @@ from rerankforge.inference.device_pool import (
     one_device,
     several_devices,
 )
+from rerankforge.inference.long_passages import LongPassages
 from rerankforge.inference.modeling.folder_checks import check_model_folder
 from rerankforge.inference.modeling.llm import (
     LLMRerankerModel,
@@ -277,14 +278,33 @@ class LLMReranker(RanksCandidates):
         normalize: bool = False,
         prompt: str | None = None,
         show_progress: bool | None = None,
-    ) -> float | list[float]:
+        long_passages: str | LongPassages | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+        return_windows: bool = False,
+    ) -> float | list[float] | tuple:
         """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
-        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid); ``show_progress`` None shows a bar for more than 10 batches."""
+        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid);
+        ``show_progress`` None shows a bar for more than 10 batches. ``long_passages``, ``window``, ``stride``,
+        ``return_windows``: as `Reranker.compute_score` (windows of the passage's tokens, scored together)."""
         pair_list, single = to_pairs(pairs)
-        scores = self._score(
-            pair_list, self.lengths_for(max_length), batch_size, normalize, prompt, show_progress
-        )
-        return scores[0] if single else scores
+        lengths = self.lengths_for(max_length)
+        settings = self.passage_settings(long_passages, window, stride)
+        counts = None
+        if settings.windowed:
+
+            def score(window_pairs: list) -> list[float]:
+                return self._score(window_pairs, lengths, batch_size, False, prompt, show_progress)
+
+            scores, counts = self._windowed(pair_list, settings, lengths, score, prompt)
+            scores = probabilities(self.spec, scores) if normalize and scores else scores
+        else:
+            scores = self._score(pair_list, lengths, batch_size, normalize, prompt, show_progress)
+        return with_windows(scores, counts, single, return_windows)
+
+    def passage_room(self, lengths: LLMLengths, prompt: str | None = None):
+        encoder = self.encoder(lengths)
+        return lambda query: encoder.passage_room(query, prompt)
 
     def _score(
         self,

@@ -13,9 +13,11 @@ from rerankforge.inference.batching import (
     RanksCandidates,
     check_token_budget,
     probabilities,
+    with_windows,
 )
 from rerankforge.inference.collate import PairCollator, as_tensors
 from rerankforge.inference.device_pool import ConfigOnlyModel, DevicePool, one_device, several_devices
+from rerankforge.inference.long_passages import LongPassages
 from rerankforge.inference.modeling.cross_encoder import CrossEncoderModel
 from rerankforge.inference.modeling.families import get_family
 from rerankforge.inference.modeling.folder_checks import check_model_folder, folder_family
@@ -194,15 +196,38 @@ class Reranker(RanksCandidates):
         normalize: bool = False,
         show_progress: bool | None = None,
         max_batch_tokens: int | None = None,
-    ) -> float | list[float]:
+        long_passages: str | LongPassages | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+        return_windows: bool = False,
+    ) -> float | list[float] | tuple:
         """One pair gives a float, a list (tuple, generator, (n, 2) array) of pairs a list in input order;
-        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid); ``show_progress`` None shows a bar for more than 10 batches;
-        ``max_batch_tokens`` caps a batch's padded tokens as well as its pairs (the reranker's own when None)."""
+        ``normalize`` gives probabilities (the calibration where one was fitted, else a sigmoid);
+        ``show_progress`` None shows a bar for more than 10 batches; ``max_batch_tokens`` caps a batch's padded
+        tokens as well as its pairs (the reranker's own when None).
+
+        ``long_passages``: "truncate" (cut at the passage budget), "maxp", "firstp" or "meanp" (the mean of the
+        best ``top_k``): passages split into windows of ``window`` tokens every ``stride`` tokens (defaults:
+        what the model keeps beside the query, half of it), every window of the call scored together
+        (`rerankforge.inference.long_passages`); None: the model's saved mode. ``return_windows`` returns
+        ``(scores, windows per passage)``."""
         pair_list, single = to_pairs(pairs)
-        scores = self._score(
-            pair_list, self.lengths_for(max_length), batch_size, normalize, show_progress, max_batch_tokens
-        )
-        return scores[0] if single else scores
+        lengths = self.lengths_for(max_length)
+        settings = self.passage_settings(long_passages, window, stride)
+        counts = None
+        if settings.windowed:
+
+            def score(window_pairs: list) -> list[float]:
+                return self._score(window_pairs, lengths, batch_size, False, show_progress, max_batch_tokens)
+
+            scores, counts = self._windowed(pair_list, settings, lengths, score)
+            scores = probabilities(self.spec, scores) if normalize and scores else scores
+        else:
+            scores = self._score(pair_list, lengths, batch_size, normalize, show_progress, max_batch_tokens)
+        return with_windows(scores, counts, single, return_windows)
+
+    def passage_room(self, lengths: PairLengths, prompt: str | None = None):
+        return self._encoder(lengths).passage_room
 
     def _score(
         self,

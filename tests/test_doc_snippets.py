@@ -72,6 +72,8 @@ DOC_MODELS: dict[str, DocModel] = {
     "BAAI/bge-reranker-base": DocModel("classifier"),
     "BAAI/bge-reranker-large": DocModel("classifier"),
     "BAAI/bge-reranker-v2-m3": DocModel("classifier"),
+    # an export of a cross-encoder: a plain one-logit classifier folder
+    "exports/minilm-squad": DocModel("classifier"),
     # plain causal LMs from the Hub
     "BAAI/bge-reranker-v2-gemma": DocModel("causal_lm", "gemma"),
     "HuggingFaceTB/SmolLM2-135M-Instruct": DocModel("causal_lm", "llama"),

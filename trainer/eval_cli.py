@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rerankforge.data_tools.ir_data import load_ir_split
@@ -15,6 +16,7 @@ from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import Run, read_trec_run, write_trec_run
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.backend_choice import scoring_dtype
+from rerankforge.inference.long_passages import DEFAULT_TOP_K, MODES, LongPassages, expand, save_long_passages
 from rerankforge.inference.modeling.calibration import METHODS, Calibration, ScoreMap
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.fusion import FUSION_METHODS, Fusion
@@ -96,7 +98,35 @@ def make_parser() -> argparse.ArgumentParser:
         "normalized scores, or rrf) on a share of the judged queries, report the fused ranking on the others, "
         "and store it in MODEL's rerankforge.json (rank(..., first_stage_scores=...) applies it)",
     )
+    add_long_passage_flags(parser)
     return parser
+
+
+def add_long_passage_flags(parser: argparse.ArgumentParser) -> None:
+    """How passages longer than the model reads are scored (`rerankforge.inference.long_passages`)."""
+    group = parser.add_argument_group("long passages")
+    group.add_argument(
+        "--long-passages",
+        choices=MODES,
+        help="truncate (cut at the passage budget), firstp (the first window), maxp (the best window) or meanp "
+        "(the mean of the best --windows-top-k windows); default: the model's saved mode, else truncate",
+    )
+    group.add_argument("--window", type=int, help="passage tokens per window (default: what the model keeps "
+                       "beside each query)")  # fmt: skip
+    group.add_argument("--stride", type=int, help="tokens between window starts (default: half the window)")
+    group.add_argument("--windows-top-k", type=int, default=DEFAULT_TOP_K, help="windows meanp averages")
+    group.add_argument(
+        "--save-long-passages",
+        action="store_true",
+        help="store these long-passage settings in MODEL's rerankforge.json: the model then scores this way "
+        "by default (compute_score, predict, rank)",
+    )
+
+
+def long_passage_settings(args: argparse.Namespace, reranker: object) -> LongPassages:
+    """The flags over the model's saved settings."""
+    settings = reranker.passage_settings(args.long_passages, args.window, args.stride)
+    return replace(settings, top_k=args.windows_top_k) if args.long_passages else settings
 
 
 def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> dict[str, object]:
@@ -112,12 +142,20 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     dtype = scoring_dtype(args.dtype, device, args.backend)
     reranker = load_reranker(args.model, args.backend, device=device, dtype=dtype)
     reranker.max_batch_tokens = args.max_batch_tokens
+    reranker.long_passages = long_passage_settings(args, reranker)
     pairs = eval_set.pairs()
+    texts = eval_set.texts(pairs)
     start = time.perf_counter()
-    scores = compute_score_sharded(reranker, eval_set.texts(pairs), launch, args.batch_size)
+    scores = compute_score_sharded(reranker, texts, launch, args.batch_size)
     seconds = time.perf_counter() - start
     run = eval_set.run_from_scores(pairs, scores)
-    reranked = {**eval_set.metrics(run), "queries_per_second": len(eval_set.candidates) / seconds}
+    windows = window_count(reranker, texts)
+    reranked = {
+        **eval_set.metrics(run),
+        "queries_per_second": len(eval_set.candidates) / seconds,
+        "pairs_per_second": len(pairs) / seconds,
+        "windows_per_pair": windows / max(1, len(pairs)),
+    }
     labels = [eval_set.qrels.get(q, {}).get(d, 0) > 0 for q, d in pairs]
     # a layerwise model's scores are its last layer's
     layer = (getattr(reranker, "layers", None) or [None])[-1]
@@ -131,6 +169,7 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         "dtype": str(dtype).removeprefix("torch."),  # what "auto" chose
         "backend": getattr(reranker, "backend", args.backend or "torch"),  # what "auto" chose
         "pairs": len(pairs),
+        "long_passages": reranker.long_passages.to_dict(),
         "processes": launch.num_processes,
         "first_stage": "run file " + args.run if args.run else "BM25",
         "first_stage_metrics": eval_set.first_stage_metrics(),
@@ -143,6 +182,16 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         "_qrels": eval_set.qrels,
         "_pairs": (pairs, scores, labels, layer),
     }
+
+
+def window_count(reranker: object, texts: list[list[str]]) -> int:
+    """Windows the scoring took (pairs in truncate mode): counted again from the tokens, which costs a
+    tokenization pass and no model call."""
+    settings = reranker.long_passages
+    if not settings.windowed:
+        return len(texts)
+    room = reranker.passage_room(reranker.lengths)
+    return sum(expand([(q, p) for q, p in texts], settings, reranker.tokenizer, room).counts)
 
 
 def sigmoid_calibration(scores: list[float], labels: list[bool]) -> dict[str, float] | None:
@@ -216,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         result["calibration"] = calibration.report
     result.pop("_pairs")
+    if args.save_long_passages:
+        save_long_passages(args.model, LongPassages.from_dict(result["long_passages"]))
     qrels = result.pop("_qrels")
     fusion = None
     if args.fusion:
@@ -233,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(f"\n{result['data']} ({args.split}): {result['queries']} queries, top {args.top_k} reranked\n")
     print(metric_table(rows, args.top_k))
+    settings = LongPassages.from_dict(result["long_passages"])
+    speed = result["reranker_metrics"]
+    print(f"\nlong passages: {settings.describe()}; {speed['windows_per_pair']:.2f} windows per pair, "
+          f"{speed['pairs_per_second']:.1f} pairs/s" + (" (stored in rerankforge.json)" if args.save_long_passages else ""))  # fmt: skip
     versus = result["queries_vs_first_stage"]
     print(
         f"\nnDCG@10 per query, reranker vs first stage: {versus['better']} better, {versus['worse']} worse, "

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from rerankforge.inference.long_passages import LongPassages
 from rerankforge.inference.modeling.calibration import Calibration
 from rerankforge.inference.modeling.families import get_family
 from rerankforge.inference.modeling.spec import LayerwiseSpec, LLMSpec, RerankerSpec
@@ -221,6 +222,7 @@ def model_card(
         f"- loss: {loss_description(spec, args)}",
         f"- scoring budgets: query {spec.query_max_len} tokens, passage {spec.passage_max_len} tokens",
         *(f"- {line}" for line in spec.card_lines()),
+        *long_passage_lines(spec),
     ]
     settings = {k: args[k] for k in HYPER_PARAMETERS if k in args and args[k] is not None}
     if settings:
@@ -354,6 +356,18 @@ batch = tokenizer(texts, padding=True, truncation=True, max_length={max_length},
                   add_special_tokens=False, return_tensors="pt")
 with torch.inference_mode():
     scores = model(**batch).logits[:, 0]  # torch.sigmoid(scores) for [0, 1]"""
+
+
+def long_passage_lines(spec: RerankerSpec) -> list[str]:
+    """The stored long-passage mode: rerankforge applies it by default; an engine truncates unless the client
+    sends the windows (docs/export.md)."""
+    settings = LongPassages.from_dict(spec.long_passages)
+    if not settings.windowed:
+        return []
+    return [
+        f"- long passages: {settings.describe()} (rerankforge applies it by default; a serving engine truncates: "
+        "send it the windows of `rerankforge.inference.long_passages.split_passage` and keep the max)"
+    ]
 
 
 def calibration_section(spec: RerankerSpec, note: str, with_diagram: bool = False) -> list[str]:

@@ -128,6 +128,11 @@ class TemplateEncoder:
         """The whole row as text (uncut): what a serving engine is given for this pair."""
         return self.prefix + self.body_text(query, passage, prompt) + self.suffix
 
+    def passage_room(self, query: str, prompt: str | None = None) -> int:
+        """Passage tokens kept beside ``query`` in a row of ``max_length`` (at least 1): a long passage's window
+        size. The body is cut from its end, so the passage gets what the instruction and query leave."""
+        return max(1, self.body_budget - len(self._ids(self.body_text(query, "", prompt))))
+
     def encode(
         self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
     ) -> list[list[int]]:

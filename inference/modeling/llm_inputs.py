@@ -62,6 +62,17 @@ class LLMPromptEncoder:
             f"{prompt or self.default_prompt}"
         )
 
+    def passage_room(self, query: str, prompt: str | None = None) -> int:
+        """Passage tokens kept beside ``query`` (its ``B: `` prefix not counted; at least 1): a long passage's
+        window size. Counted on the passage alone, so a window may differ from its place in the row by a token
+        where the tokenizer merges across the prefix."""
+        prefix = len(self._ids(self.passage_prefix.rstrip()))
+        room = self.passage_max_len - prefix
+        if self.pair_max_len is not None:
+            head = len(self.prefix_ids) + len(self._cut([self.query_prefix + query], self.query_max_len)[0])
+            room = min(room, self.pair_max_len - head - len(self.separator_ids) - prefix)
+        return max(1, room)
+
     def encode(
         self, queries: Sequence[str], passages: Sequence[str], prompts: Sequence[str | None] | None = None
     ) -> list[list[int]]:

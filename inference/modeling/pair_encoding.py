@@ -104,6 +104,14 @@ class PairEncoder:
         by_text = dict(zip(unique, encodings, strict=True))
         return [by_text[text] for text in texts]
 
+    def passage_room(self, query: str) -> int:
+        """Passage tokens this encoder keeps beside ``query`` (at least 1): a long passage's window size."""
+        query_tokens = min(
+            len(self._encode_side([query], self.lengths.query_max_len)[0]), self.lengths.query_max_len
+        )
+        budget = self.lengths.max_length - self.pair_special_tokens
+        return max(1, min(self.lengths.passage_max_len, budget - query_tokens))
+
     def encode_encodings(self, queries: Sequence[str], passages: Sequence[str]) -> list[Encoding]:
         """The pairs as `tokenizers` encodings (ids, type ids), unpadded: the form inference pads straight into
         arrays, without a Python dict per pair."""

@@ -40,6 +40,8 @@ class RerankerSpec:
     calibration: dict[str, Any] | None = None
     # how scores fuse with the first stage's, chosen on validation queries (rerankforge.inference.modeling.fusion)
     fusion: dict[str, Any] | None = None
+    # how passages longer than the model reads are scored (rerankforge.inference.long_passages.LongPassages)
+    long_passages: dict[str, Any] | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
