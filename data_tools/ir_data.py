@@ -10,12 +10,13 @@ import csv
 import dataclasses
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
+from rerankforge.data_tools.data_names import data_path, hub_dataset_id
 from rerankforge.inference.modeling.files import atomic_writer
 
 
@@ -80,10 +81,7 @@ def load_beir(folder: str | Path, split: str = "test") -> IRDataset:
     if not qrels_path.is_file():
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         raise FileNotFoundError(f"{qrels_path}: no such split (available: {', '.join(available) or 'none'})")
-    corpus = {
-        str(d["_id"]): passage_text(d.get("title", ""), d["text"])
-        for d in _read_jsonl(folder / "corpus.jsonl")
-    }
+    corpus = {str(d["_id"]): passage_text(d.get("title", ""), d["text"]) for d in beir_corpus_rows(folder)}
     queries = {str(q["_id"]): q["text"] for q in _read_jsonl(folder / "queries.jsonl")}
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8") as handle:
@@ -95,6 +93,11 @@ def load_beir(folder: str | Path, split: str = "test") -> IRDataset:
     return IRDataset(
         corpus, queries, qrels, query_groups={q: q for q in queries}, name=f"{folder.name}/{split}"
     )
+
+
+def beir_corpus_rows(folder: str | Path) -> list[dict]:
+    """A BEIR folder's corpus.jsonl rows (``_id``, ``title``, ``text``) as written, in the file's order."""
+    return list(_read_jsonl(Path(folder) / "corpus.jsonl"))
 
 
 def load_squad(path: str | Path) -> IRDataset:
@@ -110,17 +113,26 @@ def squad_from_articles(data: list[dict], name: str) -> IRDataset:
     qrels: dict[str, dict[str, int]] = {}
     query_groups: dict[str, str] = {}
     doc_groups: dict[str, str] = {}
-    for article_index, article in enumerate(data):
-        title = article["title"]
-        for paragraph_index, paragraph in enumerate(article["paragraphs"]):
-            doc_id = f"{article_index}-{paragraph_index}"
-            corpus[doc_id] = passage_text(title.replace("_", " "), paragraph["context"])
-            doc_groups[doc_id] = title
-            for qa in paragraph["qas"]:
-                queries[qa["id"]] = qa["question"].strip()
-                qrels[qa["id"]] = {doc_id: 1}
-                query_groups[qa["id"]] = title
+    for doc_id, title, paragraph in squad_paragraphs(data):
+        corpus[doc_id] = passage_text(squad_title(title), paragraph["context"])
+        doc_groups[doc_id] = title
+        for qa in paragraph["qas"]:
+            queries[qa["id"]] = qa["question"].strip()
+            qrels[qa["id"]] = {doc_id: 1}
+            query_groups[qa["id"]] = title
     return IRDataset(corpus, queries, qrels, query_groups, doc_groups, name=name)
+
+
+def squad_paragraphs(data: list[dict]) -> Iterator[tuple[str, str, dict]]:
+    """``(doc id, article title, paragraph)`` in the file's order; the doc id is ``article-paragraph``."""
+    for article_index, article in enumerate(data):
+        for paragraph_index, paragraph in enumerate(article["paragraphs"]):
+            yield f"{article_index}-{paragraph_index}", article["title"], paragraph
+
+
+def squad_title(title: str) -> str:
+    """An article's title as its passages show it (``Super_Bowl_50`` -> ``Super Bowl 50``)."""
+    return title.replace("_", " ")
 
 
 def load_hub_beir(name: str, split: str = "test") -> IRDataset:  # pragma: no cover - needs the Hub
@@ -158,17 +170,15 @@ def load_hub_squad(name: str = "rajpurkar/squad", split: str = "validation") -> 
 
 
 def load_ir_dataset(name_or_path: str | Path, split: str = "test") -> IRDataset:
-    """A BEIR folder, a SQuAD JSON file, or (online) SQuAD or a BEIR data set by its Hub name."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return load_beir(path, split)
-    if path.is_file():
-        return load_squad(path)
-    if str(name_or_path) in SQUAD_HUB_NAMES:
+    """A BEIR folder or a SQuAD JSON file, by path or by name (`data_names.data_path`: ``squad-v1.1-dev``,
+    ``cisi``, a URL with its checksum), or (online) SQuAD or a BEIR data set by its Hub id."""
+    if str(name_or_path) in SQUAD_HUB_NAMES and not Path(name_or_path).exists():
         return load_hub_squad(str(name_or_path))
-    if "/" in str(name_or_path) and not str(name_or_path).startswith((".", "/")):
-        return load_hub_beir(str(name_or_path), split)
-    raise FileNotFoundError(f"{name_or_path}: no such file or folder")
+    hub_id = hub_dataset_id(name_or_path)
+    if hub_id is not None:
+        return load_hub_beir(hub_id, split)
+    path = data_path(name_or_path)
+    return load_beir(path, split) if path.is_dir() else load_squad(path)
 
 
 def split_by_group(dataset: IRDataset, eval_fraction: float, seed: int = 0) -> tuple[IRDataset, IRDataset]:

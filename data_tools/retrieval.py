@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
+import numpy as np
 import Stemmer
 
 from rerankforge.inference.modeling.files import atomic_writer
@@ -28,6 +29,7 @@ class BM25Index:
         )
         self.retriever = bm25s.BM25(k1=k1, b=b)
         self.retriever.index(tokens, show_progress=False)
+        self._postings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # for `scores`, built once
 
     def search(self, queries: dict[str, str], k: int, show_progress: bool = False) -> Run:
         """The top ``k`` documents per query (fewer when the corpus is smaller), best first."""
@@ -44,6 +46,39 @@ class BM25Index:
                 for doc, score in zip(results[row], scores[row], strict=True)
             }
         return run
+
+    def scores(self, queries: Sequence[str], docs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """BM25 of each query against its own few documents (positions in the corpus), as `search` scores
+        them: choosing among one passage's windows needs those few, not the whole corpus per query."""
+        tokens = bm25s.tokenize(
+            list(queries), stopwords="en", stemmer=self.stemmer, show_progress=False, return_ids=False
+        )
+        indptr, terms, values = self.doc_postings()
+        # float64: the few float32 term scores of a document sum exactly, in whatever order the (process-dependent)
+        # term ids put them, so equal windows tie exactly and the earliest wins in every run
+        weights = np.zeros(len(self.retriever.vocab_dict), dtype=np.float64)
+        out = []
+        for words, rows in zip(tokens, docs, strict=True):
+            ids = np.asarray(self.retriever.get_tokens_ids(words), dtype=np.int64)
+            np.add.at(weights, ids, 1)  # a repeated query word counts each time, as in search
+            spans = [slice(indptr[r], indptr[r + 1]) for r in rows]
+            out.append([float(weights[terms[span]] @ values[span]) for span in spans])
+            weights[ids] = 0
+        return out
+
+    def doc_postings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The index's precomputed BM25 term scores by document (``indptr``, term ids, scores): bm25s stores
+        them by term (``data`` / ``indices`` / ``indptr``, its saved index format)."""
+        if self._postings is None:
+            stored = self.retriever.scores
+            by_term = np.asarray(stored["indptr"])
+            doc_of = np.asarray(stored["indices"])
+            order = np.argsort(doc_of, kind="stable")
+            terms = np.repeat(np.arange(len(by_term) - 1), np.diff(by_term))[order]
+            counts = np.bincount(doc_of, minlength=stored["num_docs"])
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            self._postings = (indptr, terms, np.asarray(stored["data"], dtype=np.float64)[order])
+        return self._postings
 
 
 def ranked(run: Run, query_id: str) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 
+from rerankforge.data_tools.data_names import data_path
 from rerankforge.data_tools.schema import DataValidationError, validate_files
 
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -25,12 +26,13 @@ TRAIN_FEATURES = datasets.Features(
 
 
 def resolve_data_files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of data files; a missing path is an error, not a skip."""
+    """Expand files and folders (or data names: `data_names.data_path`) into a sorted list of data files; a
+    missing path is an error, not a skip."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
     for raw in paths:
-        path = Path(raw)
+        path = data_path(raw)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
             if not found:

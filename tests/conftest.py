@@ -18,6 +18,8 @@ os.environ.setdefault("RERANKFORGE_BACKEND", "torch")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 FE_TOY = SHARED_DATA / "fe-toy"
+if SHARED_DATA.is_dir():  # recipes name their data: read it from the mirror, as the Makefile has it
+    os.environ.setdefault("RERANKFORGE_DATA_MIRROR", str(SHARED_DATA))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -11,8 +11,10 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 
+from rerankforge.data_tools.data_names import data_path
+from rerankforge.data_tools.known_data import KNOWN_DATA
 from rerankforge.inference import Reranker
 from rerankforge.trainer.cli import RecipeError, parse_config
 from rerankforge.trainer.cross_encoder_config import CrossEncoderConfig
@@ -41,9 +43,13 @@ def test_every_recipe_parses_with_the_real_parser(recipe, monkeypatch, tmp_path)
         recipe.write_text(yaml.safe_dump(settings))
     config = parse_config([str(recipe)])
     assert config.training.model_name_or_path and (config.data.train_data or config.data.ir_data)
-    for path in [*(config.data.train_data or []), config.data.ir_data, config.data.eval_data]:
-        if path is not None and not path.startswith("outputs/"):  # outputs/: made by the guide's commands
-            assert (REPO / path).exists(), f"{recipe.name} names {path}, which does not exist"
+    for name in [*(config.data.train_data or []), config.data.ir_data, config.data.eval_data]:
+        if name is not None and not name.startswith("outputs/"):  # outputs/: made by the guide's commands
+            assert name in KNOWN_DATA, (
+                f"{recipe.name} names {name}, which is not a data name (docs/training.md)"
+            )
+            if SHARED_DATA.is_dir():  # the mirror conftest.py sets, as `make train` does
+                assert data_path(name).exists()
 
 
 def test_command_line_overrides_the_recipe(monkeypatch):

@@ -43,7 +43,7 @@ def test_a_flat_recipe_lands_in_its_three_parts_and_the_command_line_overrides_e
     assert (
         run.training.learning_rate == 1e-4 and run.data.eval_top_k == 7 and run.mining.mine_num_negatives == 3
     )
-    assert run.data.ir_data.endswith("dev-v1.1.json") and run.mining.mine_retriever == "bm25"
+    assert run.data.ir_data == "squad-v1.1-dev" and run.mining.mine_retriever == "bm25"
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.data = DataArguments(train_data=["x"])  # type: ignore[misc]
     with pytest.raises(RecipeError, match="unknown key\\(s\\) mine_ranks"):

@@ -15,13 +15,18 @@ class DataArguments:
     """The training and evaluation data of one run."""
 
     train_data: list[str] | None = field(
-        default=None, metadata={"help": "JSONL file(s) or folder(s) of training queries.", "nargs": "+"}
+        default=None,
+        metadata={
+            "help": "JSONL file(s) or folder(s) of training queries, or their names (docs/training.md).",
+            "nargs": "+",
+        },
     )
     ir_data: str | None = field(
         default=None,
         metadata={
-            "help": "A SQuAD JSON file, BEIR folder or (online) BEIR Hub name: split it by article or query, mine "
-            "hard negatives from its training part (unless train_data is given) and evaluate on the rest."
+            "help": "A SQuAD JSON file or BEIR folder, by path or name (squad-v1.1-dev, cisi, a URL#sha256=...), or "
+            "a Hub id (rajpurkar/squad, BeIR/...): split it by article or query, mine hard negatives from its "
+            "training part (unless train_data is given) and evaluate on the rest."
         },
     )
     ir_split: str = field(default="test", metadata={"help": "qrels split of a BEIR ir_data folder."})
@@ -36,7 +41,9 @@ class DataArguments:
     )
     eval_data: str | None = field(
         default=None,
-        metadata={"help": "A BEIR folder or SQuAD file to evaluate on (instead of ir_data's part)."},
+        metadata={
+            "help": "A BEIR folder or SQuAD file (path or name) to evaluate on (instead of ir_data's part)."
+        },
     )
     eval_split: str = field(
         default="test", metadata={"help": "Split of eval_data (SQuAD: train, test or all)."}
