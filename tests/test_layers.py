@@ -4,6 +4,7 @@ import or a cycle is added, and no import hides inside a function except those o
 from __future__ import annotations
 
 import ast
+import configparser
 import os
 import shutil
 import subprocess
@@ -11,13 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainer", "data_tools", "inference")
-# the only imports allowed inside functions: packages a user may not have installed (the extras; peft, which
-# merged and plain folders score without), and matplotlib, whose backend must be chosen before pyplot loads
-OPTIONAL_IMPORTS = {"sentence_transformers", "faiss", "deepspeed", "peft", "onnxruntime", "openvino", "wandb",
-                    "matplotlib"}  # fmt: skip
+# the only imports allowed inside functions: packages of setup.cfg's extras, which a scoring-only install lacks
+# (module -> its distribution); matplotlib's backend must also be chosen before pyplot loads
+OPTIONAL_IMPORTS = {"sentence_transformers": "sentence-transformers", "faiss": "faiss-cpu", "peft": "peft",
+                    "deepspeed": "deepspeed", "onnxruntime": "onnxruntime", "openvino": "openvino",
+                    "wandb": "wandb", "matplotlib": "matplotlib"}  # fmt: skip
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
@@ -97,3 +101,20 @@ def test_imports_inside_functions_are_only_optional_dependencies_and_say_so():
     assert not wrong, f"imports inside functions that are not optional dependencies: {wrong}"
     silent = [f"{file}:{line}" for file, line, _, text in found if "#" not in text]
     assert not silent, f"an optional import without a comment saying why it is there: {silent}"
+
+
+def test_the_optional_imports_are_extras_and_not_the_core():
+    """What may be imported inside a function belongs to an extra, never to the core (install_requires)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg", encoding="utf-8")
+
+    def names(text: str) -> set[str]:
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+        return {canonicalize_name(Requirement(line).name) for line in lines if line}
+
+    core = names(setup.get("options", "install_requires"))
+    extras = set().union(*(names(text) for _, text in setup.items("options.extras_require")))
+    in_core = sorted(d for d in OPTIONAL_IMPORTS.values() if d in core)
+    assert not in_core, f"imported inside functions as optional, yet in install_requires: {in_core}"
+    undeclared = sorted(d for d in OPTIONAL_IMPORTS.values() if d not in extras)
+    assert not undeclared, f"imported inside functions as optional, yet in no extra: {undeclared}"

@@ -1,4 +1,5 @@
-"""`rerankforge-train RECIPE.yaml [--key value ...]`: YAML sets defaults, the command line overrides them."""
+"""`rerankforge train RECIPE.yaml [--key value ...]` (or `rerankforge-train`): the recipe sets defaults, the
+command line overrides them."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     if argv and not argv[0].startswith("-"):
         recipe_path = argv.pop(0)
         recipe = load_recipe(recipe_path)
-    return run_config_from_recipe(recipe, argv, source=str(recipe_path))
+    return run_config_from_recipe(recipe, argv, source=str(recipe_path), description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         run = parse_config(sys.argv[1:] if argv is None else argv)
-    except ValueError as error:  # RecipeError and the config's own checks
+    except (ValueError, OSError) as error:  # RecipeError, the config's own checks, a recipe path not there
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from rerankforge.data_tools.cli import program_name
 from rerankforge.data_tools.ir_data import load_ir_split
 from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import Run, read_trec_run, write_trec_run
@@ -41,7 +42,7 @@ from rerankforge.trainer.report import metric_table
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rerankforge-eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog=program_name("rerankforge-eval"), description=__doc__)
     parser.add_argument("--model", required=True, help="any checkpoint rerankforge.inference loads")
     parser.add_argument("--data", required=True, help="BEIR folder, SQuAD JSON file, or BEIR Hub name")
     parser.add_argument(

@@ -154,7 +154,8 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rerankforge-export", description=__doc__)
+    # prog: as invoked (`rerankforge export` or the `rerankforge-export` alias; argparse takes sys.argv[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("checkpoint", help="a folder rerankforge trained (final model or checkpoint-N)")
     parser.add_argument("out", help="the export folder (replaced whole if it exists)")
     parser.add_argument("--merge-lora", action="store_true", help="fold a LoRA adapter into its base model")

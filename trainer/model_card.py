@@ -370,9 +370,11 @@ def long_passage_lines(spec: RerankerSpec) -> list[str]:
     ]
 
 
-def calibration_section(spec: RerankerSpec, note: str, with_diagram: bool = False) -> list[str]:
+def calibration_section(
+    spec: RerankerSpec, note: str, with_diagram: bool = False, diagram: str = "reliability.png"
+) -> list[str]:
     """What the scores' probabilities mean: the calibration, how well it did on held-out queries, where it lives
-    in this export, and thresholds for a wanted precision."""
+    in this folder, and thresholds for a wanted precision; ``diagram``: the reliability diagram's path in it."""
     calibration = Calibration.from_dict(spec.calibration)
     lines = ["## Calibrated scores", ""]
     if calibration is None:
@@ -390,7 +392,7 @@ def calibration_section(spec: RerankerSpec, note: str, with_diagram: bool = Fals
     lines += ["", note]
     if with_diagram:
         lines += ["", "![reliability diagram: share judged relevant against predicted probability, on held-out "
-                  "queries](reliability.png)"]  # fmt: skip
+                  f"queries]({diagram})"]  # fmt: skip
     rows = [(wanted, calibration.threshold_row(precision=wanted)) for wanted in (0.8, 0.9)]
     rows = [(wanted, row) for wanted, row in rows if row is not None]
     if rows:

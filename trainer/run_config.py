@@ -57,9 +57,12 @@ def run_parser(config_class: type[RerankerConfig], description: str | None = Non
     return HfArgumentParser((config_class, DataArguments, MiningArguments), description=description)
 
 
-def run_config_from_recipe(recipe: dict[str, Any], argv: Sequence[str], source: str) -> RunConfig:
+def run_config_from_recipe(
+    recipe: dict[str, Any], argv: Sequence[str], source: str, description: str | None = None
+) -> RunConfig:
     """The run from recipe keys (Python values) and ``--key value`` overrides, the family's config class chosen
-    by ``family``; errors name ``source`` (the recipe file, or the Python call)."""
+    by ``family``; errors name ``source`` (the recipe file, or the Python call); ``description`` heads
+    ``--help``."""
     recipe, argv = resolve_auto_bf16(recipe, list(argv))
     family_name = family_from_argv(argv) or recipe.get("family", "cross_encoder")
     config_class = get_family(family_name).config_class
@@ -68,7 +71,7 @@ def run_config_from_recipe(recipe: dict[str, Any], argv: Sequence[str], source: 
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise RecipeError(f"{source}: unknown key(s) {', '.join(unknown)} for family {family_name!r}")
-    parser = run_parser(config_class)
+    parser = run_parser(config_class, description)
     parser.set_defaults(**recipe)
     for action in parser._actions:  # a value the recipe gives satisfies a required option
         if action.dest in recipe:

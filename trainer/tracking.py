@@ -38,7 +38,7 @@ class ScoreHistogramCallback(TrainerCallback):
         if not positives and not negatives:
             return
         if "wandb" in args.report_to:
-            import wandb  # optional: the [wandb] extra
+            import wandb  # optional: the [tracking] extra
 
             if wandb.run is not None:
                 wandb.run.log(
@@ -70,7 +70,7 @@ class RunSettingsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if "wandb" not in args.report_to or not state.is_world_process_zero or not self.trainer.run_settings:
             return
-        import wandb  # optional: the [wandb] extra
+        import wandb  # optional: the [tracking] extra
 
         if wandb.run is not None:
             wandb.run.config.update(self.trainer.run_settings, allow_val_change=True)

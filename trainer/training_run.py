@@ -15,6 +15,7 @@ import torch
 from transformers import TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
+from rerankforge.data_tools.data_names import data_path, hub_dataset_id
 from rerankforge.data_tools.ir_data import (
     IRDataset,
     load_ir_dataset,
@@ -48,6 +49,7 @@ from rerankforge.trainer.evaluation import RerankEvalSet
 from rerankforge.trainer.families import build_trainer
 from rerankforge.trainer.fusion_choice import below_first_stage, choose_on_split, save_fusion
 from rerankforge.trainer.memory_check import check_step_memory, out_of_memory_explained
+from rerankforge.trainer.output_card import push_output, write_output_card
 from rerankforge.trainer.report import layer_table, metric_table
 from rerankforge.trainer.run_config import RunConfig
 
@@ -152,7 +154,7 @@ def ir_data_parts(config: DataArguments) -> tuple[IRDataset, IRDataset]:
         return split_by_group(
             load_ir_dataset(config.ir_data, config.ir_split), config.eval_fraction, config.split_seed
         )
-    if not Path(config.ir_data).is_dir():
+    if hub_dataset_id(config.ir_data) is None and not data_path(config.ir_data).is_dir():
         raise ValueError(
             f"ir_eval_split needs a BEIR folder with qrels splits; {config.ir_data} is not a folder"
         )
@@ -215,8 +217,6 @@ def save_final_model(trainer, output_dir: str | Path) -> None:
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         publish(staging, output_dir)
-    if trainer.args.push_to_hub:  # what the Trainer's save_model would have pushed, from the complete folder
-        trainer.push_to_hub()
 
 
 def publish(staging: Path, output_dir: Path) -> None:
@@ -376,4 +376,8 @@ def train(run: RunConfig) -> Path:
             if run.data.fusion != "none":
                 fuse_with_first_stage(trainer, run.data, Path(config.output_dir))
     trainer.save_state()
+    if trainer.is_world_process_zero():  # after the evaluation and calibration it shows, before any upload
+        write_output_card(config.output_dir, trainer.hub_model_id or config.hub_model_id)
+    if config.push_to_hub:  # what the Trainer's save_model would have pushed, from the complete folder
+        push_output(trainer, config.output_dir)
     return Path(config.output_dir)

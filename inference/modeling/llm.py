@@ -20,7 +20,13 @@ from rerankforge.inference.modeling.activation_checkpointing import checkpointin
 from rerankforge.inference.modeling.base import RerankerModel, quiet_about
 from rerankforge.inference.modeling.llm_formats import fixed_length, prompt_encoder
 from rerankforge.inference.modeling.llm_inputs import DEFAULT_PROMPT
-from rerankforge.inference.modeling.lora import adapter_base_model, add_lora, is_adapter_folder, load_adapter
+from rerankforge.inference.modeling.lora import (
+    adapter_base_model,
+    add_lora,
+    is_adapter_folder,
+    load_adapter,
+    require_peft,
+)
 from rerankforge.inference.modeling.pair_encoding import PairLengths
 from rerankforge.inference.modeling.precision import DTYPES
 from rerankforge.inference.modeling.sources import resolve_model_path
@@ -181,6 +187,8 @@ class LLMRerankerModel(RerankerModel):
                 f"{spec_folder} holds a {spec.family!r} reranker; load it with that family's class"
             )
         adapter = adapter_path or (path if is_adapter_folder(path) else None)
+        if adapter is not None:  # before the base model's weights load, not after
+            require_peft(f"loading the adapter in {adapter}")
         base = path
         if adapter is not None and adapter_path is None:
             base = spec.base_model or adapter_base_model(adapter)

@@ -2,11 +2,15 @@
 
 An adapter folder (``adapter_config.json``) names its base model; rerankforge also records the base in
 `rerankforge.json`, so an adapter trained here loads back onto the same weights.
+
+peft is the [train] extra's, not the core's: merged and plain folders score without it, and what needs it
+(`require_peft`) says which extra to install.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +21,13 @@ from transformers import PreTrainedModel
 ADAPTER_CONFIG = "adapter_config.json"
 # the attention and MLP projections of Llama, Qwen2, Gemma/Gemma2/Gemma3, Mistral and MiniCPM
 PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INSTALL_PEFT = 'pip install "rerankforge[train]"'
+
+
+def require_peft(why: str) -> None:
+    """Nothing when peft is installed; else an ImportError that says what needs it and which extra brings it."""
+    if importlib.util.find_spec("peft") is None:
+        raise ImportError(f"{why} needs peft, which a scoring-only install leaves out: {INSTALL_PEFT}")
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -63,8 +74,8 @@ def add_lora(
 
     No task type: peft wraps the family model as it is, so its forward (the score) is what the wrapper runs.
     """
-    # peft is optional when scoring: merged and plain folders score without it
-    from peft import LoraConfig, get_peft_model
+    require_peft("adding LoRA adapters")
+    from peft import LoraConfig, get_peft_model  # optional: the [train] extra (require_peft says so)
 
     config = LoraConfig(
         r=rank,
@@ -84,7 +95,8 @@ def load_adapter(model: nn.Module, adapter_path: str | Path, trainable: bool):
     the adapter does not hold yet (a version-1 adapter's, loaded from their file before this) join its
     ``modules_to_save``, so they train and are saved with it from now on.
     """
-    # peft is optional when scoring: merged and plain folders score without it
+    require_peft(f"loading the adapter in {adapter_path}")
+    # optional: the [train] extra (require_peft says so); merged and plain folders score without it
     from peft import LoraConfig, PeftModel
     from peft.tuners.tuners_utils import BaseTuner
     from peft.utils.other import set_additional_trainable_modules
@@ -142,7 +154,8 @@ def save_fixed_tensors_with_adapter(wrapped: nn.Module, fixed: dict[str, torch.T
 
 def load_plain_adapter(model: PreTrainedModel, adapter_path: str | Path):
     """A peft adapter that rerankforge did not write, on the model it was made for, frozen."""
-    from peft import PeftModel  # optional when scoring: merged and plain folders score without peft
+    require_peft(f"loading the adapter in {adapter_path}")
+    from peft import PeftModel  # optional: the [train] extra; merged and plain folders score without peft
 
     return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
 

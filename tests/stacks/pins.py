@@ -1,9 +1,9 @@
 """Pins for the test environments of other stacks, written from setup.cfg rather than kept by hand.
 
 `floors` prints `name==floor` for every requirement that setup.cfg declares with a lower bound (install_requires
-and the extras named), so `make test-floors` installs exactly what setup.cfg promises users will work. `check`
-reads an environment's installed versions back against a pins file and fails on any difference, so the log
-shows what was tested rather than what was asked for.
+and the extras named, with the project's own extras that those name in turn), so `make test-floors` installs
+exactly what setup.cfg promises users will work. `check` reads an environment's installed versions back against
+a pins file and fails on any difference, so the log shows what was tested rather than what was asked for.
 
     python tests/stacks/pins.py floors --extras dev --skip torch > floors.txt
     .venv-floors/bin/python tests/stacks/pins.py check floors.txt
@@ -24,20 +24,41 @@ SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
 
 
 def declared_requirements(setup_cfg: Path, extras: Iterable[str]) -> list[Requirement]:
-    """install_requires plus the extras asked for, in setup.cfg's order, each name once."""
+    """install_requires plus the extras asked for, in setup.cfg's order, each name once. An extra that names
+    the project's own extras (``rerankforge[data]``) brings theirs in its place, as pip resolves it."""
     parser = configparser.ConfigParser()
     parser.read(setup_cfg, encoding="utf-8")
-    lines = parser.get("options", "install_requires").splitlines()
-    for extra in extras:
+    project = canonicalize_name(parser.get("metadata", "name", fallback=""))
+    expanded: set[str] = set()
+
+    def requirements(text: str) -> list[Requirement]:
+        found = []
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            requirement = Requirement(line)
+            if project and canonicalize_name(requirement.name) == project:
+                for extra in sorted(requirement.extras):  # a set: sorted, so every run prints one order
+                    found += of_extra(extra)
+            else:
+                found.append(requirement)
+        return found
+
+    def of_extra(extra: str) -> list[Requirement]:
         if not parser.has_option("options.extras_require", extra):
             raise SystemExit(f"{setup_cfg}: no extra named {extra!r} in [options.extras_require]")
-        lines += parser.get("options.extras_require", extra).splitlines()
+        if extra in expanded:
+            return []
+        expanded.add(extra)
+        return requirements(parser.get("options.extras_require", extra))
+
+    declared = requirements(parser.get("options", "install_requires"))
+    for extra in extras:
+        declared += of_extra(extra)
     seen: dict[str, Requirement] = {}
-    for line in lines:
-        text = line.split("#", 1)[0].strip()
-        if text:
-            requirement = Requirement(text)
-            seen.setdefault(canonicalize_name(requirement.name), requirement)
+    for requirement in declared:
+        seen.setdefault(canonicalize_name(requirement.name), requirement)
     return list(seen.values())
 
 
