@@ -121,8 +121,8 @@ def test_every_dtype_option_offers_the_names_scoring_dtype_reads():
     from rerankforge.trainer.eval_cli import make_parser as eval_parser
 
     found = dtype_choices(data_parser()) + dtype_choices(eval_parser())
-    # rerankforge-data mine --teacher-dtype and score --dtype; rerankforge-eval --dtype
-    assert len(found) == 3
+    # rerankforge-data mine --teacher-dtype, window --teacher-dtype and score --dtype; rerankforge-eval --dtype
+    assert len(found) == 4
     assert all(choices == {*DTYPES, "auto"} for choices in found)
     for name in DTYPES:
         assert scoring_dtype(name, "cpu") == getattr(torch, name)

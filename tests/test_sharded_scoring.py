@@ -22,7 +22,7 @@ from rerankforge.inference.sharded_scoring import (
 )
 
 pytestmark = pytest.mark.distributed
-TIMING_KEYS = {"queries_per_second"}
+TIMING_KEYS = {"queries_per_second", "pairs_per_second"}
 
 
 def launch_two(module: str, *args: str) -> subprocess.CompletedProcess:
