@@ -67,7 +67,7 @@ def test_help_lists_every_verb_with_its_purpose():
 def test_a_verbs_help_is_its_own_under_the_name_typed():
     result = run(installed("rerankforge"), "train", "--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: rerankforge train [-h]")
+    assert result.stdout.startswith("usage: rerankforge train RECIPE.yaml [--key value ...]")
     assert "rerankforge train RECIPE.yaml" in result.stdout and "--learning_rate" in result.stdout
 
 

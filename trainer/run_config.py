@@ -54,7 +54,11 @@ def family_from_argv(argv: Sequence[str]) -> str | None:
 
 def run_parser(config_class: type[RerankerConfig], description: str | None = None) -> HfArgumentParser:
     """One parser for the three dataclasses: every recipe key is a ``--key`` option of exactly one."""
-    return HfArgumentParser((config_class, DataArguments, MiningArguments), description=description)
+    # the usage line a newcomer reads first: the 150 options follow, each a recipe key
+    usage = "%(prog)s RECIPE.yaml [--key value ...]  (every option below is also a recipe key)"
+    return HfArgumentParser(
+        (config_class, DataArguments, MiningArguments), description=description, usage=usage
+    )
 
 
 def run_config_from_recipe(
