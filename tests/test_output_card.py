@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import transformers.trainer
 from huggingface_hub import HfApi, RepoUrl
 from test_evaluation import beir_slice, eval_config  # noqa: F401  (beir_slice: the fixture)
 
@@ -52,6 +53,9 @@ def test_a_run_leaves_the_exports_card_in_its_folder_before_pushing_it(
         uploads.append((repo_id, files, kwargs))
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    # older transformers (the floors' 5.9) call huggingface_hub's module-level create_repo, bound at import
+    monkeypatch.setattr(transformers.trainer, "create_repo", lambda repo_id, **kw: create_repo(None, repo_id),
+                        raising=False)  # fmt: skip
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     config = eval_config(tmp_path, tiny_bert_dir, beir_slice, max_steps=2, eval_strategy="no",
                          evaluate_before_training=False, push_to_hub=True, hub_model_id=REPO_ID)  # fmt: skip
