@@ -148,20 +148,34 @@ class RanksCandidates:
         call (`long_passages.score_windows`)."""
         return score_windows(pairs, settings, self.tokenizer, self.passage_room(lengths, prompt), score)
 
+    def _score_passages(
+        self,
+        pairs: Sequence[Pair],
+        settings: LongPassages,
+        lengths: object,
+        score: Callable[[list[WindowPair], bool], list],
+        normalize: bool = False,
+        prompt: str | None = None,
+    ) -> tuple[list, list[int] | None]:
+        """``(scores, windows per pair or None)`` of ``score(pairs, normalize)``, the family's scoring call: as it
+        is in truncate mode, else on every window of every pair at once (raw), aggregated, then normalized."""
+        if not settings.windowed:
+            return score(pairs, normalize), None
+        raw, counts = self._windowed(pairs, settings, lengths, lambda window_pairs: score(window_pairs, False),
+                                     prompt)  # fmt: skip
+        return (probabilities(getattr(self, "spec", None), raw) if normalize and raw else raw), counts
+
     def _raw_scores(
         self, pairs: Sequence[Pair], batch_size: int | None = None, show_progress: bool | None = None
     ) -> list[float]:
         """Raw scores of checked pairs in input order: ``compute_score``'s with its defaults (the saved budgets
         and long-passage mode; the last layer of a layerwise model). The FlagEmbedding wrappers add their
         instructions and lengths."""
-        settings = self.passage_settings()
-        if not settings.windowed:
-            return self._score(pairs, self.lengths, batch_size, show_progress=show_progress)
 
-        def score(window_pairs: list[WindowPair]) -> list:
-            return self._score(window_pairs, self.lengths, batch_size, show_progress=show_progress)
+        def score(some: list[WindowPair], normalize: bool) -> list[float]:
+            return self._score(some, self.lengths, batch_size, show_progress=show_progress)
 
-        return self._windowed(pairs, settings, self.lengths, score)[0]
+        return self._score_passages(pairs, self.passage_settings(), self.lengths, score)[0]
 
     def _activated(
         self,

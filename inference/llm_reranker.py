@@ -290,16 +290,11 @@ class LLMReranker(RanksCandidates):
         pair_list, single = to_pairs(pairs)
         lengths = self.lengths_for(max_length)
         settings = self.passage_settings(long_passages, window, stride)
-        counts = None
-        if settings.windowed:
 
-            def score(window_pairs: list) -> list[float]:
-                return self._score(window_pairs, lengths, batch_size, False, prompt, show_progress)
+        def score(some: list, normalized: bool) -> list[float]:
+            return self._score(some, lengths, batch_size, normalized, prompt, show_progress)
 
-            scores, counts = self._windowed(pair_list, settings, lengths, score, prompt)
-            scores = probabilities(self.spec, scores) if normalize and scores else scores
-        else:
-            scores = self._score(pair_list, lengths, batch_size, normalize, prompt, show_progress)
+        scores, counts = self._score_passages(pair_list, settings, lengths, score, normalize, prompt)
         return with_windows(scores, counts, single, return_windows)
 
     def passage_room(self, lengths: LLMLengths, prompt: str | None = None):

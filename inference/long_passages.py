@@ -228,11 +228,4 @@ def score_windows(
 def save_long_passages(folder: str, settings: LongPassages) -> RerankerSpec:
     """Store the settings in the folder's `rerankforge.json` (atomically; nothing else changes): the model then
     scores long passages the way it was evaluated."""
-    spec = RerankerSpec.load(folder)
-    if spec is None:
-        raise ValueError(
-            f"{folder} has no rerankforge.json: store long-passage settings in a folder rerankforge wrote"
-        )
-    spec.long_passages = settings.to_dict()
-    spec.save(folder)
-    return spec
+    return RerankerSpec.update(folder, "store long-passage settings in", long_passages=settings.to_dict())

@@ -214,16 +214,11 @@ class Reranker(RanksCandidates):
         pair_list, single = to_pairs(pairs)
         lengths = self.lengths_for(max_length)
         settings = self.passage_settings(long_passages, window, stride)
-        counts = None
-        if settings.windowed:
 
-            def score(window_pairs: list) -> list[float]:
-                return self._score(window_pairs, lengths, batch_size, False, show_progress, max_batch_tokens)
+        def score(some: list, normalized: bool) -> list[float]:
+            return self._score(some, lengths, batch_size, normalized, show_progress, max_batch_tokens)
 
-            scores, counts = self._windowed(pair_list, settings, lengths, score)
-            scores = probabilities(self.spec, scores) if normalize and scores else scores
-        else:
-            scores = self._score(pair_list, lengths, batch_size, normalize, show_progress, max_batch_tokens)
+        scores, counts = self._score_passages(pair_list, settings, lengths, score, normalize)
         return with_windows(scores, counts, single, return_windows)
 
     def passage_room(self, lengths: PairLengths, prompt: str | None = None):

@@ -116,9 +116,11 @@ def compute_score_sharded(
     batch_size: int | None = None,
     max_length: int | None = None,
     show_progress: bool | None = True,
-) -> list[float]:
+    return_windows: bool = False,
+) -> list[float] | tuple[list[float], list[int]]:
     """``reranker.compute_score(pairs, ...)`` with the pairs split across the launch's processes; every process
-    returns all scores in input order. The progress bar is the main process's (its shard).
+    returns all scores in input order (with ``return_windows``, and the windows each passage took: rerankforge's
+    rerankers only). The progress bar is the main process's (its shard).
 
     A process that raises ends the launch (accelerate launch stops the others); nothing here waits on a
     barrier, only on the one gather every process reaches after scoring.
@@ -126,15 +128,20 @@ def compute_score_sharded(
     launch = launch or current_launch()
     pairs = list(pairs)
     if not launch.distributed:
-        return score_shard(reranker, pairs, batch_size, max_length, show_progress)
+        return score_shard(reranker, pairs, batch_size, max_length, show_progress, return_windows)
 
     indices = shard_indices([pair_length(p) for p in pairs], launch.num_processes)[launch.process_index]
     progress = show_progress if launch.is_main_process else False
-    mine = score_shard(reranker, [pairs[i] for i in indices], batch_size, max_length, progress)
+    mine = score_shard(
+        reranker, [pairs[i] for i in indices], batch_size, max_length, progress, return_windows
+    )
     gathered = gather_object([(pairs_fingerprint(pairs), indices, mine)])
     if len({fingerprint for fingerprint, _, _ in gathered}) != 1:
         raise RuntimeError("the processes of this launch built different pair lists; scores cannot be merged")
-    return merge_shards([(ids, scores) for _, ids, scores in gathered], len(pairs))
+    if not return_windows:
+        return merge_shards([(ids, scores) for _, ids, scores in gathered], len(pairs))
+    scores = merge_shards([(ids, scores) for _, ids, (scores, _) in gathered], len(pairs))
+    return scores, merge_shards([(ids, counts) for _, ids, (_, counts) in gathered], len(pairs))
 
 
 def score_shard(
@@ -143,12 +150,17 @@ def score_shard(
     batch_size: int | None,
     max_length: int | None,
     show_progress: bool | None,
-) -> list[float]:
-    """One process's scores (none for an empty shard: a launch can have more processes than pairs)."""
+    return_windows: bool = False,
+) -> list[float] | tuple[list[float], list[int]]:
+    """One process's scores (none for an empty shard: a launch can have more processes than pairs), with the
+    windows each passage took when asked."""
     if not pairs:
-        return []
-    return list(
-        reranker.compute_score(
-            pairs, batch_size=batch_size, max_length=max_length, show_progress=show_progress
-        )
+        return ([], []) if return_windows else []
+    options = {"return_windows": True} if return_windows else {}  # a FlagEmbedding teacher has no such option
+    result = reranker.compute_score(
+        pairs, batch_size=batch_size, max_length=max_length, show_progress=show_progress, **options
     )
+    if return_windows:
+        scores, counts = result
+        return list(scores), list(counts)
+    return list(result)

@@ -149,12 +149,7 @@ def calibrate_held_out(
 
 def save_calibration(folder: str | Path, calibration: Calibration) -> RerankerSpec:
     """Write the calibration into the folder's `rerankforge.json` (atomically; nothing else changes)."""
-    spec = RerankerSpec.load(folder)
-    if spec is None:
-        raise ValueError(f"{folder} has no rerankforge.json: calibrate a folder rerankforge wrote")
-    spec.calibration = calibration.to_dict()
-    spec.save(folder)
-    return spec
+    return RerankerSpec.update(folder, "calibrate", calibration=calibration.to_dict())
 
 
 def thresholds_table(calibration: Calibration, precisions: Sequence[float] = TABLE_PRECISIONS) -> str:

@@ -17,7 +17,7 @@ from rerankforge.data_tools.ir_metrics import paired_comparison
 from rerankforge.data_tools.retrieval import Run, read_trec_run, write_trec_run
 from rerankforge.inference.auto import load_reranker
 from rerankforge.inference.backend_choice import scoring_dtype
-from rerankforge.inference.long_passages import DEFAULT_TOP_K, MODES, LongPassages, expand, save_long_passages
+from rerankforge.inference.long_passages import DEFAULT_TOP_K, MODES, LongPassages, save_long_passages
 from rerankforge.inference.modeling.calibration import METHODS, Calibration, ScoreMap
 from rerankforge.inference.modeling.files import atomic_write_text
 from rerankforge.inference.modeling.fusion import FUSION_METHODS, Fusion
@@ -147,15 +147,14 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
     pairs = eval_set.pairs()
     texts = eval_set.texts(pairs)
     start = time.perf_counter()
-    scores = compute_score_sharded(reranker, texts, launch, args.batch_size)
+    scores, windows = compute_score_sharded(reranker, texts, launch, args.batch_size, return_windows=True)
     seconds = time.perf_counter() - start
     run = eval_set.run_from_scores(pairs, scores)
-    windows = window_count(reranker, texts)
     reranked = {
         **eval_set.metrics(run),
         "queries_per_second": len(eval_set.candidates) / seconds,
         "pairs_per_second": len(pairs) / seconds,
-        "windows_per_pair": windows / max(1, len(pairs)),
+        "windows_per_pair": sum(windows) / max(1, len(pairs)),
     }
     labels = [eval_set.qrels.get(q, {}).get(d, 0) > 0 for q, d in pairs]
     # a layerwise model's scores are its last layer's
@@ -183,16 +182,6 @@ def evaluate_model(args: argparse.Namespace, launch: Launch | None = None) -> di
         "_qrels": eval_set.qrels,
         "_pairs": (pairs, scores, labels, layer),
     }
-
-
-def window_count(reranker: object, texts: list[list[str]]) -> int:
-    """Windows the scoring took (pairs in truncate mode): counted again from the tokens, which costs a
-    tokenization pass and no model call."""
-    settings = reranker.long_passages
-    if not settings.windowed:
-        return len(texts)
-    room = reranker.passage_room(reranker.lengths)
-    return sum(expand([(q, p) for q, p in texts], settings, reranker.tokenizer, room).counts)
 
 
 def sigmoid_calibration(scores: list[float], labels: list[bool]) -> dict[str, float] | None:
@@ -285,10 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(f"\n{result['data']} ({args.split}): {result['queries']} queries, top {args.top_k} reranked\n")
     print(metric_table(rows, args.top_k))
-    settings = LongPassages.from_dict(result["long_passages"])
-    speed = result["reranker_metrics"]
-    print(f"\nlong passages: {settings.describe()}; {speed['windows_per_pair']:.2f} windows per pair, "
-          f"{speed['pairs_per_second']:.1f} pairs/s" + (" (stored in rerankforge.json)" if args.save_long_passages else ""))  # fmt: skip
+    print_long_passages(result, stored=args.save_long_passages)
     versus = result["queries_vs_first_stage"]
     print(
         f"\nnDCG@10 per query, reranker vs first stage: {versus['better']} better, {versus['worse']} worse, "
@@ -307,6 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"\nwritten: {output}/{written}")
     return 0
+
+
+def print_long_passages(result: dict, stored: bool) -> None:
+    """How long passages were scored, and what windows cost: their count per pair and the pairs/s."""
+    settings = LongPassages.from_dict(result["long_passages"])
+    speed = result["reranker_metrics"]
+    print(f"\nlong passages: {settings.describe()}; {speed['windows_per_pair']:.2f} windows per pair, "
+          f"{speed['pairs_per_second']:.1f} pairs/s" + (" (stored in rerankforge.json)" if stored else ""))  # fmt: skip
 
 
 def print_calibration(measured: dict | None, fitted: Calibration | None) -> None:

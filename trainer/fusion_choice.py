@@ -87,11 +87,7 @@ def choose_on_split(
 
 def save_fusion(folder: str | Path, fusion: Fusion) -> None:
     """Write the fusion into the folder's `rerankforge.json` (atomically; nothing else changes)."""
-    spec = RerankerSpec.load(folder)
-    if spec is None:
-        raise ValueError(f"{folder} has no rerankforge.json: store a fusion in a folder rerankforge wrote")
-    spec.fusion = fusion.to_dict()
-    spec.save(folder)
+    RerankerSpec.update(folder, "store a fusion in", fusion=fusion.to_dict())
 
 
 def held_out_rows(

@@ -106,6 +106,19 @@ class RerankerSpec:
             return None
         return RerankerSpec.from_json(path.read_text(encoding="utf-8"), source=str(path))
 
+    @staticmethod
+    def update(folder: str | Path, action: str, **fields: Any) -> RerankerSpec:
+        """Set ``fields`` in the folder's `rerankforge.json` (atomically; nothing else changes): what a fitted
+        calibration, a chosen fusion or long-passage settings store. ``action`` completes the refusal for a folder
+        rerankforge did not write ("calibrate" -> "calibrate a folder rerankforge wrote")."""
+        spec = RerankerSpec.load(folder)
+        if spec is None:
+            raise ValueError(f"{folder} has no rerankforge.json: {action} a folder rerankforge wrote")
+        for name, value in fields.items():
+            setattr(spec, name, value)
+        spec.save(folder)
+        return spec
+
 
 @dataclass(kw_only=True)
 class CrossEncoderSpec(RerankerSpec):
